@@ -1,0 +1,40 @@
+# sensei-airflow: the two commands a user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean postgres
+
+install: $(STAMP)
+
+# Pinned, reproducible install: requirements/lock.txt is `uv pip compile pyproject.toml --extra dev`.
+$(STAMP): pyproject.toml requirements/lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install --quiet --compile-bytecode -r requirements/lock.txt
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install --quiet --compile-bytecode --no-deps -e .
+	touch $(STAMP)
+
+# PostgreSQL server binaries (initdb, pg_ctl, pg_dump, ...) for the demo and the tests.
+postgres:
+	@bash scripts/ensure-postgres.sh
+
+demo: install postgres
+	$(BIN)/python -m sensei_airflow.demo
+
+test: install postgres
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check sensei_airflow dags tests
+	$(BIN)/ruff format --check sensei_airflow dags tests
+	$(BIN)/mypy
+
+bench: install postgres
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,154 @@
+"""PostgreSQL, through the postgres provider's ``PostgresHook`` (psycopg 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from typing import Any
+
+from sensei_airflow.engines.base import Engine, ForeignKey, Statement
+
+_USER_TABLES = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
+ORDER BY 1, 2
+"""
+
+_FOREIGN_KEYS = """
+SELECT con.conname, cn.nspname, c.relname, pn.nspname, p.relname
+FROM pg_constraint con
+JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace
+JOIN pg_class p ON p.oid = con.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
+WHERE con.contype = 'f'
+ORDER BY 2, 3, 1
+"""
+
+_OWNED_SEQUENCES = """
+SELECT s.oid::regclass::text
+FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+  AND d.refobjid = %s::regclass AND d.deptype IN ('a', 'i')
+ORDER BY 1
+"""
+
+
+class PostgresEngine(Engine):
+    dialect = "postgres"
+    default_schema = "public"
+    #: how long the rollback waits for its table locks before giving up (and retrying).
+    lock_timeout = "30s"
+
+    def _make_hook(self) -> Any:
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        return PostgresHook(postgres_conn_id=self.conn_id)
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        """A psycopg 3 connection, closed on exit (the caller decides on transactions)."""
+        with closing(self.hook.get_conn()) as conn:
+            yield conn
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(sql, params or None)
+            rows = cur.fetchall()
+            conn.rollback()
+            return rows
+
+    # -- catalog ---------------------------------------------------------------------------
+    def identity(self) -> str:
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT current_database()")
+            database = cur.fetchone()[0]
+            try:
+                cur.execute("SELECT system_identifier FROM pg_control_system()")
+                server = str(cur.fetchone()[0])
+            except Exception:  # the function is restricted on some managed services
+                conn.rollback()
+                cur.execute("SELECT coalesce(host(inet_server_addr()), 'local') || ':' || inet_server_port()")
+                server = cur.fetchone()[0]
+            conn.rollback()
+        return f"postgres:{server}/{database}"
+
+    def user_tables(self) -> list[str]:
+        return [f"{schema}.{name}" for schema, name in self.query(_USER_TABLES)]
+
+    def foreign_keys(self) -> list[ForeignKey]:
+        return [
+            ForeignKey(name=con, child=f"{cs}.{cn}", parent=f"{ps}.{pn}")
+            for con, cs, cn, ps, pn in self.query(_FOREIGN_KEYS)
+        ]
+
+    def row_counts(self, tables: Iterable[str]) -> dict[str, int]:
+        names = [self.qualify(t) for t in tables]
+        if not names:
+            return {}
+        union = " UNION ALL ".join(
+            f"SELECT %s, count(*) FROM {self.quote_table(name)}"  # noqa: S608 - quoted identifiers
+            for name in names
+        )
+        return {name: int(count) for name, count in self.query(union, names)}
+
+    def columns(self, table: str) -> list[str]:
+        """Column names of a table, in order."""
+        rows = self.query(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY attnum",
+            (self.quote_table(table),),
+        )
+        return [row[0] for row in rows]
+
+    def owned_sequences(self, table: str) -> list[str]:
+        """Sequences owned by the table's serial and identity columns."""
+        return [row[0] for row in self.query(_OWNED_SEQUENCES, (self.quote_table(table),))]
+
+    # -- target truncate -----------------------------------------------------------------
+    def empty_tables_sql(self, tables: Sequence[str], referenced_from_outside: Iterable[str]) -> list[Statement]:
+        if not tables:
+            return []
+        if not set(referenced_from_outside):
+            quoted = ", ".join(self.quote_table(t) for t in tables)
+            return [Statement(f"TRUNCATE TABLE {quoted} RESTART IDENTITY", purpose="empty tables")]
+        # A table outside the scope still references one of these (it is empty, or assess
+        # would have refused): TRUNCATE would need CASCADE or would fail, so delete row by
+        # row, children first, and let the foreign keys guard against a concurrent insert.
+        statements = [
+            Statement(f"DELETE FROM {self.quote_table(t)}", purpose=f"empty {t}")  # noqa: S608
+            for t in tables
+        ]
+        for table in tables:
+            statements.extend(
+                Statement(f"ALTER SEQUENCE {sequence} RESTART", purpose=f"reset sequence of {table}")
+                for sequence in self.owned_sequences(table)
+            )
+        return statements
+
+    def lock_sql(self, tables: Sequence[str]) -> list[Statement]:
+        if not tables:
+            return []
+        quoted = ", ".join(self.quote_table(t) for t in tables)
+        return [
+            Statement(f"SET LOCAL lock_timeout = '{self.lock_timeout}'", purpose="bound the wait for locks"),
+            Statement(f"LOCK TABLE {quoted} IN ACCESS EXCLUSIVE MODE", purpose="lock tables in scope"),
+        ]
+
+    def empty_tables(
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str]
+    ) -> tuple[list[Statement], dict[str, int]]:
+        """Lock, count and empty the tables in one transaction; the SQL run and rows removed each."""
+        statements = [*self.lock_sql(tables), *self.empty_tables_sql(tables, referenced_from_outside)]
+        with self.connect() as conn:
+            with conn.transaction(), conn.cursor() as cur:
+                for statement in statements[:2]:
+                    cur.execute(statement.sql)
+                removed: dict[str, int] = {}
+                for table in tables:
+                    cur.execute(f"SELECT count(*) FROM {self.quote_table(table)}")  # noqa: S608
+                    removed[table] = int(cur.fetchone()[0])
+                for statement in statements[2:]:
+                    cur.execute(statement.sql, statement.params or None)
+        return statements, removed

@@ -1,0 +1,328 @@
+"""The migration manifest: what a forward migration copied, and everything a rollback needs to know.
+
+One YAML file per migration, in the folder named by ``SENSEI_MIGRATIONS_DIR`` (default:
+``migrations/`` inside the Airflow dags folder). Files are validated into frozen pydantic
+models; a bad file is reported with its path, the key and the problem, and never hides the
+other files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+MIGRATION_ID_PATTERN = r"^[a-z0-9_]+$"
+_IDENTIFIER = re.compile(r"^[^\W\d]\w{0,62}$")
+
+
+class Strategy(StrEnum):
+    """The four rollback strategies of the product."""
+
+    TRUNCATE = "truncate"
+    REVERSE_MIGRATION = "reverse_migration"
+    POINT_IN_TIME = "point_in_time"
+    BACKUP_RESTORE = "backup_restore"
+
+
+def check_identifier(name: str) -> str:
+    """Accept a plain SQL identifier: letters (any script), digits and underscores, not leading digit."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(
+            f"{name!r} is not a plain identifier (letters, digits and _, at most 63, not starting with a digit)"
+        )
+    return name
+
+
+def check_table_name(name: str) -> str:
+    """Accept ``table`` or ``schema.table`` made of plain identifiers."""
+    parts = name.split(".")
+    if len(parts) > 2:
+        raise ValueError(f"{name!r} is not a table name: use table or schema.table")
+    for part in parts:
+        check_identifier(part)
+    return name
+
+
+Identifier = Annotated[str, AfterValidator(check_identifier)]
+TableName = Annotated[str, AfterValidator(check_table_name)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ConnectionRef(_Frozen):
+    conn_id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class ColumnMapping(_Frozen):
+    """How one source column became one target column.
+
+    With neither ``forward`` nor ``inverse`` the column was copied (perhaps renamed). ``forward``
+    is the SQL expression (over source columns) the migration applied; ``inverse`` the
+    expression (over target columns) that gives the source value back. A ``forward`` without
+    ``inverse`` is not reversible.
+    """
+
+    source: Identifier
+    target: Identifier
+    forward: str | None = None
+    inverse: str | None = None
+
+    @property
+    def reversible(self) -> bool:
+        return self.forward is None or self.inverse is not None
+
+
+class TableMapping(_Frozen):
+    source: TableName
+    target: TableName
+    key: Annotated[list[Identifier], Field(min_length=1)]
+    columns: list[ColumnMapping] | None = None
+
+    @model_validator(mode="after")
+    def _columns_are_unique(self) -> TableMapping:
+        if self.columns:
+            for side in ("source", "target"):
+                names = [getattr(c, side) for c in self.columns]
+                duplicates = sorted({n for n in names if names.count(n) > 1})
+                if duplicates:
+                    raise ValueError(f"columns: {side} column {duplicates[0]!r} is mapped twice")
+            targets = {c.target for c in self.columns}
+            missing = [k for k in self.key if k not in targets]
+            if missing:
+                raise ValueError(f"key column {missing[0]!r} is not among the mapped target columns")
+        return self
+
+    @property
+    def target_name(self) -> str:
+        """The unqualified target table name (``orders`` for ``sales.orders``)."""
+        return self.target.rsplit(".", 1)[-1]
+
+
+class Phase(_Frozen):
+    phase: Annotated[int, Field(ge=1)]
+    tables: Annotated[list[TableMapping], Field(min_length=1)]
+
+
+class PreMigrationBackup(_Frozen):
+    enabled: bool = False
+    type: Literal["logical", "physical"] = "logical"
+    storage: str | None = None
+    retention_days: Annotated[int, Field(ge=1)] = 30
+    schedule: str | None = None
+
+
+class RollbackPlanning(_Frozen):
+    backup_before_start: bool = False
+    backup_type: Literal["logical", "physical"] = "logical"
+    backup_location: str | None = None
+    rollback_window_hours: Annotated[float, Field(gt=0)] | None = 168
+    preferred_strategy: Strategy = Strategy.TRUNCATE
+    fallback_strategy: Strategy | None = None
+    verify_rollback: bool = True
+    pre_migration_backup: PreMigrationBackup = PreMigrationBackup()
+    point_in_time: dict[str, object] = Field(default_factory=dict)
+
+
+class Downstream(_Frozen):
+    dags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]] = Field(default_factory=list)
+    db_roles: list[Identifier] = Field(default_factory=list)
+
+
+class NotifyChannel(_Frozen):
+    conn_id: Annotated[str, Field(min_length=1)]
+    to: list[str] = Field(default_factory=list)
+
+
+class Manifest(_Frozen):
+    """One migration, as described by its YAML manifest."""
+
+    id: Annotated[str, Field(pattern=MIGRATION_ID_PATTERN, max_length=100)]
+    description: str = ""
+    source: ConnectionRef
+    target: ConnectionRef
+    state: ConnectionRef = ConnectionRef(conn_id="sensei_state")
+    started_at: AwareDatetime
+    phases: Annotated[list[Phase], Field(min_length=1)]
+    rollback: RollbackPlanning = RollbackPlanning()
+    downstream: Downstream = Downstream()
+    notify: list[NotifyChannel] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        numbers = [p.phase for p in self.phases]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(f"phases: phase numbers must be unique, got {numbers}")
+        for side in ("source", "target"):
+            names = [getattr(t, side) for t in self.tables]
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"phases: {side} table {duplicates[0]!r} appears twice")
+        if self.state.conn_id == self.target.conn_id:
+            raise ValueError(
+                "state: the audit trail cannot live on the target connection it rolls back; "
+                "name another connection"
+            )
+        if self.rollback.fallback_strategy == self.rollback.preferred_strategy:
+            raise ValueError("rollback.fallback_strategy: must differ from preferred_strategy")
+        return self
+
+    @property
+    def tables(self) -> list[TableMapping]:
+        """Every migrated table, in phase order then manifest order."""
+        return [t for p in sorted(self.phases, key=lambda p: p.phase) for t in p.tables]
+
+    def phase_of(self, table: TableMapping) -> int:
+        return next(p.phase for p in self.phases if table in p.tables)
+
+    def phase(self, number: int) -> Phase | None:
+        return next((p for p in self.phases if p.phase == number), None)
+
+    def window_closes_at(self) -> datetime | None:
+        hours = self.rollback.rollback_window_hours
+        return None if hours is None else self.started_at + timedelta(hours=hours)
+
+    def resolve_table(self, name: str) -> TableMapping:
+        """Find a migrated table by its target name, qualified or (when unambiguous) not.
+
+        :raises LookupError: with a message naming the table and what is known.
+        """
+        exact = [t for t in self.tables if t.target == name]
+        if exact:
+            return exact[0]
+        short = [t for t in self.tables if t.target_name == name]
+        if len(short) == 1:
+            return short[0]
+        if len(short) > 1:
+            choices = ", ".join(t.target for t in short)
+            raise LookupError(f"table {name!r} is ambiguous in migration {self.id}: use one of {choices}")
+        known = ", ".join(t.target for t in self.tables)
+        raise LookupError(f"table {name!r} is not part of migration {self.id} (its tables: {known})")
+
+
+@dataclass(frozen=True)
+class ManifestError:
+    """A manifest that could not be loaded: which file, which key, what is wrong."""
+
+    path: str
+    key: str
+    problem: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: {self.key}" if self.key else self.path
+        return f"{where}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class ManifestSet:
+    """All manifests of a folder: the good ones by id, and the errors of the bad ones."""
+
+    directory: str
+    manifests: dict[str, Manifest] = field(default_factory=dict)
+    errors: list[ManifestError] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Manifest]:
+        return iter(self.manifests.values())
+
+    def get(self, migration_id: str) -> Manifest:
+        """Return the manifest or raise ``LookupError`` saying why it is not there."""
+        if migration_id in self.manifests:
+            return self.manifests[migration_id]
+        for error in self.errors:
+            if error.path.endswith((f"{migration_id}.yaml", f"{migration_id}.yml")):
+                raise LookupError(f"migration {migration_id!r} has a bad manifest: {error}")
+        known = ", ".join(sorted(self.manifests)) or "none"
+        raise LookupError(
+            f"unknown migration {migration_id!r}: no manifest with that id in {self.directory} "
+            f"(known: {known})"
+        )
+
+
+def migrations_dir() -> Path:
+    """The manifest folder: ``SENSEI_MIGRATIONS_DIR``, else ``[sensei] migrations_dir``, else dags/migrations."""
+    configured = os.environ.get("SENSEI_MIGRATIONS_DIR")
+    if not configured:
+        from airflow.configuration import conf
+
+        configured = conf.get("sensei", "migrations_dir", fallback="") or os.path.join(
+            conf.get("core", "dags_folder"), "migrations"
+        )
+    return Path(configured).expanduser()
+
+
+def _error_key(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def parse_manifest(text: str, path: str) -> Manifest:
+    """Parse one manifest's YAML text.
+
+    :raises ManifestInvalid: carrying one ``ManifestError`` per problem.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise ManifestInvalid([ManifestError(path, where, f"not valid YAML: {exc}")]) from exc
+    if not isinstance(data, dict):
+        raise ManifestInvalid([ManifestError(path, "", "a manifest must be a YAML mapping")])
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            ManifestError(path, _error_key(e["loc"]), e["msg"].removeprefix("Value error, "))
+            for e in exc.errors()
+        ]
+        raise ManifestInvalid(errors) from exc
+
+
+class ManifestInvalid(ValueError):
+    def __init__(self, errors: list[ManifestError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+def load_manifests(directory: str | os.PathLike[str] | None = None) -> ManifestSet:
+    """Load every ``*.yaml``/``*.yml`` of the folder. Never raises for a bad file."""
+    folder = Path(directory) if directory is not None else migrations_dir()
+    result = ManifestSet(directory=str(folder))
+    if not folder.is_dir():
+        return result
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    seen: dict[str, str] = {}
+    for path in files:
+        try:
+            manifest = parse_manifest(path.read_text(encoding="utf-8"), str(path))
+        except ManifestInvalid as exc:
+            result.errors.extend(exc.errors)
+            continue
+        except OSError as exc:
+            result.errors.append(ManifestError(str(path), "", f"cannot be read: {exc}"))
+            continue
+        if manifest.id in seen:
+            result.errors.append(
+                ManifestError(str(path), "id", f"{manifest.id!r} is already used by {seen[manifest.id]}")
+            )
+            continue
+        seen[manifest.id] = str(path)
+        result.manifests[manifest.id] = manifest
+    return result

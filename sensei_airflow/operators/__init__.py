@@ -1,0 +1,1 @@
+"""Airflow operators: one per runbook step and one per rollback strategy."""

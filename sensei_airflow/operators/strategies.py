@@ -1,0 +1,53 @@
+"""Step 4, execute: one operator per rollback strategy.
+
+Each runs only when assess chose its strategy (the others skip), so the DAG shows which
+strategy ran. The work is the strategy's; the operator records it in the audit trail.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from airflow.sdk.exceptions import AirflowSkipException
+
+from sensei_airflow.manifest import Strategy
+from sensei_airflow.operators.base import RunbookOperator, StepRun
+from sensei_airflow.strategies import strategy_class
+
+
+class ExecuteStrategyOperator(RunbookOperator):
+    """Run one strategy's execute, if assess chose it."""
+
+    step = "execute"
+    strategy: ClassVar[Strategy]
+    ui_color = "#f8d7da"
+
+    def run(self, step: StepRun) -> dict[str, Any]:
+        plan = self.require_plan(step)
+        if plan.strategy != self.strategy:
+            raise AirflowSkipException(f"assess chose {plan.strategy}, not {self.strategy}")
+        assert step.manifest is not None and step.state is not None
+        execution = strategy_class(self.strategy)(step.manifest, step.state).execute(plan)
+        step.record(
+            "executed",
+            sql=execution.statements,
+            rows_affected=sum(execution.rows_affected.values()),
+            detail={"rows_affected": execution.rows_affected, **execution.detail},
+            finished=True,
+        )
+        return execution.as_xcom()
+
+    def summary(self, result: Any) -> dict[str, Any]:
+        return {"rows_affected": result["rows_affected"]}
+
+
+class TruncateOperator(ExecuteStrategyOperator):
+    """Target truncate: empty the tables in scope, children first, in one transaction."""
+
+    strategy = Strategy.TRUNCATE
+
+
+#: the execute operator of each strategy, for the DAG factory.
+EXECUTE_OPERATORS: dict[Strategy, type[ExecuteStrategyOperator]] = {
+    Strategy.TRUNCATE: TruncateOperator,
+}

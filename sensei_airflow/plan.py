@@ -1,0 +1,133 @@
+"""What a rollback will do: which tables, in which order, by which strategy, and why.
+
+Pure functions over the manifest, the request and the target's catalog (foreign keys), so the
+plan can be shown (dry run) before anything runs, and tested without a database.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sensei_airflow.conf import RollbackRequest
+from sensei_airflow.engines.base import ForeignKey
+from sensei_airflow.manifest import Manifest, Strategy, TableMapping
+
+
+class RefusedError(Exception):
+    """The rollback cannot be done safely; the message says why, in one line."""
+
+
+def resolve_scope(manifest: Manifest, request: RollbackRequest) -> list[TableMapping]:
+    """The manifest tables a request covers, in manifest order.
+
+    :raises RefusedError: for a phase that does not exist or a table not in the migration.
+    """
+    if request.scope == "all":
+        return manifest.tables
+    if request.scope == "phase":
+        phase = manifest.phase(request.phase or 0)
+        if phase is None:
+            known = ", ".join(str(p.phase) for p in manifest.phases)
+            raise RefusedError(
+                f"phase {request.phase} does not exist in migration {manifest.id} (phases: {known})"
+            )
+        return [t for t in manifest.tables if t in phase.tables]
+    chosen: list[TableMapping] = []
+    for name in request.tables or []:
+        try:
+            table = manifest.resolve_table(name)
+        except LookupError as exc:
+            raise RefusedError(str(exc)) from None
+        if table not in chosen:
+            chosen.append(table)
+    return [t for t in manifest.tables if t in chosen]
+
+
+def dependency_order(tables: Sequence[str], foreign_keys: Iterable[ForeignKey]) -> list[str]:
+    """Order tables parents first; ties (and cycles) keep the given order.
+
+    Only foreign keys between the given tables count. A cycle is broken at the table that comes
+    first in the given order, so the result always holds every table once.
+    """
+    position = {t: i for i, t in enumerate(tables)}
+    parents: dict[str, set[str]] = {t: set() for t in tables}
+    children: dict[str, set[str]] = {t: set() for t in tables}
+    for fk in foreign_keys:
+        if fk.child in position and fk.parent in position and fk.child != fk.parent:
+            parents[fk.child].add(fk.parent)
+            children[fk.parent].add(fk.child)
+    waiting = {t: len(p) for t, p in parents.items()}
+    ready = [position[t] for t, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    ordered: list[str] = []
+    done: set[str] = set()
+    while len(ordered) < len(tables):
+        if not ready:  # a cycle: release the earliest table still waiting
+            heapq.heappush(ready, min(position[t] for t in tables if t not in done))
+        table = tables[heapq.heappop(ready)]
+        if table in done:
+            continue
+        ordered.append(table)
+        done.add(table)
+        for child in sorted(children[table], key=position.__getitem__):
+            waiting[child] -= 1
+            if waiting[child] == 0 and child not in done:
+                heapq.heappush(ready, position[child])
+    return ordered
+
+
+def strategy_candidates(manifest: Manifest, request: RollbackRequest) -> list[Strategy]:
+    """The strategies to try, in order: the requested one, or the manifest's preferred then fallback."""
+    if request.strategy != "auto":
+        return [Strategy(request.strategy)]
+    candidates = [manifest.rollback.preferred_strategy]
+    if manifest.rollback.fallback_strategy is not None:
+        candidates.append(manifest.rollback.fallback_strategy)
+    return candidates
+
+
+class PlannedTable(BaseModel):
+    """One table of the plan, in execution order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    target: str
+    source: str
+    phase: int
+    rows: int | None = Field(None, description="rows the table holds now (what a truncate would remove)")
+
+
+class RollbackPlan(BaseModel):
+    """Everything assess decided; the XCom every later runbook step works from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    migration_id: str
+    rollback_id: str
+    strategy: Strategy
+    requested_strategy: str
+    fallback: Strategy | None = None
+    scope: dict[str, Any]
+    tables: list[PlannedTable]
+    restore_to: str | None = None
+    backup_id: str | None = None
+    verify_after: bool = True
+    dry_run: bool = False
+    statements: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    counts_before: dict[str, int] = Field(default_factory=dict)
+    triggered_by: str | None = None
+    reason: str | None = None
+    started_at: str
+
+    @property
+    def table_names(self) -> list[str]:
+        return [t.target for t in self.tables]
+
+    def status_scope(self) -> dict[str, Any]:
+        return {**self.scope, "tables": self.table_names}

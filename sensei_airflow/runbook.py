@@ -1,0 +1,167 @@
+"""The runbook's decisions, as plain Python: assess a request, and sum a run up.
+
+The operators in :mod:`sensei_airflow.operators` call these; nothing here knows Airflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sensei_airflow.conf import InvalidRequest, RollbackRequest
+from sensei_airflow.engines import UnsupportedEngine, get_engine
+from sensei_airflow.manifest import Manifest, ManifestSet
+from sensei_airflow.plan import (
+    PlannedTable,
+    RefusedError,
+    RollbackPlan,
+    resolve_scope,
+    strategy_candidates,
+)
+from sensei_airflow.state import StateStore
+from sensei_airflow.strategies import RollbackStrategy, strategy_class
+from sensei_airflow.verify import Verification
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who runs which rollback, and when."""
+
+    rollback_id: str
+    actor: str | None
+    now: datetime
+
+
+def parse_request(conf: Mapping[str, Any]) -> RollbackRequest:
+    try:
+        return RollbackRequest.parse(conf)
+    except InvalidRequest as exc:
+        raise RefusedError(f"invalid rollback request: {exc}") from None
+
+
+def find_manifest(manifests: ManifestSet, migration_id: str) -> Manifest:
+    try:
+        return manifests.get(migration_id)
+    except LookupError as exc:
+        raise RefusedError(str(exc)) from None
+
+
+def check_window(manifest: Manifest, now: datetime) -> None:
+    closes = manifest.window_closes_at()
+    if closes is not None and now > closes:
+        raise RefusedError(
+            f"the rollback window of {manifest.id} closed at {closes.isoformat()} "
+            f"({manifest.rollback.rollback_window_hours:g} h after the migration began at "
+            f"{manifest.started_at.isoformat()}); widen rollback.rollback_window_hours in the manifest "
+            "if a rollback is still safe"
+        )
+
+
+def assess(manifest: Manifest, request: RollbackRequest, run: RunContext) -> RollbackPlan:
+    """Validate everything and decide the plan, or raise ``RefusedError`` before anything changes."""
+    state = StateStore(manifest.state.conn_id)
+    try:
+        target = get_engine(manifest.target.conn_id)
+    except UnsupportedEngine as exc:
+        raise RefusedError(f"target {manifest.target.conn_id}: {exc}") from None
+    if state.identity() == target.identity():
+        raise RefusedError(
+            f"the state store ({manifest.state.conn_id}) is the target database itself: the audit trail "
+            "would be rolled back with it; point state at another database"
+        )
+    check_window(manifest, run.now)
+    scope = resolve_scope(manifest, request)
+
+    refusals: list[str] = []
+    notes: list[str] = []
+    chosen: RollbackStrategy | None = None
+    for candidate in strategy_candidates(manifest, request):
+        try:
+            strategy = strategy_class(candidate)(manifest, state)
+            assessment = strategy.assess(scope, request)
+        except RefusedError as exc:
+            refusals.append(f"{candidate}: {exc}")
+            notes.append(f"{candidate} cannot apply: {exc}")
+            continue
+        chosen = strategy
+        break
+    if chosen is None:
+        if len(refusals) == 1:
+            raise RefusedError(refusals[0])
+        raise RefusedError("no strategy can apply: " + " | ".join(refusals))
+    if request.strategy == "auto":
+        notes.append(f"auto: chose {chosen.name} (preferred: {manifest.rollback.preferred_strategy})")
+
+    by_target = {target.qualify(t.target): t for t in scope}
+    planned = [
+        PlannedTable(
+            target=name,
+            source=by_target[name].source,
+            phase=manifest.phase_of(by_target[name]),
+            rows=assessment.rows.get(name),
+        )
+        for name in assessment.tables
+    ]
+    candidates = strategy_candidates(manifest, request)
+    later = candidates[candidates.index(chosen.name) + 1 :]
+    restore_to = request.restore_to or manifest.started_at
+    return RollbackPlan(
+        migration_id=manifest.id,
+        rollback_id=run.rollback_id,
+        strategy=chosen.name,
+        requested_strategy=request.strategy,
+        fallback=later[0] if later else None,
+        scope={"scope": request.scope, **({"phase": request.phase} if request.scope == "phase" else {})},
+        tables=planned,
+        restore_to=restore_to.isoformat() if chosen.name == "point_in_time" else None,
+        backup_id=request.backup_id,
+        verify_after=manifest.rollback.verify_rollback if request.verify_after is None else request.verify_after,
+        dry_run=request.dry_run,
+        statements=assessment.statements,
+        warnings=assessment.warnings,
+        notes=notes,
+        counts_before=target.row_counts(target.user_tables()),
+        triggered_by=run.actor,
+        reason=request.reason,
+        started_at=run.now.isoformat(),
+    )
+
+
+def rollback_status(plan: RollbackPlan | None, execution: Mapping[str, Any] | None, verification: Verification | None) -> str:
+    """``planned`` for a dry run, ``completed`` when executed and verified, else ``failed``."""
+    if plan is None:
+        return "failed"
+    if plan.dry_run:
+        return "planned"
+    if execution is None or verification is None or not verification.passed:
+        return "failed"
+    return "completed"
+
+
+def status_document(
+    *,
+    migration_id: str | None,
+    rollback_id: str,
+    plan: RollbackPlan | None,
+    status: str,
+    verification: Verification | None,
+    started_at: datetime,
+    finished_at: datetime,
+    scope: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The status document of CONTRACT.md (the seed's response shape)."""
+    block = (verification or Verification.skipped()).status_block()
+    if verification is None and status == "failed":
+        block = {"source_comparison": "skipped", "record_counts_match": None, "sample_verification": "skipped"}
+    return {
+        "migration_id": migration_id,
+        "rollback_id": rollback_id,
+        "rollback_status": status,
+        "strategy_used": plan.strategy.value if plan else None,
+        "restored_to": plan.restore_to if plan else None,
+        "scope": plan.status_scope() if plan else dict(scope or {"scope": None, "tables": []}),
+        "verification": block,
+        "duration_seconds": round((finished_at - started_at).total_seconds()),
+    }

@@ -1,0 +1,240 @@
+"""The state store: rollback run records and migration baselines, on the manifest's ``state`` connection.
+
+The state store is a PostgreSQL database that is never the target being rolled back (assess
+refuses that), so what it records survives the rollback it records. Its tables live in the
+``sensei`` schema and are created on first use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_DDL = """
+CREATE SCHEMA IF NOT EXISTS sensei;
+CREATE TABLE IF NOT EXISTS sensei.rollback_runs (
+    rollback_id      text PRIMARY KEY,
+    migration_id     text NOT NULL,
+    status           text NOT NULL,
+    strategy         text,
+    dry_run          boolean NOT NULL DEFAULT false,
+    request          jsonb NOT NULL DEFAULT '{}',
+    plan             jsonb,
+    status_document  jsonb,
+    report           jsonb,
+    report_markdown  text,
+    triggered_by     text,
+    reason           text,
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz,
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS rollback_runs_by_migration ON sensei.rollback_runs (migration_id, started_at DESC);
+CREATE TABLE IF NOT EXISTS sensei.table_baselines (
+    migration_id     text NOT NULL,
+    target_table     text NOT NULL,
+    rows_before      bigint NOT NULL,
+    recorded_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (migration_id, target_table)
+);
+CREATE TABLE IF NOT EXISTS sensei.audit_events (
+    seq              bigint PRIMARY KEY,
+    recorded_at      timestamptz NOT NULL,
+    rollback_id      text,
+    migration_id     text,
+    task_id          text,
+    try_number       integer,
+    step             text NOT NULL,
+    action           text NOT NULL,
+    actor            text,
+    payload          text NOT NULL,
+    prev_hash        text NOT NULL,
+    hash             text NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS audit_events_by_run ON sensei.audit_events (rollback_id, seq);
+CREATE OR REPLACE FUNCTION sensei.audit_events_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'sensei.audit_events is append-only: % is not allowed', TG_OP;
+END $$;
+CREATE OR REPLACE TRIGGER audit_events_no_update BEFORE UPDATE OR DELETE ON sensei.audit_events
+    FOR EACH ROW EXECUTE FUNCTION sensei.audit_events_append_only();
+CREATE OR REPLACE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON sensei.audit_events
+    FOR EACH STATEMENT EXECUTE FUNCTION sensei.audit_events_append_only();
+CREATE TABLE IF NOT EXISTS sensei.schema_version (version integer NOT NULL);
+"""
+
+#: advisory lock keys (arbitrary constants) that serialise schema creation and chain appends.
+SCHEMA_LOCK = 7_346_001
+CHAIN_LOCK = 7_346_002
+
+_RUN_COLUMNS = (
+    "rollback_id",
+    "migration_id",
+    "status",
+    "strategy",
+    "dry_run",
+    "request",
+    "plan",
+    "status_document",
+    "report",
+    "report_markdown",
+    "triggered_by",
+    "reason",
+    "started_at",
+    "finished_at",
+)
+_JSON_COLUMNS = {"request", "plan", "status_document", "report"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class StateStore:
+    """Run records and baselines in the state database (an Airflow ``postgres`` connection)."""
+
+    def __init__(self, conn_id: str) -> None:
+        self.conn_id = conn_id
+        self._schema_ready = False
+
+    @cached_property
+    def hook(self) -> Any:
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        return PostgresHook(postgres_conn_id=self.conn_id)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor inside one committed transaction on the state database."""
+        self.ensure_schema()
+        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def _connect(self) -> Iterator[Any]:
+        with closing(self.hook.get_conn()) as conn:
+            yield conn
+
+    def ensure_schema(self) -> None:
+        """Create the ``sensei`` schema's tables if missing (idempotent, safe concurrently)."""
+        if self._schema_ready:
+            return
+        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            cur.execute(_DDL)
+            cur.execute("SELECT max(version) FROM sensei.schema_version")
+            if cur.fetchone()[0] is None:
+                cur.execute("INSERT INTO sensei.schema_version VALUES (%s)", (SCHEMA_VERSION,))
+        self._schema_ready = True
+
+    def identity(self) -> str:
+        """Same form as :meth:`PostgresEngine.identity`, to compare with the target's."""
+        from sensei_airflow.engines.postgres import PostgresEngine
+
+        return PostgresEngine(self.conn_id).identity()
+
+    # -- rollback runs -----------------------------------------------------------------------
+    def record_run(
+        self,
+        rollback_id: str,
+        migration_id: str,
+        *,
+        status: str,
+        request: Mapping[str, Any],
+        dry_run: bool = False,
+        strategy: str | None = None,
+        plan: Mapping[str, Any] | None = None,
+        triggered_by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Create the run record, or refresh it when the task is retried."""
+        with self.transaction() as cur:
+            cur.execute(
+                """
+                INSERT INTO sensei.rollback_runs
+                    (rollback_id, migration_id, status, strategy, dry_run, request, plan, triggered_by, reason)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (rollback_id) DO UPDATE SET
+                    status = EXCLUDED.status, strategy = EXCLUDED.strategy, dry_run = EXCLUDED.dry_run,
+                    request = EXCLUDED.request, plan = EXCLUDED.plan, updated_at = now()
+                """,
+                (
+                    rollback_id,
+                    migration_id,
+                    status,
+                    strategy,
+                    dry_run,
+                    _json(request),
+                    _json(plan),
+                    triggered_by,
+                    reason,
+                ),
+            )
+
+    def finish_run(
+        self,
+        rollback_id: str,
+        *,
+        status: str,
+        status_document: Mapping[str, Any],
+        report: Mapping[str, Any],
+        report_markdown: str,
+    ) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                """
+                UPDATE sensei.rollback_runs SET status = %s, status_document = %s, report = %s,
+                    report_markdown = %s, finished_at = now(), updated_at = now()
+                WHERE rollback_id = %s
+                """,
+                (status, _json(status_document), _json(report), report_markdown, rollback_id),
+            )
+            if cur.rowcount == 0:
+                raise LookupError(f"no run record for rollback {rollback_id}")
+
+    def get_run(self, rollback_id: str) -> dict[str, Any] | None:
+        return self._one_run("rollback_id = %s", (rollback_id,))
+
+    def latest_run(self, migration_id: str) -> dict[str, Any] | None:
+        """The newest rollback of a migration (dry runs included)."""
+        return self._one_run("migration_id = %s ORDER BY started_at DESC, rollback_id DESC", (migration_id,))
+
+    def _one_run(self, where: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        columns = ", ".join(_RUN_COLUMNS)
+        with self.transaction() as cur:
+            cur.execute(f"SELECT {columns} FROM sensei.rollback_runs WHERE {where} LIMIT 1", params)  # noqa: S608
+            row = cur.fetchone()
+        return None if row is None else dict(zip(_RUN_COLUMNS, row, strict=True))
+
+    # -- baselines -----------------------------------------------------------------------------
+    def record_baselines(self, migration_id: str, rows_before: Mapping[str, int]) -> None:
+        """Rows each target table held before the forward migration wrote to it."""
+        with self.transaction() as cur:
+            cur.executemany(
+                """
+                INSERT INTO sensei.table_baselines (migration_id, target_table, rows_before)
+                VALUES (%s, %s, %s)
+                ON CONFLICT (migration_id, target_table) DO UPDATE
+                    SET rows_before = EXCLUDED.rows_before, recorded_at = now()
+                """,
+                [(migration_id, table, int(rows)) for table, rows in rows_before.items()],
+            )
+
+    def baselines(self, migration_id: str) -> dict[str, int]:
+        with self.transaction() as cur:
+            cur.execute(
+                "SELECT target_table, rows_before FROM sensei.table_baselines WHERE migration_id = %s",
+                (migration_id,),
+            )
+            return {table: int(rows) for table, rows in cur.fetchall()}
+
+
+def _json(value: Mapping[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, default=str, sort_keys=True)

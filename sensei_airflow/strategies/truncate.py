@@ -1,0 +1,96 @@
+"""Target truncate: empty the migrated tables, children first, in one transaction.
+
+Safe only when the target tables held nothing before the migration and nothing outside the
+scope still points at them; assess checks both and refuses otherwise.
+"""
+
+from __future__ import annotations
+
+from sensei_airflow.conf import RollbackRequest
+from sensei_airflow.manifest import Strategy, TableMapping
+from sensei_airflow.plan import RefusedError, RollbackPlan, dependency_order
+from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
+from sensei_airflow.verify import Verification, count_checks
+
+
+class TruncateStrategy(RollbackStrategy):
+    name = Strategy.TRUNCATE
+
+    def _ordered(self, tables: list[str]) -> list[str]:
+        """Children before parents."""
+        return list(reversed(dependency_order(tables, self.target.foreign_keys())))
+
+    def _referenced_from_outside(self, tables: list[str]) -> tuple[set[str], list[str]]:
+        """Tables in scope that an empty outside table references, and the refusals for non-empty ones."""
+        outside = [fk for fk in self.target.foreign_keys() if fk.parent in tables and fk.child not in tables]
+        counts = self.target.row_counts({fk.child for fk in outside})
+        refusals = [
+            f"{fk.child} (outside the scope) references {fk.parent} through {fk.name} and holds "
+            f"{counts[fk.child]} rows"
+            for fk in outside
+            if counts[fk.child] > 0
+        ]
+        return {fk.parent for fk in outside}, refusals
+
+    def assess(self, scope: list[TableMapping], request: RollbackRequest) -> Assessment:
+        tables = [self.target.qualify(t.target) for t in scope]
+        existing = set(self.target.user_tables())
+        missing = [t for t in tables if t not in existing]
+        if missing:
+            raise RefusedError(f"target table {missing[0]} does not exist on {self.manifest.target.conn_id}")
+        referenced, refusals = self._referenced_from_outside(tables)
+        if refusals:
+            raise RefusedError(
+                f"truncate would break foreign keys: {refusals[0]}; add that table to the scope or roll "
+                "back its phase too"
+            )
+        held_rows = {t: n for t, n in self.state.baselines(self.manifest.id).items() if t in tables and n > 0}
+        if held_rows:
+            table, rows = next(iter(held_rows.items()))
+            raise RefusedError(
+                f"{table} held {rows} rows before the migration began: truncate would destroy them; "
+                "use backup_restore or point_in_time instead"
+            )
+        ordered = self._ordered(tables)
+        statements = [
+            s.sql
+            for s in [
+                *self.target.lock_sql(ordered),
+                *self.target.empty_tables_sql(ordered, referenced),
+            ]
+        ]
+        warnings = []
+        if not self.state.baselines(self.manifest.id):
+            warnings.append(
+                "no pre-migration row counts are recorded for this migration: truncate assumes the "
+                "target tables were empty before it"
+            )
+        return Assessment(
+            tables=ordered,
+            rows=self.target.row_counts(ordered),
+            statements=statements,
+            warnings=warnings,
+        )
+
+    def execute(self, plan: RollbackPlan) -> Execution:
+        tables = plan.table_names
+        referenced, refusals = self._referenced_from_outside(tables)
+        if refusals:
+            raise RefusedError(f"truncate would break foreign keys: {refusals[0]}")
+        statements, removed = self.target.empty_tables(tables, referenced)
+        return Execution(statements=[s.sql for s in statements], rows_affected=removed)
+
+    def verify(self, plan: RollbackPlan) -> Verification:
+        in_scope = set(plan.table_names)
+        untouched = {t: n for t, n in plan.counts_before.items() if t not in in_scope}
+        after = self.target.row_counts([*plan.table_names, *untouched])
+        checks = [
+            *count_checks("empty after rollback", dict.fromkeys(plan.table_names, 0), after),
+            *count_checks("untouched outside the scope", untouched, after),
+        ]
+        return Verification(
+            record_counts_match=all(c.ok for c in checks),
+            source_comparison="skipped",
+            sample_verification="skipped",
+            checks=checks,
+        )

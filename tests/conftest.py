@@ -1,0 +1,29 @@
+"""Test setup: an isolated Airflow home, real PostgreSQL clusters, and helpers to run the DAGs.
+
+Airflow reads its configuration on import, so the environment is set here, before anything
+imports airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+_HOME = Path(tempfile.mkdtemp(prefix="sensei-test-airflow-"))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_HOME),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "sensei-tests-" + "0123456789abcdef" * 4,
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__SENSEI__TASK_RETRIES": "0",
+        "AIRFLOW__SENSEI__RETRY_DELAY_SECONDS": "0",
+        "SENSEI_MIGRATIONS_DIR": str(_HOME / "migrations"),
+    }
+)
+
+pytest_plugins = ["tests.fixtures"]

@@ -1,0 +1,119 @@
+"""Shared fixtures: PostgreSQL clusters the tests start, migrations, and DAG runs through dag.test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sensei_airflow.local_postgres import LocalCluster, PostgresUnavailable, free_port, new_cluster_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[LocalCluster]:
+    """One real PostgreSQL server for the session (fresh databases per test).
+
+    A test that needs PostgreSQL fails, never skips, when the server cannot start.
+    """
+    cluster = LocalCluster(new_cluster_dir(), free_port())
+    try:
+        cluster.start()
+    except PostgresUnavailable as exc:
+        shutil.rmtree(cluster.base_dir, ignore_errors=True)
+        pytest.fail(f"PostgreSQL is needed and could not start: {exc}", pytrace=False)
+    yield cluster
+    cluster.destroy()
+
+
+@dataclass
+class Databases:
+    """A source, a target and a state database, wired as Airflow connections."""
+
+    cluster: LocalCluster
+    source: str
+    target: str
+    state: str
+    conn_ids: dict[str, str]
+
+    def connect(self, which: str) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.cluster.dsn(getattr(self, which)), autocommit=True)
+
+    def scalar(self, which: str, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        with self.connect(which) as conn:
+            return conn.execute(sql, params).fetchone()[0]
+
+
+@pytest.fixture
+def databases(pg_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Databases]:
+    suffix = uuid.uuid4().hex[:8]
+    names = {role: f"{role}_{suffix}" for role in ("source", "target", "state")}
+    conn_ids = {"source": "shop_source", "target": "shop_target", "state": "sensei_state"}
+    for role, name in names.items():
+        uri = pg_cluster.create_database(name)
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_ids[role].upper()}", uri)
+    yield Databases(pg_cluster, names["source"], names["target"], names["state"], conn_ids)
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        for name in names.values():
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def migrations_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh manifest folder for this test (SENSEI_MIGRATIONS_DIR)."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    monkeypatch.setenv("SENSEI_MIGRATIONS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's metadata database, created once per session."""
+    from airflow.utils.db import resetdb
+
+    resetdb()
+
+
+def load_dag(dag_id: str) -> Any:
+    """Parse the DAG from the repository's dags folder, as the dag processor would."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags" / f"{dag_id}.py"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags[dag_id]
+
+
+@dataclass
+class DagOutcome:
+    state: str
+    task_states: dict[str, str]
+    xcoms: dict[str, Any]
+    run_id: str
+
+
+def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagOutcome:
+    """Run a whole DAG in-process with ``dag.test`` and collect task states and return values."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dag = load_dag(dag_id)
+    dag_run = dag.test(run_conf=conf or {})
+    with create_session() as session:
+        tis = dag_run.get_task_instances(session=session)
+        states = {ti.task_id: str(ti.state) for ti in tis}
+        rows = session.query(XComModel).filter_by(dag_id=dag_id, run_id=dag_run.run_id, key="return_value").all()
+        xcoms = {row.task_id: XComModel.deserialize_value(row) for row in rows}
+    return DagOutcome(state=str(dag_run.state), task_states=states, xcoms=xcoms, run_id=dag_run.run_id)
