@@ -1,0 +1,37 @@
+"""Run the benchmarks: ``python -m benchmarks [name ...]`` (default: all).
+
+Each benchmark module has ``run() -> list[str]`` returning the lines of its report; results are
+also written to ``bench-results/<name>.txt``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from pathlib import Path
+
+#: benchmark modules, in the order they run.
+BENCHMARKS = ["parse_time"]
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or BENCHMARKS
+    unknown = [n for n in chosen if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+        return 2
+    out = Path("bench-results")
+    out.mkdir(exist_ok=True)
+    for name in chosen:
+        started = time.perf_counter()
+        print(f"== {name}", flush=True)
+        lines = importlib.import_module(f"benchmarks.{name}").run()
+        lines.append(f"(benchmark took {time.perf_counter() - started:.1f} s)")
+        print("\n".join(lines), flush=True)
+        (out / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
