@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import sqlglot
-from sqlglot import exp
-
 
 @dataclass(frozen=True)
 class ForeignKey:
@@ -52,6 +49,8 @@ class Engine(ABC):
         return table if "." in table else f"{self.default_schema}.{table}"
 
     def quote_identifier(self, name: str) -> str:
+        from sqlglot import exp  # imported on use: sqlglot costs ~0.25 s, too much for DAG parsing
+
         return exp.to_identifier(name, quoted=True).sql(dialect=self.dialect)
 
     def quote_table(self, table: str) -> str:
@@ -60,6 +59,8 @@ class Engine(ABC):
 
     def transpile(self, sql: str) -> str:
         """Render a PostgreSQL-flavoured expression in this engine's dialect."""
+        import sqlglot
+
         return sqlglot.transpile(sql, read="postgres", write=self.dialect)[0]
 
     # -- catalog ---------------------------------------------------------------------------
