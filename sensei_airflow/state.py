@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -68,6 +69,26 @@ CREATE OR REPLACE TRIGGER audit_events_no_update BEFORE UPDATE OR DELETE ON sens
 CREATE OR REPLACE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON sensei.audit_events
     FOR EACH STATEMENT EXECUTE FUNCTION sensei.audit_events_append_only();
 CREATE TABLE IF NOT EXISTS sensei.schema_version (version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS sensei.rollback_locks (
+    migration_id     text PRIMARY KEY,
+    rollback_id      text NOT NULL,
+    acquired_at      timestamptz NOT NULL DEFAULT now(),
+    expires_at       timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sensei.consumer_holds (
+    id               bigserial PRIMARY KEY,
+    migration_id     text NOT NULL,
+    rollback_id      text NOT NULL,
+    kind             text NOT NULL,
+    name             text NOT NULL,
+    object           text NOT NULL DEFAULT '',
+    detail           jsonb NOT NULL DEFAULT '{}',
+    halted_at        timestamptz NOT NULL DEFAULT now(),
+    resumed_at       timestamptz,
+    resumed_by       text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS consumer_holds_open
+    ON sensei.consumer_holds (migration_id, kind, name, object) WHERE resumed_at IS NULL;
 """
 
 #: advisory lock keys (arbitrary constants) that serialise schema creation and chain appends.
@@ -234,6 +255,180 @@ class StateStore:
                 (migration_id,),
             )
             return {table: int(rows) for table, rows in cur.fetchall()}
+
+
+    # -- one rollback per migration at a time ---------------------------------------------------
+    def acquire_lock(self, migration_id: str, rollback_id: str, ttl: timedelta) -> RollbackLock | None:
+        """Take the migration's rollback lock for ``ttl``, or raise :class:`LockHeld`.
+
+        The holder itself may take it again (a retried assess). A lock whose time is up was
+        left by a crashed run and is taken over; the stale lock is returned so the caller can
+        record it, else ``None``.
+        """
+        with self.transaction() as cur:
+            cur.execute(
+                "SELECT rollback_id, acquired_at, expires_at, expires_at < now() "
+                "FROM sensei.rollback_locks WHERE migration_id = %s FOR UPDATE",
+                (migration_id,),
+            )
+            row = cur.fetchone()
+            stale: RollbackLock | None = None
+            if row is not None and row[0] != rollback_id:
+                held = RollbackLock(migration_id, row[0], row[1], row[2])
+                if not row[3]:
+                    raise LockHeld(held)
+                stale = held
+            cur.execute(
+                """
+                INSERT INTO sensei.rollback_locks (migration_id, rollback_id, acquired_at, expires_at)
+                VALUES (%s, %s, now(), now() + %s)
+                ON CONFLICT (migration_id) DO UPDATE SET
+                    acquired_at = CASE WHEN sensei.rollback_locks.rollback_id = EXCLUDED.rollback_id
+                                  THEN sensei.rollback_locks.acquired_at ELSE now() END,
+                    rollback_id = EXCLUDED.rollback_id, expires_at = EXCLUDED.expires_at
+                """,
+                (migration_id, rollback_id, ttl),
+            )
+        return stale
+
+    def refresh_lock(self, migration_id: str, rollback_id: str, ttl: timedelta) -> bool:
+        """Extend the lock this run holds; ``False`` when it no longer holds it."""
+        with self.transaction() as cur:
+            cur.execute(
+                "UPDATE sensei.rollback_locks SET expires_at = now() + %s "
+                "WHERE migration_id = %s AND rollback_id = %s",
+                (ttl, migration_id, rollback_id),
+            )
+            return cur.rowcount == 1
+
+    def release_lock(self, migration_id: str, rollback_id: str) -> bool:
+        """Give the lock back (only the holder can); ``True`` when it was held."""
+        with self.transaction() as cur:
+            cur.execute(
+                "DELETE FROM sensei.rollback_locks WHERE migration_id = %s AND rollback_id = %s",
+                (migration_id, rollback_id),
+            )
+            return cur.rowcount == 1
+
+    def lock_holder(self, migration_id: str) -> RollbackLock | None:
+        with self.transaction() as cur:
+            cur.execute(
+                "SELECT rollback_id, acquired_at, expires_at FROM sensei.rollback_locks "
+                "WHERE migration_id = %s",
+                (migration_id,),
+            )
+            row = cur.fetchone()
+        return None if row is None else RollbackLock(migration_id, row[0], row[1], row[2])
+
+    # -- halted consumers ------------------------------------------------------------------------
+    def record_hold(
+        self,
+        migration_id: str,
+        rollback_id: str,
+        kind: str,
+        name: str,
+        detail: Mapping[str, Any],
+        obj: str = "",
+    ) -> ConsumerHold:
+        """Record that a consumer is about to be halted, before halting it.
+
+        When an open hold for the same consumer already exists (a run crashed before resuming
+        it), that record is kept and returned: it knows the state before the first halt.
+        """
+        with self.transaction() as cur:
+            cur.execute(
+                """
+                INSERT INTO sensei.consumer_holds (migration_id, rollback_id, kind, name, object, detail)
+                VALUES (%s, %s, %s, %s, %s, %s)
+                ON CONFLICT (migration_id, kind, name, object) WHERE resumed_at IS NULL DO NOTHING
+                """,
+                (migration_id, rollback_id, kind, name, obj, _json(detail)),
+            )
+            cur.execute(
+                f"SELECT {_HOLD_COLUMNS} FROM sensei.consumer_holds "  # noqa: S608
+                "WHERE migration_id = %s AND kind = %s AND name = %s AND object = %s AND resumed_at IS NULL",
+                (migration_id, kind, name, obj),
+            )
+            return ConsumerHold(*cur.fetchone())
+
+    def open_holds(self, migration_id: str) -> list[ConsumerHold]:
+        """Consumers halted for this migration and not resumed yet, by any run."""
+        with self.transaction() as cur:
+            cur.execute(
+                f"SELECT {_HOLD_COLUMNS} FROM sensei.consumer_holds "  # noqa: S608
+                "WHERE migration_id = %s AND resumed_at IS NULL ORDER BY id",
+                (migration_id,),
+            )
+            return [ConsumerHold(*row) for row in cur.fetchall()]
+
+    def holds_of_run(self, rollback_id: str) -> list[ConsumerHold]:
+        with self.transaction() as cur:
+            cur.execute(
+                f"SELECT {_HOLD_COLUMNS} FROM sensei.consumer_holds WHERE rollback_id = %s ORDER BY id",  # noqa: S608
+                (rollback_id,),
+            )
+            return [ConsumerHold(*row) for row in cur.fetchall()]
+
+    def close_hold(self, hold_id: int, resumed_by: str) -> None:
+        """Mark a consumer as restored (by the run ``resumed_by``)."""
+        with self.transaction() as cur:
+            cur.execute(
+                "UPDATE sensei.consumer_holds SET resumed_at = now(), resumed_by = %s "
+                "WHERE id = %s AND resumed_at IS NULL",
+                (resumed_by, hold_id),
+            )
+
+
+_HOLD_COLUMNS = "id, migration_id, rollback_id, kind, name, object, detail, halted_at, resumed_at, resumed_by"
+
+
+@dataclass(frozen=True)
+class ConsumerHold:
+    """One halted consumer: a DAG (``kind='dag'``) or one role's grants on one table (``'grants'``)."""
+
+    id: int
+    migration_id: str
+    rollback_id: str
+    kind: str
+    name: str
+    object: str
+    detail: dict[str, Any]
+    halted_at: datetime
+    resumed_at: datetime | None
+    resumed_by: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "object": self.object or None,
+            "detail": self.detail,
+            "halted_by": self.rollback_id,
+            "halted_at": self.halted_at.isoformat(),
+            "resumed_at": self.resumed_at.isoformat() if self.resumed_at else None,
+            "resumed_by": self.resumed_by,
+        }
+
+
+@dataclass(frozen=True)
+class RollbackLock:
+    """The run that holds a migration's rollback lock, and until when."""
+
+    migration_id: str
+    rollback_id: str
+    acquired_at: datetime
+    expires_at: datetime
+
+
+class LockHeld(Exception):
+    """Another rollback of the same migration holds the lock."""
+
+    def __init__(self, lock: RollbackLock) -> None:
+        self.lock = lock
+        super().__init__(
+            f"rollback {lock.rollback_id} of {lock.migration_id} is already running (since "
+            f"{lock.acquired_at.isoformat()}; its lock expires at {lock.expires_at.isoformat()})"
+        )
 
 
 def _json(value: Mapping[str, Any] | None) -> str | None:
