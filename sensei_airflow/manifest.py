@@ -130,6 +130,83 @@ class PreMigrationBackup(_Frozen):
     schedule: str | None = None
 
 
+_Port = Annotated[int, Field(ge=1024, le=65535)]
+
+
+class PostgresPointInTime(_Frozen):
+    """Self-managed PostgreSQL: where the base backups and archived WAL are, and how to reach the cluster.
+
+    ``base_backups`` holds one plain-format base backup (``pg_basebackup -Fp -X stream``) per
+    sub-folder; ``wal_archive`` is the folder ``archive_command`` copies WAL segments into. Both
+    are read on the machine that runs the rollback tasks. ``data_directory`` (and the server
+    binaries) are needed only by the cluster-level path.
+    """
+
+    wal_archive: Annotated[str, Field(min_length=1)]
+    base_backups: Annotated[str, Field(min_length=1)]
+    data_directory: str | None = None
+    bin_dir: str | None = None
+    #: folder for scratch clusters (each in its own sub-folder, always removed).
+    scratch_dir: str | None = None
+    scratch_ports: tuple[_Port, _Port] = (55400, 55499)
+    #: database role used on the scratch cluster (it trusts local connections only).
+    scratch_user: Annotated[str, Field(min_length=1)] = "postgres"
+    #: restore point the migration tool creates when it starts (default ``sensei_<migration id>``).
+    restore_point: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+    base_backup_retention_days: Annotated[float, Field(gt=0)] | None = None
+    wal_retention_days: Annotated[float, Field(gt=0)] | None = None
+    recovery_target_timeline: str = "latest"
+    archive_wait_seconds: Annotated[float, Field(gt=0)] = 60
+    recovery_timeout_seconds: Annotated[float, Field(gt=0)] = 3600
+
+    @model_validator(mode="after")
+    def _port_range(self) -> PostgresPointInTime:
+        if self.scratch_ports[0] > self.scratch_ports[1]:
+            raise ValueError("scratch_ports: give [lowest, highest]")
+        return self
+
+
+class RdsPointInTime(_Frozen):
+    """AWS RDS / Aurora: which instance (or Aurora cluster) holds the target, and how to restore it."""
+
+    aws_conn_id: Annotated[str, Field(min_length=1)] = "aws_default"
+    region_name: str | None = None
+    db_instance_identifier: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9\-]{0,62}$")] | None = None
+    db_cluster_identifier: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9\-]{0,62}$")] | None = None
+    #: instance class of the restored instance (default: the source's).
+    instance_class: str | None = None
+    #: ``copy_back``: copy the tables in scope from the restored instance; ``swap``: rename the
+    #: restored instance into the live one's place (scope ``all`` of a dedicated instance only).
+    method: Literal["copy_back", "swap"] = "copy_back"
+    keep_restored_instance: bool = False
+    wait_timeout_minutes: Annotated[float, Field(gt=0)] = 90
+    poll_seconds: Annotated[float, Field(gt=0)] = 30
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RdsPointInTime:
+        if (self.db_instance_identifier is None) == (self.db_cluster_identifier is None):
+            raise ValueError("give exactly one of db_instance_identifier and db_cluster_identifier")
+        return self
+
+
+class PointInTimeSettings(_Frozen):
+    """The manifest's ``rollback.point_in_time`` block: engine-specific settings of the strategy.
+
+    Each engine reads its own sub-block (``postgres``, ``rds``, ...); an engine with nothing to
+    configure needs none. The shared keys say what the whole target may be restored for.
+    """
+
+    #: the target database (cluster, instance) holds only this migration's data, so a rollback
+    #: of scope ``all`` may restore it whole instead of table by table.
+    target_holds_only_this_migration: bool = False
+    #: prefer the restore point the migration tool recorded when restore_to is the migration's start.
+    prefer_restore_point: bool = True
+    #: the scheduled window check warns this long before a rollback window closes.
+    warn_before_hours: Annotated[float, Field(gt=0)] = 24
+    postgres: PostgresPointInTime | None = None
+    rds: RdsPointInTime | None = None
+
+
 class RollbackPlanning(_Frozen):
     backup_before_start: bool = False
     backup_type: Literal["logical", "physical"] = "logical"
@@ -139,7 +216,7 @@ class RollbackPlanning(_Frozen):
     fallback_strategy: Strategy | None = None
     verify_rollback: bool = True
     pre_migration_backup: PreMigrationBackup = PreMigrationBackup()
-    point_in_time: dict[str, object] = Field(default_factory=dict)
+    point_in_time: PointInTimeSettings = PointInTimeSettings()
 
 
 class Downstream(_Frozen):

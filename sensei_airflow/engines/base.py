@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -98,9 +99,148 @@ class Engine(ABC):
         Returns the statements run and the rows removed from each table (counted under lock).
         """
 
+    # -- point-in-time recovery -----------------------------------------------------------
+    def point_in_time(self, settings: Any) -> PointInTimeRecovery:
+        """This target's point-in-time recovery, configured by the manifest's ``rollback.point_in_time``.
+
+        :param settings: the manifest's :class:`~sensei_airflow.manifest.PointInTimeSettings`.
+        :raises PointInTimeRefused: when the engine (or this configuration) has none.
+        """
+        raise PointInTimeRefused(f"point-in-time recovery is not available for {self.dialect} targets here")
+
     @cached_property
     def hook(self) -> Any:
         return self._make_hook()
 
     @abstractmethod
     def _make_hook(self) -> Any: ...
+
+
+# -- point-in-time recovery ---------------------------------------------------------------
+# A strategy asks ``engine.point_in_time(settings)`` for the engine's recovery mechanism and
+# speaks only to :class:`PointInTimeRecovery`; see docs/adr/0500-point-in-time-engine-interface.md.
+
+
+class PointInTimeRefused(Exception):
+    """Point-in-time recovery cannot be done safely; the message says why, in one line a DBA understands.
+
+    Raised by :meth:`PointInTimeRecovery.assess` (and by :meth:`PointInTimeRecovery.restore` when
+    it finds the same before changing anything). The strategy turns it into a refusal.
+    """
+
+
+@dataclass(frozen=True)
+class RecoveryTarget:
+    """The point a recovery restores to.
+
+    ``time`` is always timezone-aware (a naive time would be read in the server's zone and
+    silently recover to the wrong point). ``restore_point`` (a named marker the migration tool
+    recorded, e.g. ``pg_create_restore_point``) and ``position`` (an engine-specific exact
+    position: an LSN, an SCN, a Snowflake query id) are preferred over ``time`` by engines that
+    have them; ``time`` is still what the status document reports.
+    """
+
+    time: datetime
+    restore_point: str | None = None
+    position: str | None = None
+    #: keep a transaction that committed exactly at the target (PostgreSQL's default).
+    inclusive: bool = True
+
+    def __post_init__(self) -> None:
+        if getattr(self.time, "tzinfo", None) is None or self.time.utcoffset() is None:
+            raise PointInTimeRefused(
+                f"restore_to {self.time!s} has no UTC offset: it would be read in the server's time zone; "
+                "give it with an explicit offset (e.g. 2026-02-02T07:59:00+00:00)"
+            )
+
+    def describe(self) -> str:
+        if self.restore_point:
+            return f"restore point {self.restore_point!r} (recorded at {self.time.isoformat()})"
+        if self.position:
+            return f"position {self.position} ({self.time.isoformat()})"
+        return self.time.isoformat()
+
+
+@dataclass(frozen=True)
+class RecoveryWindow:
+    """How far back a mechanism can restore, now, and until when a given point stays restorable.
+
+    ``table`` None means every table of the target. ``closes_at`` None means nothing known
+    bounds it (e.g. no retention configured).
+    """
+
+    mechanism: str
+    table: str | None
+    earliest: datetime | None = None  # oldest restorable point now
+    latest: datetime | None = None  # newest restorable point now
+    closes_at: datetime | None = None  # when the point asked about stops being restorable
+    limit: str = ""  # what sets closes_at: "WAL archive retention", "Time Travel retention", ...
+
+
+@dataclass
+class PointInTimePlan:
+    """What :meth:`PointInTimeRecovery.assess` found: how the tables will be restored.
+
+    ``tables`` are the qualified tables to restore, parents first. ``path`` is ``"table"`` (only
+    those tables are replaced) or ``"database"`` (the whole database/cluster is swapped).
+    ``steps`` are the statements or actions, as shown in the plan. ``detail`` must be
+    JSON-serialisable; :meth:`PointInTimeRecovery.restore` receives it back unchanged.
+    """
+
+    tables: list[str]
+    path: str = "table"
+    steps: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PointInTimeOutcome:
+    """What :meth:`PointInTimeRecovery.restore` did: the statements run and the rows each table now holds."""
+
+    statements: list[str]
+    rows_restored: dict[str, int]
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class PointInTimeRecovery(ABC):
+    """One engine's database-native point-in-time recovery, for the point_in_time strategy.
+
+    Contract, for every engine:
+
+    - :meth:`assess` changes nothing. It checks the prerequisites (retention window, archive,
+      privileges, row movement, recovery model, ...) and refuses with
+      :class:`PointInTimeRefused` when ``target`` cannot be reached for every table.
+    - :meth:`restore` makes the tables in scope hold exactly their content at ``target``, and
+      changes nothing outside them (the ``"database"`` path only when assess chose it). Where the
+      engine allows, the live tables change in one transaction, and everything that can fail
+      (missing WAL, expired retention) fails before the live tables change. It is safe to retry:
+      a second call restores again to the same point. Scratch resources (clusters, instances,
+      clone tables) are removed also when it fails.
+    - :meth:`windows` says, per table, until when ``point`` stays restorable.
+    """
+
+    mechanism: str = "point-in-time recovery"
+
+    @abstractmethod
+    def assess(
+        self, tables: Sequence[str], target: RecoveryTarget, *, whole_database: bool
+    ) -> PointInTimePlan:
+        """Check that ``tables`` (qualified) can be restored to ``target`` and plan how.
+
+        :param whole_database: the manifest allows restoring the whole database/cluster (scope
+            ``all`` of a migration whose target holds nothing else); the engine may still choose
+            the table path.
+        :raises PointInTimeRefused: if it cannot be done safely.
+        """
+
+    @abstractmethod
+    def restore(self, plan: PointInTimePlan, target: RecoveryTarget) -> PointInTimeOutcome:
+        """Restore the plan's tables to ``target``.
+
+        :raises PointInTimeRefused: for a problem found before anything changed.
+        """
+
+    @abstractmethod
+    def windows(self, tables: Sequence[str], point: datetime) -> list[RecoveryWindow]:
+        """Until when ``point`` stays restorable, per table (or one entry for all)."""
