@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from sensei_airflow.transforms import BuiltinTransform
+
 MIGRATION_ID_PATTERN = r"^[a-z0-9_]+$"
 _IDENTIFIER = re.compile(r"^[^\W\d]\w{0,62}$")
 
@@ -85,9 +87,25 @@ class ColumnMapping(_Frozen):
     target: Identifier
     forward: str | None = None
     inverse: str | None = None
+    #: a built-in transform that knows its inverse (see :mod:`sensei_airflow.transforms`).
+    transform: BuiltinTransform | None = None
+
+    @model_validator(mode="after")
+    def _transform_alone(self) -> ColumnMapping:
+        if self.transform is None:
+            return self
+        if self.forward is not None or self.inverse is not None:
+            raise ValueError("transform: give either a built-in transform or forward/inverse SQL, not both")
+        if self.transform.split is not None and self.transform.split.into[0] != self.target:
+            raise ValueError("transform: split.into must start with the mapping's target column")
+        if self.transform.join is not None and self.transform.join.columns[0] != self.source:
+            raise ValueError("transform: join.columns must start with the mapping's source column")
+        return self
 
     @property
     def reversible(self) -> bool:
+        if self.transform is not None:
+            return self.transform.reversible
         return self.forward is None or self.inverse is not None
 
 
