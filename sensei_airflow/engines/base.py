@@ -25,6 +25,38 @@ class ForeignKey:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """One privilege of one role on one (qualified) table."""
+
+    role: str
+    table: str
+    privilege: str
+    grantable: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "table": self.table,
+            "privilege": self.privilege,
+            "grantable": self.grantable,
+        }
+
+
+@dataclass(frozen=True)
+class SequenceReset:
+    """A sequence (or identity) of a table column set so its next value is ``next_value``."""
+
+    table: str
+    column: str
+    sequence: str
+    next_value: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"table": self.table, "column": self.column, "sequence": self.sequence,
+                "next_value": self.next_value}
+
+
+@dataclass(frozen=True)
 class Statement:
     """One SQL statement with its bind parameters, and what it is for."""
 
@@ -107,6 +139,37 @@ class Engine(ABC):
         :raises PointInTimeRefused: when the engine (or this configuration) has none.
         """
         raise PointInTimeRefused(f"point-in-time recovery is not available for {self.dialect} targets here")
+
+    # -- sequences, consumers' privileges, fingerprints (defaults: not supported) --------------
+    def reset_sequences(self, tables: Sequence[str]) -> list[SequenceReset]:
+        """Set every sequence / identity of ``tables`` so the next value follows the highest key.
+
+        Run after any strategy: rows removed or restored leave sequences behind or ahead.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot reset sequences yet")
+
+    def table_grants(self, roles: Sequence[str], tables: Sequence[str]) -> list[Grant]:
+        """The privileges granted directly to ``roles`` on ``tables`` (not through other roles)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot suspend database roles' privileges yet")
+
+    def revoke_grants(self, grants: Sequence[Grant]) -> list[Statement]:
+        """Revoke these grants in one transaction; returns the statements run."""
+        raise NotImplementedError(f"{type(self).__name__} cannot suspend database roles' privileges yet")
+
+    def restore_grants(self, grants: Sequence[Grant]) -> list[Statement]:
+        """Grant exactly these privileges again (with their grant option); returns the statements run."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restore database roles' privileges yet")
+
+    def role_exists(self, role: str) -> bool:
+        raise NotImplementedError(f"{type(self).__name__} cannot look up database roles yet")
+
+    def table_fingerprints(self, tables: Iterable[str]) -> dict[str, str]:
+        """A value per table that changes when its rows change (default: the row count)."""
+        return {t: f"rows={n}" for t, n in self.row_counts(tables).items()}
+
+    def asset_uri(self, table: str) -> str | None:
+        """The Airflow Asset URI of a table, as the engine's provider writes it (None: no such form)."""
+        return None
 
     @cached_property
     def hook(self) -> Any:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from typing import Any
 
-from sensei_airflow.engines.base import Engine, ForeignKey, Statement
+from sensei_airflow.engines.base import Engine, ForeignKey, Grant, SequenceReset, Statement
 
 _USER_TABLES = """
 SELECT n.nspname, c.relname
@@ -32,6 +32,28 @@ FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
   AND d.refobjid = %s::regclass AND d.deptype IN ('a', 'i')
 ORDER BY 1
+"""
+
+
+_SEQUENCE_COLUMNS = """
+SELECT s.oid::regclass::text, a.attname, q.seqstart
+FROM pg_depend d
+JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+JOIN pg_sequence q ON q.seqrelid = s.oid
+JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+  AND d.refobjid = %s::regclass AND d.deptype IN ('a', 'i')
+ORDER BY a.attnum
+"""
+
+_TABLE_GRANTS = """
+SELECT r.rolname, n.nspname || '.' || c.relname, a.privilege_type, a.is_grantable
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL aclexplode(c.relacl) a
+JOIN pg_roles r ON r.oid = a.grantee
+WHERE r.rolname = ANY(%s) AND n.nspname || '.' || c.relname = ANY(%s) AND a.grantee <> c.relowner
+ORDER BY 1, 2, 3
 """
 
 
@@ -152,3 +174,89 @@ class PostgresEngine(Engine):
                 for statement in statements[2:]:
                     cur.execute(statement.sql, statement.params or None)
         return statements, removed
+
+    # -- sequences, consumers' privileges, fingerprints -----------------------------------
+    def reset_sequences(self, tables: Sequence[str]) -> list[SequenceReset]:
+        """``setval`` each owned sequence (serial and identity columns) to follow the column's maximum.
+
+        An empty table's sequence starts over at its start value.
+        """
+        resets: list[SequenceReset] = []
+        with self.connect() as conn, conn.transaction(), conn.cursor() as cur:
+            for table in tables:
+                cur.execute(_SEQUENCE_COLUMNS, (self.quote_table(table),))
+                for sequence, column, start in cur.fetchall():
+                    cur.execute(
+                        f"SELECT setval(%s::regclass, coalesce(max({self.quote_identifier(column)}), %s), "  # noqa: S608
+                        f"max({self.quote_identifier(column)}) IS NOT NULL) FROM {self.quote_table(table)}",
+                        (sequence, start),
+                    )
+                    # the sequence name is a regclass from the catalog, quoted where needed
+                    next_sql = (
+                        f"SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END FROM {sequence}"  # noqa: S608
+                    )
+                    cur.execute(next_sql)
+                    next_value = int(cur.fetchone()[0])
+                    resets.append(SequenceReset(self.qualify(table), column, sequence, next_value))
+        return resets
+
+    def table_grants(self, roles: Sequence[str], tables: Sequence[str]) -> list[Grant]:
+        names = [self.qualify(t) for t in tables]
+        return [
+            Grant(role=role, table=table, privilege=privilege, grantable=bool(grantable))
+            for role, table, privilege, grantable in self.query(_TABLE_GRANTS, (list(roles), names))
+        ]
+
+    def _grant_sql(self, grants: Sequence[Grant], revoke: bool) -> list[Statement]:
+        statements: list[Statement] = []
+        by_target: dict[tuple[str, str, bool], list[str]] = {}
+        for grant in grants:
+            by_target.setdefault((grant.table, grant.role, grant.grantable and not revoke), []).append(
+                grant.privilege
+            )
+        for (table, role, with_option), privileges in sorted(by_target.items()):
+            listed = ", ".join(sorted(set(privileges)))
+            if revoke:
+                sql = f"REVOKE {listed} ON TABLE {self.quote_table(table)} FROM {self.quote_identifier(role)}"
+            else:
+                sql = f"GRANT {listed} ON TABLE {self.quote_table(table)} TO {self.quote_identifier(role)}"
+                if with_option:
+                    sql += " WITH GRANT OPTION"
+            action = "suspend" if revoke else "restore"
+            statements.append(Statement(sql, purpose=f"{action} {role} on {table}"))
+        return statements
+
+    def _run_statements(self, statements: Sequence[Statement]) -> list[Statement]:
+        with self.connect() as conn, conn.transaction(), conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement.sql, statement.params or None)
+        return list(statements)
+
+    def revoke_grants(self, grants: Sequence[Grant]) -> list[Statement]:
+        return self._run_statements(self._grant_sql(grants, revoke=True))
+
+    def restore_grants(self, grants: Sequence[Grant]) -> list[Statement]:
+        return self._run_statements(self._grant_sql(grants, revoke=False))
+
+    def role_exists(self, role: str) -> bool:
+        return bool(self.query("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)))
+
+    def table_fingerprints(self, tables: Iterable[str]) -> dict[str, str]:
+        """Row count and an order-independent sum of row hashes, computed in the database."""
+        names = [self.qualify(t) for t in tables]
+        if not names:
+            return {}
+        union = " UNION ALL ".join(
+            f"SELECT %s, count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) "  # noqa: S608
+            f"FROM {self.quote_table(name)} AS t"
+            for name in names
+        )
+        return {name: f"rows={count};sum={digest}" for name, count, digest in self.query(union, names)}
+
+    def asset_uri(self, table: str) -> str | None:
+        """``postgres://host:port/database/schema/table``, the postgres provider's Asset URI form."""
+        conn = self.hook.get_connection(self.conn_id)
+        if not conn.host or not conn.schema:
+            return None
+        schema, name = self.qualify(table).split(".", 1)
+        return f"postgres://{conn.host}:{conn.port or 5432}/{conn.schema}/{schema}/{name}"
