@@ -169,8 +169,6 @@ class PostgresPointInTime(_Frozen):
     scratch_ports: tuple[_Port, _Port] = (55400, 55499)
     #: database role used on the scratch cluster (it trusts local connections only).
     scratch_user: Annotated[str, Field(min_length=1)] = "postgres"
-    #: restore point the migration tool creates when it starts (default ``sensei_<migration id>``).
-    restore_point: Annotated[str, Field(min_length=1, max_length=63)] | None = None
     base_backup_retention_days: Annotated[float, Field(gt=0)] | None = None
     wal_retention_days: Annotated[float, Field(gt=0)] | None = None
     recovery_target_timeline: str = "latest"
@@ -219,6 +217,8 @@ class PointInTimeSettings(_Frozen):
     target_holds_only_this_migration: bool = False
     #: prefer the restore point the migration tool recorded when restore_to is the migration's start.
     prefer_restore_point: bool = True
+    #: name of that restore point (default ``sensei_<migration id>``).
+    restore_point: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,63}$")] | None = None
     #: the scheduled window check warns this long before a rollback window closes.
     warn_before_hours: Annotated[float, Field(gt=0)] = 24
     postgres: PostgresPointInTime | None = None
@@ -235,6 +235,10 @@ class RollbackPlanning(_Frozen):
     verify_rollback: bool = True
     pre_migration_backup: PreMigrationBackup = PreMigrationBackup()
     point_in_time: PointInTimeSettings = PointInTimeSettings()
+    #: a human approves or rejects each (non dry-run) rollback's plan in the Airflow UI before it runs.
+    require_approval: bool = False
+    #: how long the approval waits for an answer; unanswered, the rollback is not done.
+    approval_timeout_hours: Annotated[float, Field(gt=0)] = 24
 
 
 class Downstream(_Frozen):

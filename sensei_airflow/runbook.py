@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sensei_airflow.conf import InvalidRequest, RollbackRequest
@@ -20,9 +20,13 @@ from sensei_airflow.plan import (
     resolve_scope,
     strategy_candidates,
 )
-from sensei_airflow.state import StateStore
+from sensei_airflow.state import LockHeld, StateStore
 from sensei_airflow.strategies import RollbackStrategy, strategy_class
 from sensei_airflow.verify import Verification
+
+
+#: how long a rollback's lock lasts unless renewed: a crashed run holds it no longer.
+DEFAULT_LOCK_TTL = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,14 @@ def check_window(manifest: Manifest, now: datetime) -> None:
         )
 
 
-def assess(manifest: Manifest, request: RollbackRequest, run: RunContext) -> RollbackPlan:
-    """Validate everything and decide the plan, or raise ``RefusedError`` before anything changes."""
+def assess(
+    manifest: Manifest, request: RollbackRequest, run: RunContext, lock_ttl: timedelta = DEFAULT_LOCK_TTL
+) -> RollbackPlan:
+    """Validate everything and decide the plan, or raise ``RefusedError`` before anything changes.
+
+    A rollback (not a dry run) takes the migration's lock for ``lock_ttl``: a second rollback of
+    the same migration is refused while the first holds it.
+    """
     state = StateStore(manifest.state.conn_id)
     try:
         target = get_engine(manifest.target.conn_id)
@@ -106,7 +116,16 @@ def assess(manifest: Manifest, request: RollbackRequest, run: RunContext) -> Rol
     ]
     candidates = strategy_candidates(manifest, request)
     later = candidates[candidates.index(chosen.name) + 1 :]
+    if later:
+        notes.append(
+            f"fallback: {later[0]} runs if {chosen.name} fails after its retries without having "
+            "changed the target"
+        )
     restore_to = request.restore_to or manifest.started_at
+    warnings = list(assessment.warnings)
+    notes += take_lock(
+        state, manifest.id, run.rollback_id, lock_ttl, dry_run=request.dry_run, warnings=warnings
+    )
     return RollbackPlan(
         migration_id=manifest.id,
         rollback_id=run.rollback_id,
@@ -120,13 +139,43 @@ def assess(manifest: Manifest, request: RollbackRequest, run: RunContext) -> Rol
         verify_after=manifest.rollback.verify_rollback if request.verify_after is None else request.verify_after,
         dry_run=request.dry_run,
         statements=assessment.statements,
-        warnings=assessment.warnings,
+        warnings=warnings,
         notes=notes,
         counts_before=target.row_counts(target.user_tables()),
         triggered_by=run.actor,
         reason=request.reason,
         started_at=run.now.isoformat(),
     )
+
+
+def take_lock(
+    state: StateStore,
+    migration_id: str,
+    rollback_id: str,
+    ttl: timedelta,
+    *,
+    dry_run: bool,
+    warnings: list[str],
+) -> list[str]:
+    """Take the migration's rollback lock (dry runs only look); returns notes for the plan.
+
+    :raises RefusedError: naming the running rollback when another run holds the lock.
+    """
+    if dry_run:
+        holder = state.lock_holder(migration_id)
+        if holder is not None and holder.rollback_id != rollback_id:
+            warnings.append(
+                f"rollback {holder.rollback_id} is running now: this plan may be outdated when it ends"
+            )
+        return []
+    try:
+        stale = state.acquire_lock(migration_id, rollback_id, ttl)
+    except LockHeld as exc:
+        raise RefusedError(f"{exc}; wait for it to end, or for its lock to expire if it crashed") from None
+    if stale is None:
+        return []
+    expired = stale.expires_at.isoformat()
+    return [f"took over the lock of rollback {stale.rollback_id}, which expired at {expired}"]
 
 
 def rollback_status(plan: RollbackPlan | None, execution: Mapping[str, Any] | None, verification: Verification | None) -> str:
