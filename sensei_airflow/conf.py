@@ -213,7 +213,7 @@ def _field_schema(name: str, property_schema: dict[str, Any]) -> dict[str, Any]:
 def rollback_params(migration_ids: Iterable[str]) -> dict[str, Any]:
     """The ``Param``s of ``sensei_rollback``, generated from :class:`RollbackRequest`.
 
-    ``migration_id`` becomes a dropdown of the known manifests.
+    ``migration_id`` becomes a dropdown (``examples``) of the known manifests.
     """
     from airflow.sdk import Param
 
@@ -224,10 +224,12 @@ def rollback_params(migration_ids: Iterable[str]) -> dict[str, Any]:
     for name, field in RollbackRequest.model_fields.items():
         schema = _field_schema(name, properties[name])
         if name == "migration_id":
+            # A dropdown of the manifests known when the DAG was parsed, still open to an id
+            # added since: assess then says clearly whether the manifest exists.
             schema["type"] = ["string", "null"]
             schema.pop("pattern", None)
             if ids:
-                schema["enum"] = [*ids, None]
+                schema["examples"] = ids
         if name == "tables":
             schema["items"] = {"type": "string"}
         default = None if field.is_required() else field.default

@@ -117,3 +117,36 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagOutcome:
         rows = session.query(XComModel).filter_by(dag_id=dag_id, run_id=dag_run.run_id, key="return_value").all()
         xcoms = {row.task_id: XComModel.deserialize_value(row) for row in rows}
     return DagOutcome(state=str(dag_run.state), task_states=states, xcoms=xcoms, run_id=dag_run.run_id)
+
+
+def write_demo_manifest(migrations_dir: Path, **kwargs: Any) -> Any:
+    """Write the demo manifest (sensei_airflow.demo.shop) and return it parsed."""
+    from sensei_airflow.demo import shop
+    from sensei_airflow.manifest import load_manifests
+
+    (migrations_dir / f"{kwargs.get('migration_id', shop.DEMO_MIGRATION_ID)}.yaml").write_text(
+        shop.manifest_yaml(**kwargs)
+    )
+    return load_manifests(migrations_dir).get(kwargs.get("migration_id", shop.DEMO_MIGRATION_ID))
+
+
+def migrate_demo(manifest: Any, customers: int = 300) -> dict[str, int]:
+    """Run the demo forward migration directly (fast); returns target row counts per table."""
+    from sensei_airflow.demo.migration import migrate_phase, prepare_source, prepare_target, record_baselines
+    from sensei_airflow.engines import get_engine
+    from sensei_airflow.state import StateStore
+
+    source, target = get_engine(manifest.source.conn_id), get_engine(manifest.target.conn_id)
+    prepare_source(source, customers=customers)
+    prepare_target(target)
+    record_baselines(manifest, target, StateStore(manifest.state.conn_id))
+    migrated: dict[str, int] = {}
+    for phase in manifest.phases:
+        migrated.update(migrate_phase(manifest, phase.phase, source, target))
+    return migrated
+
+
+@pytest.fixture
+def migrated(databases: Databases, migrations_dir: Path, airflow_db: None) -> dict[str, int]:
+    """The demo migration done: source filled, target migrated, baselines recorded. Rows per target table."""
+    return migrate_demo(write_demo_manifest(migrations_dir))
