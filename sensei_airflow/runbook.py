@@ -24,7 +24,6 @@ from sensei_airflow.state import LockHeld, StateStore
 from sensei_airflow.strategies import RollbackStrategy, strategy_class
 from sensei_airflow.verify import Verification
 
-
 #: how long a rollback's lock lasts unless renewed: a crashed run holds it no longer.
 DEFAULT_LOCK_TTL = timedelta(hours=6)
 
