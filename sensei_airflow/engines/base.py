@@ -171,6 +171,19 @@ class Engine(ABC):
         """The Airflow Asset URI of a table, as the engine's provider writes it (None: no such form)."""
         return None
 
+    # -- reverse migration (strategies/reverse.py; defaults: not supported) -------------------
+    def reverse_column_types(self, table: str) -> dict[str, str]:
+        """Column name -> type of a table, in column order (empty when the table does not exist)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot take part in a reverse migration yet")
+
+    def reverse_reader(self, table: Any) -> Any:
+        """Read a target table as source rows through the inverse expressions of ``table`` (a ReverseTable)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be read by a reverse migration yet")
+
+    def reverse_writer(self, *, chunk_rows: int) -> Any:
+        """The writer that stages and applies reverse-migrated rows on this (source) database."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be written by a reverse migration yet")
+
     @cached_property
     def hook(self) -> Any:
         return self._make_hook()

@@ -128,6 +128,29 @@ class PostgresEngine(Engine):
         """Sequences owned by the table's serial and identity columns."""
         return [row[0] for row in self.query(_OWNED_SEQUENCES, (self.quote_table(table),))]
 
+    # -- reverse migration (the SQL lives in postgres_copy.py) --------------------------------
+    def reverse_column_types(self, table: str) -> dict[str, str]:
+        from sensei_airflow.engines.postgres_copy import column_types
+
+        return column_types(self, table)
+
+    def reverse_reader(self, table: Any) -> Any:
+        from sensei_airflow.engines.postgres_copy import PostgresRowSource
+
+        return PostgresRowSource(
+            self,
+            self.quote_table(table.target),
+            list(table.columns),
+            [f"CAST(({e}) AS {t})" for e, t in zip(table.inverses, table.types, strict=True)],
+            [self.quote_identifier(k) for k in table.target_key],
+            list(table.key_types),
+        )
+
+    def reverse_writer(self, *, chunk_rows: int) -> Any:
+        from sensei_airflow.engines.postgres_copy import PostgresReverseWriter
+
+        return PostgresReverseWriter(self, chunk_rows=chunk_rows)
+
     # -- target truncate -----------------------------------------------------------------
     def empty_tables_sql(self, tables: Sequence[str], referenced_from_outside: Iterable[str]) -> list[Statement]:
         if not tables:

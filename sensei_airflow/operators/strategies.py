@@ -47,7 +47,14 @@ class TruncateOperator(ExecuteStrategyOperator):
     strategy = Strategy.TRUNCATE
 
 
+class ReverseMigrationOperator(ExecuteStrategyOperator):
+    """Reverse migration: the source made equal to the inverse of the target; resumes from its checkpoints."""
+
+    strategy = Strategy.REVERSE_MIGRATION
+
+
 #: the execute operator of each strategy, for the DAG factory.
 EXECUTE_OPERATORS: dict[Strategy, type[ExecuteStrategyOperator]] = {
     Strategy.TRUNCATE: TruncateOperator,
+    Strategy.REVERSE_MIGRATION: ReverseMigrationOperator,
 }

@@ -11,6 +11,7 @@ from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrate
 #: strategy -> "module:Class". A strategy missing here cannot be chosen (assess says so).
 STRATEGY_CLASSES: dict[Strategy, str] = {
     Strategy.TRUNCATE: "sensei_airflow.strategies.truncate:TruncateStrategy",
+    Strategy.REVERSE_MIGRATION: "sensei_airflow.strategies.reverse:ReverseMigrationStrategy",
 }
 
 

@@ -1,0 +1,702 @@
+"""Reverse migration on PostgreSQL: read a table through its inverse expressions, write it back.
+
+Two halves, used by :mod:`sensei_airflow.strategies.reverse`:
+
+* :class:`PostgresRowSource` reads one table as rows of the *source's* columns: on the target
+  through the inverse expressions (each cast to the source column's type, so both sides
+  render values alike), on the source as the plain columns. It computes counts and
+  order-independent checksums in the database, cuts key ranges, samples keys, and produces the
+  ``COPY (SELECT ...) TO STDOUT`` of a key range.
+* :class:`PostgresReverseWriter` writes the source: each table is staged chunk by chunk (a
+  chunk = a key range) into an unlogged staging table in schema ``sensei_staging``, one source
+  transaction per chunk that also records the chunk as done (the checkpoint), so a retry
+  continues where the last try stopped. When every table is staged, one transaction applies
+  them all (upserts parents first, deletions children first, sequences past the highest key)
+  and drops the staging tables: readers of the source see the old tables or the new ones,
+  never half of one.
+
+Between two PostgreSQL databases rows are not decoded: binary ``COPY`` blocks from the target
+are merged into ~128 KiB writes to the source (ADR 0201). From another engine the reader hands
+over batches of rows, written with ``COPY ... FROM STDIN`` row by row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sensei_airflow.verify import KeyRange, KeyValues
+
+if TYPE_CHECKING:
+    from sensei_airflow.engines.postgres import PostgresEngine
+
+STAGING_SCHEMA = "sensei_staging"
+#: merged write size of the COPY relay.
+WRITE_BYTES = 1 << 17
+#: session settings that make both sides render values (checksums, samples) the same way.
+SESSION_SETTINGS = (
+    "SET TimeZone TO 'UTC'",
+    "SET DateStyle TO 'ISO, MDY'",
+    "SET IntervalStyle TO 'postgres'",
+    "SET extra_float_digits TO 3",
+)
+_INTEGER_TYPES = {"smallint", "integer", "bigint"}
+_LOCK_KEY = 7_346_201
+
+_STAGING_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {STAGING_SCHEMA};
+CREATE UNLOGGED TABLE IF NOT EXISTS {STAGING_SCHEMA}.reverse_chunks (
+    rollback_id   text NOT NULL,
+    source_table  text NOT NULL,
+    chunk         integer NOT NULL,
+    lo            text[],
+    hi            text[],
+    state         text NOT NULL DEFAULT 'pending',
+    rows          bigint,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (rollback_id, source_table, chunk)
+);
+CREATE TABLE IF NOT EXISTS {STAGING_SCHEMA}.reverse_applied (
+    rollback_id   text PRIMARY KEY,
+    result        jsonb NOT NULL,
+    applied_at    timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+def column_types(engine: PostgresEngine, table: str) -> dict[str, str]:
+    """Column name -> ``format_type`` of a table, in column order (empty if the table is missing)."""
+    rows = engine.query(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        (engine.quote_table(table),),
+    )
+    return dict(rows)
+
+
+@contextmanager
+def session(engine: PostgresEngine) -> Iterator[Any]:
+    """A connection with :data:`SESSION_SETTINGS` applied."""
+    with engine.connect() as conn:
+        for statement in SESSION_SETTINGS:
+            conn.execute(statement)
+        conn.commit()
+        yield conn
+
+
+def range_predicate(
+    keys: Sequence[str], key_types: Sequence[str], key_range: KeyRange
+) -> tuple[str, list[str]]:
+    """``WHERE`` text (quoted key columns, typed placeholders) and params for a key range."""
+    row = keys[0] if len(keys) == 1 else f"({', '.join(keys)})"
+
+    def typed() -> str:
+        values = [f"%s::{t}" for t in key_types]
+        return values[0] if len(values) == 1 else f"({', '.join(values)})"
+
+    parts, params = [], []
+    if key_range.lo is not None:
+        parts.append(f"{row} > {typed()}")
+        params += list(key_range.lo)
+    if key_range.hi is not None:
+        parts.append(f"{row} <= {typed()}")
+        params += list(key_range.hi)
+    return (" AND ".join(parts) or "true"), params
+
+
+@dataclass
+class PostgresRowSource:
+    """One table read as source rows: ``exprs`` (already cast) over ``table``, keyed by ``keys``.
+
+    :param table: quoted, qualified table.
+    :param exprs: one SQL expression per compared column, rendering the source's type.
+    :param keys: quoted key expressions, in key order.
+    :param key_types: the key columns' types (placeholders are cast to them).
+    """
+
+    engine: PostgresEngine
+    table: str
+    columns: list[str]
+    exprs: list[str]
+    keys: list[str]
+    key_types: list[str]
+    #: checksums of two sources compare only when they hash rows the same way.
+    hash_family: str = "postgres:hashtext(row::text)"
+
+    def _where(self, key_range: KeyRange) -> tuple[str, list[str]]:
+        return range_predicate(self.keys, self.key_types, key_range)
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with session(self.engine) as conn:
+            rows = conn.execute(sql, params or None).fetchall()
+            conn.rollback()
+            return rows
+
+    def row_sql(self) -> str:
+        return "ROW(" + ", ".join(self.exprs) + ")::text"
+
+    def checksum(self, key_range: KeyRange) -> tuple[int, int]:
+        where, params = self._where(key_range)
+        sql = (
+            f"SELECT count(*), coalesce(sum(hashtext({self.row_sql()})), 0) "  # noqa: S608 - quoted identifiers
+            f"FROM {self.table} WHERE {where}"
+        )
+        count, total = self._query(sql, params)[0]
+        return int(count), int(total)
+
+    def count_rows(self, key_range: KeyRange) -> int:
+        where, params = self._where(key_range)
+        return int(self._query(f"SELECT count(*) FROM {self.table} WHERE {where}", params)[0][0])  # noqa: S608
+
+    def boundaries(self, key_range: KeyRange, parts: int) -> list[KeyValues]:
+        if parts < 2:
+            return []
+        where, params = self._where(key_range)
+        if len(self.keys) == 1 and self.key_types[0] in _INTEGER_TYPES:
+            low, high = self._query(
+                f"SELECT min({self.keys[0]}), max({self.keys[0]}) FROM {self.table} WHERE {where}", params
+            )[0]  # noqa: S608,E501
+            if low is None or high <= low:
+                return []
+            step = (high - low) / parts
+            cuts = sorted({low + int(step * i) for i in range(1, parts)} - {high})
+            return [(str(c),) for c in cuts if low <= c < high]
+        key_list = ", ".join(self.keys)
+        texts = ", ".join(f"{k}::text" for k in self.keys)
+        sql = (
+            f"SELECT {texts} FROM (SELECT DISTINCT ON (tile) {key_list}, tile FROM (SELECT {key_list}, "  # noqa: S608
+            f"ntile(%s) OVER (ORDER BY {key_list}) AS tile FROM {self.table} WHERE {where}) s "
+            f"ORDER BY tile, {', '.join(k + ' DESC' for k in self.keys)}) t ORDER BY tile"
+        )
+        rows = self._query(sql, [parts, *params])
+        return [tuple(r) for r in rows[:-1]]
+
+    def sample_keys(self, n: int) -> list[KeyValues]:
+        schema_table = self.table
+        estimate = self._query(
+            "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = %s::regclass", (schema_table,)
+        )
+        rows = float(estimate[0][0]) if estimate else 0.0
+        percent = 100.0 if rows <= 0 else min(100.0, 100.0 * 3 * n / rows)
+        texts = ", ".join(f"{k}::text" for k in self.keys)
+        sql = f"SELECT {texts} FROM {self.table} TABLESAMPLE BERNOULLI (%s) LIMIT %s"  # noqa: S608
+        return [tuple(r) for r in self._query(sql, (percent, n))]
+
+    def rows(self, keys: Sequence[KeyValues]) -> dict[KeyValues, tuple[str | None, ...]]:
+        if not keys:
+            return {}
+        arrays = [[k[i] for k in keys] for i in range(len(self.keys))]
+        unnest = ", ".join(f"%s::{t}[]" for t in self.key_types)
+        key_row = self.keys[0] if len(self.keys) == 1 else f"({', '.join(self.keys)})"
+        texts = ", ".join(f"{k}::text" for k in self.keys)
+        values = ", ".join(f"({e})::text" for e in self.exprs)
+        sql = (
+            f"SELECT {texts}, {values} FROM {self.table} "  # noqa: S608
+            f"WHERE {key_row} IN (SELECT * FROM unnest({unnest}))"
+        )
+        n = len(self.keys)
+        return {tuple(r[:n]): tuple(r[n:]) for r in self._query(sql, arrays)}
+
+    def round_trip(
+        self, forwards: Sequence[Any], target_types: dict[str, str], n: int
+    ) -> tuple[dict[str, Any] | None, int]:
+        """Inverse then forward on about ``n`` sampled target rows: the first row that does not come back.
+
+        ``self.exprs`` are the inverse expressions, named after the source columns in an inner
+        query; each forward expression (over source columns, cast to the target column's type)
+        must equal the stored target value. Returns ``(failure or None, rows checked)``.
+        """
+        q = self.engine.quote_identifier
+        inner_cols = [f"{k}::text AS {q(f'__sensei_k{i}')}" for i, k in enumerate(self.keys)]
+        inner_cols += [f"{q(f.target)} AS {q(f'__sensei_t{i}')}" for i, f in enumerate(forwards)]
+        inner_cols += [f"{e} AS {q(c)}" for c, e in zip(self.columns, self.exprs, strict=True)]
+        estimate = self._query(
+            "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = %s::regclass", (self.table,)
+        )
+        rows = float(estimate[0][0]) if estimate else 0.0
+        percent = 100.0 if rows <= 0 else min(100.0, 100.0 * 3 * n / rows)
+        inner = f"SELECT {', '.join(inner_cols)} FROM {self.table} TABLESAMPLE BERNOULLI (%s) LIMIT %s"  # noqa: S608
+        back = [f"CAST(({f.forward}) AS {target_types[f.target]})" for f in forwards]
+        kept = [q(f"__sensei_t{i}") for i in range(len(forwards))]
+        outer = ", ".join(
+            f"{kept[i]}::text, ({back[i]})::text, {kept[i]} IS DISTINCT FROM {back[i]}"
+            for i in range(len(forwards))
+        )
+        keys = ", ".join(q(f"__sensei_k{i}") for i in range(len(self.keys)))
+        sql = f"SELECT {keys}, {outer} FROM ({inner}) s"  # noqa: S608
+        try:
+            found = self._query(sql, (percent, n))
+        except Exception as exc:  # a lossy cast or a bad expression fails inside the database
+            message = str(exc).splitlines()[0]
+            return {"column": "(expression)", "key": None, "target": message, "round_trip": "error"}, 0
+        nk = len(self.keys)
+        for row in found:
+            for i, forward in enumerate(forwards):
+                kept_text, back_text, differs = row[nk + 3 * i : nk + 3 * i + 3]
+                if differs:
+                    key = row[0] if nk == 1 else list(row[:nk])
+                    return {
+                        "column": forward.target,
+                        "key": key,
+                        "target": kept_text,
+                        "round_trip": back_text,
+                    }, len(found)
+        return None, len(found)
+
+    def copy_select(self, key_range: KeyRange, *, cast: bool = True) -> tuple[str, list[str]]:
+        """``SELECT`` of the range's rows (no order: they land in a staging table)."""
+        where, params = self._where(key_range)
+        return f"SELECT {', '.join(self.exprs)} FROM {self.table} WHERE {where}", params  # noqa: S608
+
+
+class BatchReader(Protocol):
+    """What the writer needs from a non-PostgreSQL target: the range's rows in batches."""
+
+    def batches(self, key_range: KeyRange) -> Iterator[Sequence[tuple[Any, ...]]]: ...
+
+
+@dataclass(frozen=True)
+class ReverseTable:
+    """One table of a reverse migration, resolved against both catalogs."""
+
+    source: str
+    target: str
+    columns: list[str]
+    types: list[str]
+    inverses: list[str]
+    source_key: list[str]
+    target_key: list[str]
+    key_types: list[str]
+    unique_key: bool = True
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "target": self.target,
+            "columns": [
+                {"column": c, "type": t, "inverse": e}
+                for c, t, e in zip(self.columns, self.types, self.inverses, strict=True)
+            ],
+            "key": self.source_key,
+        }
+
+
+@dataclass
+class TableApplied:
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged_chunks: int = 0
+    staged_chunks: int = 0
+    sequences: dict[str, int] = field(default_factory=dict)
+
+
+def stage_name(rollback_id: str, source_table: str) -> str:
+    digest = hashlib.sha1(f"{rollback_id}\0{source_table}".encode()).hexdigest()[:20]  # noqa: S324 - a name
+    return f"rev_{digest}"
+
+
+class PostgresReverseWriter:
+    """Writes reverse-migrated rows into a PostgreSQL source: staging, checkpoints, one apply.
+
+    :param chunk_rows: rows per key range (the unit a retry resumes from).
+    """
+
+    lock_timeout = "30s"
+
+    def __init__(self, engine: PostgresEngine, *, chunk_rows: int = 250_000) -> None:
+        self.engine = engine
+        self.chunk_rows = chunk_rows
+        self.q = engine.quote_identifier
+
+    # -- catalog and checks ----------------------------------------------------------------
+    def column_types(self, table: str) -> dict[str, str]:
+        return column_types(self.engine, table)
+
+    def unique_keys(self, table: str) -> list[set[str]]:
+        """Column sets of the table's primary key and unique indexes (no expressions, no predicates)."""
+        rows = self.engine.query(
+            "SELECT array_agg(a.attname::text) FROM pg_index i "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) "
+            "WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL "
+            "GROUP BY i.indexrelid",
+            (self.engine.quote_table(table),),
+        )
+        return [set(r[0]) for r in rows]
+
+    def writability(self, tables: Sequence[str]) -> list[str]:
+        """Why the source cannot take the reverse migration's writes (empty when it can).
+
+        Asks the server: recovery (a standby), read-only transactions, and the privileges to
+        write the tables and to create the staging schema.
+        """
+        problems: list[str] = []
+        with session(self.engine) as conn:
+            if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                return ["the source server is a standby in recovery (read-only)"]
+            if conn.execute("SELECT current_setting('transaction_read_only')").fetchone()[0] == "on":
+                problems.append("the source session is read-only (default_transaction_read_only is on)")
+            staging_ok = conn.execute(
+                "SELECT CASE WHEN n.oid IS NULL THEN has_database_privilege(current_database(), 'CREATE') "
+                "ELSE has_schema_privilege(n.oid, 'CREATE') END "
+                "FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s",
+                (STAGING_SCHEMA,),
+            ).fetchone()[0]
+            if not staging_ok:
+                problems.append(f"the source login may not create the staging schema {STAGING_SCHEMA}")
+            for table in tables:
+                quoted = self.engine.quote_table(table)
+                missing = [
+                    p
+                    for p in ("SELECT", "INSERT", "UPDATE", "DELETE")
+                    if not conn.execute("SELECT has_table_privilege(%s, %s)", (quoted, p)).fetchone()[0]
+                ]
+                if missing:
+                    problems.append(f"the source login lacks {', '.join(missing)} on {table}")
+            conn.rollback()
+        return problems
+
+    def existing_tables(self, tables: Sequence[str]) -> set[str]:
+        found = self.engine.query(
+            "SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(t) IS NOT NULL",
+            ([self.engine.quote_table(t) for t in tables],),
+        )
+        by_quoted = {self.engine.quote_table(t): t for t in tables}
+        return {by_quoted[r[0]] for r in found}
+
+    # -- staging -----------------------------------------------------------------------------
+    def ensure_staging(self, conn: Any) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute(_STAGING_DDL)
+
+    def applied_result(self, rollback_id: str) -> dict[str, Any] | None:
+        """The recorded outcome if this rollback's apply already committed (a retry after it)."""
+        rows = (
+            self.engine.query(
+                "SELECT result FROM sensei_staging.reverse_applied WHERE rollback_id = %s "
+                "AND to_regclass('sensei_staging.reverse_applied') IS NOT NULL",
+                (rollback_id,),
+            )
+            if self._has_staging()
+            else []
+        )
+        return rows[0][0] if rows else None
+
+    def _has_staging(self) -> bool:
+        return bool(
+            self.engine.query("SELECT to_regclass('sensei_staging.reverse_applied') IS NOT NULL")[0][0]
+        )
+
+    def chunks(self, rollback_id: str, table: ReverseTable) -> list[tuple[int, KeyRange, str, int | None]]:
+        if not self._has_staging():
+            return []
+        rows = self.engine.query(
+            "SELECT chunk, lo, hi, state, rows FROM sensei_staging.reverse_chunks "
+            "WHERE rollback_id = %s AND source_table = %s ORDER BY chunk",
+            (rollback_id, table.source),
+        )
+        return [
+            (n, KeyRange(tuple(lo) if lo else None, tuple(hi) if hi else None), state, rows_)
+            for n, lo, hi, state, rows_ in rows
+        ]
+
+    def plan_chunks(
+        self, rollback_id: str, table: ReverseTable, reader: Any
+    ) -> list[tuple[int, KeyRange, str, int | None]]:  # noqa: E501
+        """The table's chunks: those recorded by an earlier try, else cut now from the target's keys."""
+        existing = self.chunks(rollback_id, table)
+        if existing:
+            return existing
+        total = reader.count_rows(KeyRange())
+        parts = max(1, math.ceil(total / self.chunk_rows))
+        ranges = [KeyRange()] if parts == 1 else _ranges(reader.boundaries(KeyRange(), parts))
+        stage = f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source))}"
+        columns = ", ".join(self.q(c) for c in table.columns)
+        with session(self.engine) as conn, conn.transaction():
+            self.ensure_staging(conn)
+            conn.execute(f"DROP TABLE IF EXISTS {stage}")
+            conn.execute(
+                f"CREATE UNLOGGED TABLE {stage} AS SELECT {columns} "  # noqa: S608 - quoted identifiers
+                f"FROM {self.engine.quote_table(table.source)} WITH NO DATA"
+            )
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO sensei_staging.reverse_chunks (rollback_id, source_table, chunk, lo, hi) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    [
+                        (
+                            rollback_id,
+                            table.source,
+                            i,
+                            list(r.lo) if r.lo else None,
+                            list(r.hi) if r.hi else None,
+                        )
+                        for i, r in enumerate(ranges)
+                    ],
+                )
+        return self.chunks(rollback_id, table)
+
+    def source_reader(self, table: ReverseTable) -> PostgresRowSource:
+        """The source side of the table, read as its plain columns."""
+        return PostgresRowSource(
+            self.engine,
+            self.engine.quote_table(table.source),
+            list(table.columns),
+            [self.q(c) for c in table.columns],
+            [self.q(k) for k in table.source_key],
+            list(table.key_types),
+        )
+
+    def source_has_rows(self, table: ReverseTable) -> bool:
+        quoted = self.engine.quote_table(table.source)
+        return bool(self.engine.query(f"SELECT EXISTS (SELECT 1 FROM {quoted})")[0][0])  # noqa: S608
+
+    def stage_table(
+        self, rollback_id: str, table: ReverseTable, reader: Any, *, skip_unchanged: bool = True
+    ) -> dict[str, int]:
+        """Stage every chunk not yet done; returns chunk counts by outcome (this try and earlier ones).
+
+        A chunk whose rows already agree on both sides (count and checksum) is marked ``same``
+        and not moved. Each chunk commits on its own: the checkpoint a retry resumes from.
+        """
+        chunks = self.plan_chunks(rollback_id, table, reader)
+        compare = skip_unchanged and isinstance(reader, PostgresRowSource) and self.source_has_rows(table)
+        source_side = self.source_reader(table)
+        stage = f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source))}"
+        outcome = {"staged": 0, "same": 0, "resumed": 0}
+        for number, key_range, state, _rows in chunks:
+            if state != "pending":
+                outcome["resumed"] += 1
+                continue
+            if compare:
+                from sensei_airflow.verify import both
+
+                left, right = both(
+                    lambda r=key_range: source_side.checksum(r), lambda r=key_range: reader.checksum(r)
+                )
+                if left == right:
+                    self._mark(rollback_id, table, number, "same", left[0])
+                    outcome["same"] += 1
+                    continue
+            with session(self.engine) as conn, conn.transaction():
+                moved = self._copy_range(conn, stage, table, reader, key_range)
+                conn.execute(
+                    "UPDATE sensei_staging.reverse_chunks SET state = 'staged', rows = %s, updated_at = now() "
+                    "WHERE rollback_id = %s AND source_table = %s AND chunk = %s",
+                    (moved, rollback_id, table.source, number),
+                )
+            outcome["staged"] += 1
+        return outcome
+
+    def _mark(self, rollback_id: str, table: ReverseTable, chunk: int, state: str, rows: int) -> None:
+        with session(self.engine) as conn, conn.transaction():
+            conn.execute(
+                "UPDATE sensei_staging.reverse_chunks SET state = %s, rows = %s, updated_at = now() "
+                "WHERE rollback_id = %s AND source_table = %s AND chunk = %s",
+                (state, rows, rollback_id, table.source, chunk),
+            )
+
+    def _copy_range(
+        self, conn: Any, stage: str, table: ReverseTable, reader: Any, key_range: KeyRange
+    ) -> int:
+        columns = ", ".join(self.q(c) for c in table.columns)
+        if isinstance(reader, PostgresRowSource):
+            select, params = reader.copy_select(key_range)
+            return relay_copy(
+                reader.engine, select, params, conn, f"COPY {stage} ({columns}) FROM STDIN (FORMAT binary)"
+            )
+        moved = 0
+        with conn.cursor().copy(f"COPY {stage} ({columns}) FROM STDIN") as copy_in:
+            for batch in reader.batches(key_range):
+                for row in batch:
+                    copy_in.write_row(row)
+                moved += len(batch)
+        return moved
+
+    # -- apply ---------------------------------------------------------------------------------
+    def apply(
+        self, rollback_id: str, tables: Sequence[ReverseTable], parents_first: Sequence[str]
+    ) -> dict[str, TableApplied]:
+        """Make each source table equal to its staged rows, in one transaction, and drop the staging.
+
+        Upserts run parents first, deletions children first, so foreign keys hold at every
+        statement. Sequences owned by the tables are set past their highest values.
+        """
+        by_name = {t.source: t for t in tables}
+        ordered = [by_name[n] for n in parents_first]
+        results = {t.source: TableApplied() for t in ordered}
+        with session(self.engine) as conn, conn.transaction():
+            self.ensure_staging(conn)
+            conn.execute(f"SET LOCAL lock_timeout = '{self.lock_timeout}'")
+            quoted = ", ".join(self.engine.quote_table(t.source) for t in ordered)
+            conn.execute(f"LOCK TABLE {quoted} IN EXCLUSIVE MODE")
+            states: dict[str, list[tuple[KeyRange, str]]] = {}
+            empty: dict[str, bool] = {}
+            for table in ordered:
+                rows = conn.execute(
+                    "SELECT lo, hi, state FROM sensei_staging.reverse_chunks "
+                    "WHERE rollback_id = %s AND source_table = %s ORDER BY chunk",
+                    (rollback_id, table.source),
+                ).fetchall()
+                if not rows or any(s == "pending" for _, _, s in rows):
+                    raise RuntimeError(f"{table.source} is not fully staged: cannot apply yet")
+                states[table.source] = [
+                    (KeyRange(tuple(lo) if lo else None, tuple(hi) if hi else None), s) for lo, hi, s in rows
+                ]
+                results[table.source].staged_chunks = sum(s == "staged" for _, _, s in rows)
+                results[table.source].unchanged_chunks = sum(s == "same" for _, _, s in rows)
+                source = self.engine.quote_table(table.source)
+                empty[table.source] = not conn.execute(f"SELECT EXISTS (SELECT 1 FROM {source})").fetchone()[
+                    0
+                ]  # noqa: S608
+            for table in ordered:
+                inserted, updated = self._upsert(conn, rollback_id, table, empty[table.source])
+                results[table.source].inserted, results[table.source].updated = inserted, updated
+            for table in reversed(ordered):
+                if not empty[table.source]:
+                    results[table.source].deleted = self._delete_missing(
+                        conn, rollback_id, table, states[table.source]
+                    )
+            for table in ordered:
+                results[table.source].sequences = self._advance_sequences(conn, table)
+            summary = {name: vars(r) for name, r in results.items()}
+            conn.execute(
+                "INSERT INTO sensei_staging.reverse_applied (rollback_id, result) VALUES (%s, %s) "
+                "ON CONFLICT (rollback_id) DO NOTHING",
+                (rollback_id, json.dumps(summary)),
+            )
+            for table in ordered:
+                conn.execute(
+                    f"DROP TABLE IF EXISTS {STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source))}"
+                )
+            conn.execute("DELETE FROM sensei_staging.reverse_chunks WHERE rollback_id = %s", (rollback_id,))
+        return results
+
+    def _upsert(self, conn: Any, rollback_id: str, table: ReverseTable, empty: bool) -> tuple[int, int]:
+        source = self.engine.quote_table(table.source)
+        stage = f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source))}"
+        columns = ", ".join(self.q(c) for c in table.columns)
+        if empty:
+            inserted = conn.execute(
+                f"INSERT INTO {source} ({columns}) SELECT {columns} FROM {stage}"
+            ).rowcount  # noqa: S608
+            return max(inserted, 0), 0
+        keys = ", ".join(self.q(k) for k in table.source_key)
+        others = [c for c in table.columns if c not in table.source_key]
+        if others:
+            sets = ", ".join(f"{self.q(c)} = EXCLUDED.{self.q(c)}" for c in others)
+            mine = ", ".join(f"{source}.{self.q(c)}" for c in others)
+            theirs = ", ".join(f"EXCLUDED.{self.q(c)}" for c in others)
+            action = f"DO UPDATE SET {sets} WHERE ({mine}, NULL) IS DISTINCT FROM ({theirs}, NULL)"
+        else:
+            action = "DO NOTHING"
+        row = conn.execute(
+            f"WITH up AS (INSERT INTO {source} ({columns}) SELECT {columns} FROM {stage} "  # noqa: S608
+            f"ON CONFLICT ({keys}) {action} RETURNING (xmax = 0) AS inserted) "
+            "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def _delete_missing(
+        self, conn: Any, rollback_id: str, table: ReverseTable, chunks: list[tuple[KeyRange, str]]
+    ) -> int:
+        source = self.engine.quote_table(table.source)
+        stage = f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source))}"
+        match = " AND ".join(f"st.{self.q(k)} = s.{self.q(k)}" for k in table.source_key)
+        keys = [f"s.{self.q(k)}" for k in table.source_key]
+        base = f"DELETE FROM {source} s WHERE NOT EXISTS (SELECT 1 FROM {stage} st WHERE {match})"  # noqa: S608
+        if all(state == "staged" for _, state in chunks):
+            return max(conn.execute(base).rowcount, 0)
+        deleted = 0
+        for key_range, state in chunks:
+            if state != "staged":
+                continue
+            where, params = range_predicate(keys, table.key_types, key_range)
+            deleted += max(conn.execute(f"{base} AND {where}", params).rowcount, 0)
+        return deleted
+
+    def _advance_sequences(self, conn: Any, table: ReverseTable) -> dict[str, int]:
+        """Set each sequence owned by a column of the table past the column's highest value."""
+        quoted = self.engine.quote_table(table.source)
+        owned = conn.execute(
+            "SELECT attname, pg_get_serial_sequence(%s, attname) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+            "AND pg_get_serial_sequence(%s, attname) IS NOT NULL",
+            (quoted, quoted, quoted),
+        ).fetchall()
+        done = {}
+        for column, sequence in owned:
+            value = conn.execute(
+                f"SELECT setval(%s::regclass, greatest((SELECT coalesce(max({self.q(column)}), 0) FROM {quoted}), "  # noqa: S608
+                "coalesce(pg_sequence_last_value(%s::regclass), 0), 1))",
+                (sequence, sequence),
+            ).fetchone()[0]
+            done[sequence] = int(value)
+        return done
+
+    def sequence_positions(self, table: ReverseTable) -> list[tuple[str, int, int]]:
+        """``(sequence, its last value, the column's highest value)`` for each sequence the table owns."""
+        quoted = self.engine.quote_table(table.source)
+        owned = self.engine.query(
+            "SELECT attname, pg_get_serial_sequence(%s, attname) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+            "AND pg_get_serial_sequence(%s, attname) IS NOT NULL",
+            (quoted, quoted, quoted),
+        )
+        found = []
+        for column, sequence in owned:
+            last, highest = self.engine.query(
+                f"SELECT coalesce(pg_sequence_last_value(%s::regclass), 0), "  # noqa: S608
+                f"(SELECT coalesce(max({self.q(column)}), 0) FROM {quoted})",
+                (sequence,),
+            )[0]
+            found.append((sequence, int(last), int(highest)))
+        return found
+
+    def discard(self, rollback_id: str) -> None:
+        """Drop a rollback's staging tables and checkpoints (after a refusal or to start over)."""
+        if not self._has_staging():
+            return
+        with session(self.engine) as conn, conn.transaction():
+            for (name,) in conn.execute(
+                "SELECT DISTINCT source_table FROM sensei_staging.reverse_chunks WHERE rollback_id = %s",
+                (rollback_id,),
+            ).fetchall():
+                conn.execute(f"DROP TABLE IF EXISTS {STAGING_SCHEMA}.{self.q(stage_name(rollback_id, name))}")
+            conn.execute("DELETE FROM sensei_staging.reverse_chunks WHERE rollback_id = %s", (rollback_id,))
+
+
+def _ranges(boundaries: Sequence[KeyValues]) -> list[KeyRange]:
+    from sensei_airflow.verify import split_range
+
+    return split_range(KeyRange(), boundaries)
+
+
+def relay_copy(
+    source: PostgresEngine, select: str, params: Sequence[Any], dest_conn: Any, copy_in_sql: str
+) -> int:
+    """Binary ``COPY (select) TO STDOUT`` on ``source`` into ``copy_in_sql`` on ``dest_conn``.
+
+    Blocks are merged into writes of about :data:`WRITE_BYTES`; rows are never decoded, so
+    memory stays flat whatever the table's size. Returns the rows copied (as the server counts).
+    """
+    with source.connect() as src:
+        with dest_conn.cursor() as dest_cur, dest_cur.copy(copy_in_sql) as copy_in:
+            with src.cursor().copy(f"COPY ({select}) TO STDOUT (FORMAT binary)", params or None) as copy_out:
+                pending: list[bytes] = []
+                size = 0
+                for block in copy_out:
+                    pending.append(bytes(block))
+                    size += len(block)
+                    if size >= WRITE_BYTES:
+                        copy_in.write(b"".join(pending))
+                        pending, size = [], 0
+                if pending:
+                    copy_in.write(b"".join(pending))
+        src.rollback()
+        return max(dest_cur.rowcount, 0)

@@ -1,0 +1,233 @@
+"""Reverse migration: copy the data back from the target to the source through the inverse transforms.
+
+The source is made equal to ``inverse(target)``, table by table: rows deleted on the target
+are deleted on the source, changed rows updated, new rows inserted (upsert by key). The
+inverse expressions run inside the target's ``SELECT``; rows land in staging tables on the
+source chunk by chunk (each chunk a key range, committed with its checkpoint), and one
+source transaction applies every table at the end, so a failure at any point leaves the
+source as it was and a retry resumes from the last staged chunk.
+
+Assess refuses, before anything is written, when a column in scope has no inverse, the
+source cannot be written, a key is missing, or a mapping does not round-trip on a sample of
+the target's rows (inverse then forward must give the target value back).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from sensei_airflow.conf import RollbackRequest
+from sensei_airflow.engines import Engine, UnsupportedEngine, get_engine
+from sensei_airflow.manifest import Strategy, TableMapping
+from sensei_airflow.plan import RefusedError, RollbackPlan, dependency_order
+from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
+from sensei_airflow.transforms import column_plan, irreversible_columns, key_is_copied
+from sensei_airflow.verify import TableCheck, Verification, compare_table, comparison_verification
+
+#: rows of the target read for the round-trip proof, per table.
+PROOF_ROWS = 1000
+#: keys compared column by column in verify, per table.
+SAMPLE_KEYS = 200
+
+
+def _setting(name: str, fallback: int) -> int:
+    try:
+        from airflow.configuration import conf
+
+        return conf.getint("sensei", name, fallback=fallback)
+    except Exception:  # outside Airflow (benchmarks, scripts)
+        return fallback
+
+
+class ReverseMigrationStrategy(RollbackStrategy):
+    name = Strategy.REVERSE_MIGRATION
+
+    @cached_property
+    def source(self) -> Engine:
+        return get_engine(self.manifest.source.conn_id)
+
+    @cached_property
+    def writer(self) -> Any:
+        return self.source.reverse_writer(chunk_rows=_setting("reverse_chunk_rows", 250_000))
+
+    # -- resolving tables --------------------------------------------------------------------
+    def resolve(self, table: TableMapping) -> Any:
+        """The table's columns, types, inverse expressions and keys, checked against both catalogs.
+
+        :raises RefusedError: for a missing table, column or key.
+        """
+        from sensei_airflow.engines.postgres_copy import ReverseTable
+
+        source_types = self.writer.column_types(table.source)
+        if not source_types:
+            raise RefusedError(
+                f"source table {table.source} does not exist on {self.manifest.source.conn_id}"
+            )
+        target_types = self.target.reverse_column_types(table.target)
+        if not target_types:
+            raise RefusedError(
+                f"target table {table.target} does not exist on {self.manifest.target.conn_id}"
+            )
+        plan = column_plan(table, list(source_types), self.target.quote_identifier)
+        missing_source = [i.source for i in plan.inverses if i.source not in source_types]
+        if missing_source:
+            raise RefusedError(f"source table {table.source} has no column {missing_source[0]}")
+        missing_target = [f.target for f in plan.forwards if f.target not in target_types]
+        if missing_target:
+            raise RefusedError(f"target table {table.target} has no column {missing_target[0]}")
+        missing_key = [k for k in plan.target_key if k not in target_types]
+        if missing_key:
+            raise RefusedError(f"key column {missing_key[0]} is missing from target table {table.target}")
+        transformed = key_is_copied(table)
+        if transformed:
+            raise RefusedError(
+                f"key column {table.target}.{transformed[0]} is transformed: reverse migration needs the key "
+                "copied as is (or cast); use backup_restore or point_in_time"
+            )
+        if set(plan.source_key) not in self.writer.unique_keys(table.source):
+            raise RefusedError(
+                f"source table {table.source} has no primary key or unique index on ({', '.join(plan.source_key)}): "
+                "rows cannot be matched by key; add one or use backup_restore"
+            )
+        return (
+            ReverseTable(
+                source=self.source.qualify(table.source),
+                target=self.target.qualify(table.target),
+                columns=[i.source for i in plan.inverses],
+                types=[source_types[i.source] for i in plan.inverses],
+                inverses=[self.target.transpile(i.inverse) for i in plan.inverses],
+                source_key=plan.source_key,
+                target_key=plan.target_key,
+                key_types=[source_types[k] for k in plan.source_key],
+            ),
+            plan,
+            target_types,
+        )
+
+    def _parents_first(self, tables: list[TableMapping]) -> list[TableMapping]:
+        by_source = {self.source.qualify(t.source): t for t in tables}
+        order = dependency_order(list(by_source), self.source.foreign_keys())
+        return [by_source[name] for name in order]
+
+    # -- assess ------------------------------------------------------------------------------
+    def assess(self, scope: list[TableMapping], request: RollbackRequest) -> Assessment:
+        irreversible = [c for t in scope for c in irreversible_columns(t)]
+        if irreversible:
+            raise RefusedError(
+                f"column {irreversible[0]} is not reversible: reverse migration cannot rebuild the source "
+                "value; use backup_restore or point_in_time"
+            )
+        try:
+            self.source.identity()
+        except UnsupportedEngine as exc:
+            raise RefusedError(f"source {self.manifest.source.conn_id}: {exc}") from None
+        try:
+            writer = self.writer
+        except NotImplementedError as exc:
+            raise RefusedError(f"source {self.manifest.source.conn_id}: {exc}") from None
+        ordered = self._parents_first(scope)
+        missing = [
+            t.source for t in ordered if t.source not in writer.existing_tables([t.source for t in ordered])
+        ]
+        if missing:
+            raise RefusedError(f"source table {missing[0]} does not exist on {self.manifest.source.conn_id}")
+        problems = writer.writability([t.source for t in ordered])
+        if problems:
+            raise RefusedError(f"the source is not writable: {problems[0]}; reverse migration writes it back")
+        resolved = []
+        proofs: dict[str, int] = {}
+        for table in ordered:
+            spec, plan, target_types = self.resolve(table)
+            reader = self.target.reverse_reader(spec)
+            failure, checked = reader.round_trip(plan.forwards, target_types, PROOF_ROWS)
+            if failure:
+                raise RefusedError(
+                    f"{table.target}.{failure['column']} does not round-trip: key {failure['key']} holds "
+                    f"{failure['target']!r}, inverse then forward gives {failure['round_trip']!r}; fix the "
+                    "mapping's inverse or use backup_restore or point_in_time"
+                )
+            proofs[spec.target] = checked
+            resolved.append(spec)
+        statements = [
+            f"-- {spec.target} -> {spec.source}: COPY (SELECT {', '.join(spec.inverses)} FROM {spec.target}) "
+            f"into staging, then upsert by ({', '.join(spec.source_key)}) and delete rows gone from the target"
+            for spec in resolved
+        ]
+        warnings = []
+        for table, spec in zip(ordered, resolved, strict=True):
+            unmapped = [c for c in writer.column_types(table.source) if c not in spec.columns]
+            if unmapped:
+                warnings.append(
+                    f"{table.source}: columns {', '.join(unmapped)} were not migrated; updated rows keep their "
+                    "values, inserted rows get the column defaults"
+                )
+        return Assessment(
+            tables=[spec.target for spec in resolved],
+            rows=self.target.row_counts([spec.target for spec in resolved]),
+            statements=statements,
+            warnings=warnings,
+            detail={
+                "round_trip_rows_checked": proofs,
+                "tables": [spec.as_json() for spec in resolved],
+            },
+        )
+
+    # -- execute -----------------------------------------------------------------------------
+    def _specs(self, plan: RollbackPlan) -> list[Any]:
+        tables = self._parents_first([self.manifest.resolve_table(name) for name in plan.table_names])
+        return [self.resolve(t)[0] for t in tables]
+
+    def execute(self, plan: RollbackPlan) -> Execution:
+        writer = self.writer
+        done = writer.applied_result(plan.rollback_id)
+        if done is not None:
+            return self._execution(done, {"resumed": "the apply had already committed"})
+        specs = self._specs(plan)
+        staging: dict[str, dict[str, int]] = {}
+        for spec in specs:
+            staging[spec.target] = writer.stage_table(
+                plan.rollback_id, spec, self.target.reverse_reader(spec)
+            )
+        applied = writer.apply(plan.rollback_id, specs, [s.source for s in specs])
+        result = {name: vars(r) for name, r in applied.items()}
+        return self._execution(result, {"chunks": staging})
+
+    def _execution(self, result: dict[str, Any], extra: dict[str, Any]) -> Execution:
+        by_target = {
+            self.source.qualify(t.source): self.target.qualify(t.target) for t in self.manifest.tables
+        }
+        rows = {
+            by_target.get(source, source): int(r["inserted"]) + int(r["updated"]) + int(r["deleted"])
+            for source, r in result.items()
+        }
+        return Execution(
+            statements=[f"-- reverse migration of {name}" for name in rows],
+            rows_affected=rows,
+            detail={"applied": result, **extra},
+        )
+
+    # -- verify ------------------------------------------------------------------------------
+    def verify(self, plan: RollbackPlan) -> Verification:
+        comparisons = []
+        extra: list[TableCheck] = []
+        for spec in self._specs(plan):
+            source_side = self.writer.source_reader(spec)
+            expected = self.target.reverse_reader(spec)
+            comparable = getattr(source_side, "hash_family", None) == getattr(expected, "hash_family", None)
+            comparisons.append(
+                compare_table(
+                    spec.source, source_side, expected, sample_size=SAMPLE_KEYS, checksums=comparable
+                )
+            )
+            for sequence, last, highest in self.writer.sequence_positions(spec):
+                extra.append(
+                    TableCheck(
+                        table=spec.source,
+                        check=f"sequence {sequence} past the highest key",
+                        expected=f">= {highest}",
+                        actual=last,
+                        ok=last >= highest,
+                    )
+                )
+        return comparison_verification(comparisons, extra)
