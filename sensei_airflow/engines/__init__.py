@@ -13,6 +13,12 @@ from sensei_airflow.engines.base import Engine, ForeignKey, Statement
 #: Airflow connection type -> "module:Class" of its engine.
 ENGINE_BY_CONN_TYPE: dict[str, str] = {
     "postgres": "sensei_airflow.engines.postgres:PostgresEngine",
+    "snowflake": "sensei_airflow.engines.snowflake:SnowflakeEngine",
+    # the google provider's generic connection type, and BigQueryHook's own
+    "google_cloud_platform": "sensei_airflow.engines.bigquery:BigQueryEngine",
+    "gcpbigquery": "sensei_airflow.engines.bigquery:BigQueryEngine",
+    "oracle": "sensei_airflow.engines.oracle:OracleEngine",
+    "mssql": "sensei_airflow.engines.mssql:MsSqlEngine",
 }
 
 

@@ -1,0 +1,100 @@
+"""What the DB-API engines (Snowflake, Oracle, SQL Server) share: queries and transactions on a hook.
+
+Each engine builds its provider's hook (a ``DbApiHook``) and this base runs SQL through
+``hook.get_conn()``: queries are read and rolled back, a list of :class:`Statement` runs in one
+transaction. Only what every DB-API driver does is used here, so a recording fake hook can
+stand in for the real one in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from typing import Any
+
+from sensei_airflow.engines.base import Engine, Statement
+
+
+def missing_extra(extra: str, provider: str) -> Exception:
+    """The error raised when an optional provider is not installed, naming the extra that brings it."""
+    from airflow.exceptions import AirflowOptionalProviderFeatureException
+
+    return AirflowOptionalProviderFeatureException(
+        f"the {provider} provider is needed for this target: pip install 'sensei-airflow[{extra}]'"
+    )
+
+
+class DbApiEngine(Engine):
+    """An engine reached through a DB-API 2 connection from its provider's hook."""
+
+    #: placeholder of a positional bind parameter in this driver (``%s`` or ``:1``-style).
+    paramstyle: str = "format"
+
+    def placeholder(self, position: int) -> str:
+        """The bind placeholder for the ``position``-th parameter (1-based) of a statement."""
+        return f":{position}" if self.paramstyle == "numeric" else "%s"
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        """A DB-API connection, closed on exit (the caller decides on transactions)."""
+        with closing(self.hook.get_conn()) as conn:
+            yield conn
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one query, read and rolled back."""
+        with self.connect() as conn:
+            cur = conn.cursor()
+            try:
+                if params:
+                    cur.execute(sql, tuple(params))
+                else:
+                    cur.execute(sql)
+                rows = [tuple(row) for row in cur.fetchall()]
+            finally:
+                cur.close()
+            conn.rollback()
+        return rows
+
+    def begin_sql(self) -> list[Statement]:
+        """What opens an explicit transaction (nothing where the driver opens one implicitly)."""
+        return []
+
+    def run_statements(self, statements: Sequence[Statement], *, transaction: bool = True) -> None:
+        """Run ``statements`` in order: in one transaction committed at the end, or each on its own
+        in autocommit mode (for statements no transaction may hold, e.g. ``RESTORE``)."""
+        with self.connect() as conn:
+            if not transaction:
+                self.hook.set_autocommit(conn, True)
+            cur = conn.cursor()
+            try:
+                if transaction:
+                    for statement in self.begin_sql():
+                        cur.execute(statement.sql)
+                for statement in statements:
+                    if statement.params:
+                        cur.execute(statement.sql, tuple(statement.params))
+                    else:
+                        cur.execute(statement.sql)
+                if transaction:
+                    conn.commit()
+            except BaseException:
+                if transaction:
+                    conn.rollback()
+                raise
+            finally:
+                cur.close()
+
+    def counts_sql(self, tables: Sequence[str]) -> Statement:
+        """One query answering ``(table, rows)`` for each table."""
+        union = " UNION ALL ".join(
+            f"SELECT {self.placeholder(i)}, COUNT(*) FROM {self.quote_table(t)}"  # noqa: S608 - quoted
+            for i, t in enumerate(tables, start=1)
+        )
+        return Statement(union, tuple(tables), purpose="count rows")
+
+    def row_counts(self, tables: Iterable[str]) -> dict[str, int]:
+        names = [self.qualify(t) for t in tables]
+        if not names:
+            return {}
+        statement = self.counts_sql(names)
+        return {str(name): int(count) for name, count in self.query(statement.sql, statement.params)}

@@ -1,0 +1,366 @@
+"""Oracle, through the oracle provider's ``OracleHook`` (python-oracledb).
+
+Names: unquoted identifiers fold to upper case, so ``crm.customers`` is ``CRM.CUSTOMERS``; an
+unqualified name is in the session's current schema.
+
+Emptying tables: ``TRUNCATE`` is DDL in Oracle (it commits, cannot be rolled back) and fails
+with ORA-02266 on a table that an enabled foreign key of another table references, even an
+empty one. So when no table in scope is referenced that way, each is truncated (children
+first); otherwise every table is emptied with ``DELETE`` in one transaction, children first,
+under ``LOCK TABLE``. Identity columns are restarted afterwards with ``ALTER TABLE ... MODIFY``.
+See docs/adr/0603-oracle-truncate-and-flashback.md.
+
+Point-in-time recovery is ``FLASHBACK TABLE t1, t2, ... TO TIMESTAMP`` (one statement, one
+transaction), after checking row movement and undo retention, and recording the SCN before it
+so the flashback itself can be undone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+from sensei_airflow.engines.base import (
+    ForeignKey,
+    PointInTimeOutcome,
+    PointInTimePlan,
+    PointInTimeRecovery,
+    PointInTimeRefused,
+    RecoveryTarget,
+    RecoveryWindow,
+    Statement,
+)
+from sensei_airflow.engines.dbapi import DbApiEngine, missing_extra
+
+_USER_TABLES = """
+SELECT t.owner, t.table_name FROM all_tables t JOIN all_users u ON u.username = t.owner
+WHERE u.oracle_maintained = 'N' AND t.temporary = 'N' AND t.nested = 'NO' AND t.secondary = 'N'
+  AND t.dropped = 'NO'
+ORDER BY 1, 2
+"""
+
+_FOREIGN_KEYS = """
+SELECT c.constraint_name, c.owner, c.table_name, p.owner, p.table_name, c.status
+FROM all_constraints c
+JOIN all_constraints p ON p.owner = c.r_owner AND p.constraint_name = c.r_constraint_name
+JOIN all_users u ON u.username = c.owner
+WHERE c.constraint_type = 'R' AND u.oracle_maintained = 'N'
+ORDER BY 2, 3, 1
+"""
+
+_IDENTITY_COLUMNS = """
+SELECT i.column_name, i.generation_type, c.default_on_null, i.identity_options
+FROM all_tab_identity_cols i
+JOIN all_tab_columns c ON c.owner = i.owner AND c.table_name = i.table_name AND c.column_name = i.column_name
+WHERE i.owner = :1 AND i.table_name = :2
+ORDER BY 1
+"""
+
+_ROW_MOVEMENT = "SELECT owner, table_name, row_movement FROM all_tables WHERE owner = :1 AND table_name = :2"
+_LAST_DDL = (
+    "SELECT last_ddl_time FROM all_objects WHERE owner = :1 AND object_name = :2 AND object_type = 'TABLE'"
+)
+_UNDO_RETENTION = "SELECT value FROM v$parameter WHERE name = 'undo_retention'"
+_CURRENT_SCN = "SELECT DBMS_FLASHBACK.GET_SYSTEM_CHANGE_NUMBER FROM dual"
+_TIMESTAMP_TO_SCN = "SELECT TIMESTAMP_TO_SCN(:1) FROM dual"
+
+#: how long a statement waits for a table lock before failing (and the task retrying).
+LOCK_WAIT_SECONDS = 30
+_TS_FORMAT = "YYYY-MM-DD HH24:MI:SS.FF6 TZH:TZM"
+
+
+def _fold(part: str) -> str:
+    if len(part) >= 2 and part[0] == part[-1] == '"':
+        return part[1:-1]
+    return part.upper()
+
+
+def timestamp_literal(moment: datetime) -> str:
+    """An Oracle ``TO_TIMESTAMP_TZ`` literal with an explicit offset (never a session-zone time).
+
+    Built from a ``datetime``, never from user text; used where Oracle takes no bind
+    parameters (``FLASHBACK TABLE`` is DDL).
+    """
+    utc = moment.astimezone(UTC)
+    return f"TO_TIMESTAMP_TZ('{utc.strftime('%Y-%m-%d %H:%M:%S.%f')} +00:00', '{_TS_FORMAT}')"
+
+
+class OracleEngine(DbApiEngine):
+    dialect = "oracle"
+    paramstyle = "numeric"
+
+    def _make_hook(self) -> Any:
+        try:
+            from airflow.providers.oracle.hooks.oracle import OracleHook
+        except ImportError:
+            raise missing_extra("oracle", "Oracle") from None
+        return OracleHook(oracle_conn_id=self.conn_id)
+
+    # -- names ---------------------------------------------------------------------------
+    @cached_property
+    def default_schema(self) -> str:  # type: ignore[override]
+        """The session's current schema (unqualified names resolve there)."""
+        return str(self.query("SELECT SYS_CONTEXT('USERENV', 'CURRENT_SCHEMA') FROM dual")[0][0])
+
+    def qualify(self, table: str) -> str:
+        parts = [_fold(p) for p in table.split(".")]
+        if len(parts) == 1:
+            parts.insert(0, self.default_schema)
+        return ".".join(parts)
+
+    # -- catalog ---------------------------------------------------------------------------
+    def identity(self) -> str:
+        row = self.query(
+            "SELECT SYS_CONTEXT('USERENV', 'DB_UNIQUE_NAME'), SYS_CONTEXT('USERENV', 'CON_NAME') FROM dual"
+        )[0]
+        return f"oracle:{row[0]}/{row[1]}"
+
+    def user_tables(self) -> list[str]:
+        return [f"{owner}.{name}" for owner, name in self.query(_USER_TABLES)]
+
+    def _foreign_keys(self) -> list[tuple[ForeignKey, bool]]:
+        return [
+            (ForeignKey(name=con, child=f"{co}.{ct}", parent=f"{po}.{pt}"), status == "ENABLED")
+            for con, co, ct, po, pt, status in self.query(_FOREIGN_KEYS)
+        ]
+
+    def foreign_keys(self) -> list[ForeignKey]:
+        return [fk for fk, _ in self._foreign_keys()]
+
+    def referenced(self, tables: Sequence[str]) -> list[ForeignKey]:
+        """Enabled foreign keys of other tables that reference one of ``tables`` (each makes TRUNCATE fail)."""
+        scope = set(tables)
+        return [
+            fk
+            for fk, enabled in self._foreign_keys()
+            if enabled and fk.parent in scope and fk.child != fk.parent
+        ]
+
+    # -- target truncate -----------------------------------------------------------------
+    def lock_sql(self, tables: Sequence[str], *, delete: bool | None = None) -> list[Statement]:
+        """``LOCK TABLE`` for the ``DELETE`` path; for ``TRUNCATE``, a bounded DDL lock wait."""
+        if not tables:
+            return []
+        if delete is None:
+            delete = bool(self.referenced(tables))
+        if delete:
+            quoted = ", ".join(self.quote_table(t) for t in tables)
+            return [
+                Statement(
+                    f"LOCK TABLE {quoted} IN EXCLUSIVE MODE WAIT {LOCK_WAIT_SECONDS}",
+                    purpose="lock tables in scope",
+                )
+            ]
+        return [
+            Statement(
+                f"ALTER SESSION SET DDL_LOCK_TIMEOUT = {LOCK_WAIT_SECONDS}",
+                purpose="bound the wait for locks",
+            )
+        ]
+
+    def identity_restart_sql(self, table: str, columns: Sequence[tuple[Any, ...]]) -> list[Statement]:
+        """``ALTER TABLE ... MODIFY (col GENERATED ... AS IDENTITY (START WITH n))`` per identity column.
+
+        ``columns`` are rows of (column, generation type, default on null, identity options) as
+        ``ALL_TAB_IDENTITY_COLS`` gives them; the generation type and ``ON NULL`` are restated
+        unchanged (``MODIFY`` would otherwise change them).
+        """
+        statements = []
+        for column, generation, on_null, options in columns:
+            match = re.search(r"START WITH:\s*(-?\d+)", str(options or ""))
+            start = int(match.group(1)) if match else 1
+            kind = "ALWAYS" if str(generation).upper() == "ALWAYS" else "BY DEFAULT"
+            if kind == "BY DEFAULT" and str(on_null).upper() == "YES":
+                kind = "BY DEFAULT ON NULL"
+            statements.append(
+                Statement(
+                    f"ALTER TABLE {self.quote_table(table)} MODIFY ({self.quote_identifier(str(column))} "
+                    f"GENERATED {kind} AS IDENTITY (START WITH {start}))",
+                    purpose=f"restart the identity of {table}.{column}",
+                )
+            )
+        return statements
+
+    def identity_columns(self, table: str) -> list[tuple[Any, ...]]:
+        owner, _, name = self.qualify(table).rpartition(".")
+        return self.query(_IDENTITY_COLUMNS, (owner, name))
+
+    def empty_tables_sql(
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str], *, delete: bool | None = None
+    ) -> list[Statement]:
+        """``TRUNCATE TABLE`` each (none referenced by an enabled foreign key) or ``DELETE`` each
+        in one transaction, children first; then restart identity columns."""
+        if not tables:
+            return []
+        if delete is None:
+            delete = bool(self.referenced(tables))
+        if delete:
+            empty = [Statement(f"DELETE FROM {self.quote_table(t)}", purpose=f"empty {t}") for t in tables]  # noqa: S608
+            empty.append(Statement("COMMIT", purpose="commit before the identity DDL"))
+        else:
+            empty = [Statement(f"TRUNCATE TABLE {self.quote_table(t)}", purpose=f"empty {t}") for t in tables]
+        restarts = [s for t in tables for s in self.identity_restart_sql(t, self.identity_columns(t))]
+        return [*empty, *restarts]
+
+    def empty_tables(
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str]
+    ) -> tuple[list[Statement], dict[str, int]]:
+        """Lock (or bound the DDL wait), count, empty; the statements run and rows removed per table."""
+        if not tables:
+            return [], {}
+        delete = bool(self.referenced(tables))
+        locks = self.lock_sql(tables, delete=delete)
+        work = self.empty_tables_sql(tables, referenced_from_outside, delete=delete)
+        counts = self.counts_sql(tables)
+        with self.connect() as conn:
+            cur = conn.cursor()
+            try:
+                for statement in locks:
+                    cur.execute(statement.sql)
+                cur.execute(counts.sql, tuple(counts.params))
+                removed = {str(t): int(n) for t, n in cur.fetchall()}
+                for statement in work:
+                    if statement.sql == "COMMIT":
+                        conn.commit()
+                    else:
+                        cur.execute(statement.sql)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                cur.close()
+        return [*locks, *work], removed
+
+    # -- point-in-time recovery ----------------------------------------------------------
+    def point_in_time(self, settings: Any) -> OracleFlashback:
+        return OracleFlashback(self)
+
+
+class OracleFlashback(PointInTimeRecovery):
+    """``FLASHBACK TABLE`` every table in scope in one statement, to the point's time (or SCN).
+
+    Assess refuses when row movement is disabled on a table or the point is older than
+    ``UNDO_RETENTION``, and converts the point to an SCN (``TIMESTAMP_TO_SCN`` fails when the
+    undo no longer reaches it). Restore records the current SCN first: ``FLASHBACK TABLE ... TO
+    SCN <that>`` undoes the rollback.
+    """
+
+    mechanism = "Oracle Flashback Table"
+
+    def __init__(self, engine: OracleEngine, clock: Callable[[], datetime] | None = None) -> None:
+        self.engine = engine
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    def flashback_sql(self, tables: Sequence[str], target: RecoveryTarget) -> Statement:
+        quoted = ", ".join(self.engine.quote_table(t) for t in tables)
+        if target.position:
+            point = f"SCN {int(target.position)}"
+        else:
+            point = f"TIMESTAMP {timestamp_literal(target.time)}"
+        return Statement(f"FLASHBACK TABLE {quoted} TO {point}", purpose=f"flash back to {target.describe()}")
+
+    def undo_sql(self, tables: Sequence[str], scn: int) -> Statement:
+        quoted = ", ".join(self.engine.quote_table(t) for t in tables)
+        return Statement(f"FLASHBACK TABLE {quoted} TO SCN {int(scn)}", purpose="undo the flashback")
+
+    def undo_retention_seconds(self) -> int:
+        try:
+            rows = self.engine.query(_UNDO_RETENTION)
+        except Exception as exc:
+            raise PointInTimeRefused(
+                f"cannot read UNDO_RETENTION ({type(exc).__name__}: {exc}); grant SELECT on V_$PARAMETER "
+                "to the connection's user"
+            ) from None
+        return int(rows[0][0])
+
+    def check(self, tables: Sequence[str], target: RecoveryTarget, now: datetime) -> tuple[int, list[str]]:
+        """Refuse what FLASHBACK TABLE cannot do; the undo retention and warnings otherwise."""
+        if target.time > now:
+            raise PointInTimeRefused(
+                f"restore_to {target.time.isoformat()} is in the future (now {now.isoformat()})"
+            )
+        warnings: list[str] = []
+        for table in tables:
+            owner, _, name = table.rpartition(".")
+            rows = self.engine.query(_ROW_MOVEMENT, (owner, name))
+            if not rows:
+                raise PointInTimeRefused(f"table {table} does not exist on {self.engine.conn_id}")
+            if str(rows[0][2]).upper() != "ENABLED":
+                raise PointInTimeRefused(
+                    f"row movement is disabled on {table}: FLASHBACK TABLE needs it; run "
+                    f"ALTER TABLE {self.engine.quote_table(table)} ENABLE ROW MOVEMENT first"
+                )
+            ddl = self.engine.query(_LAST_DDL, (owner, name))
+            if ddl and ddl[0][0] is not None:
+                last = ddl[0][0] if ddl[0][0].tzinfo else ddl[0][0].replace(tzinfo=UTC)
+                if last > target.time:
+                    warnings.append(
+                        f"{table} had DDL at {last.isoformat()} (after the point): FLASHBACK TABLE fails with "
+                        "ORA-01466 if it changed the table's structure"
+                    )
+        retention = self.undo_retention_seconds()
+        if target.time < now - timedelta(seconds=retention):
+            raise PointInTimeRefused(
+                f"UNDO_RETENTION is {retention} s: {target.time.isoformat()} is older than the undo kept "
+                f"(earliest point now: {(now - timedelta(seconds=retention)).isoformat()}); use backup_restore"
+            )
+        warnings.append(
+            f"UNDO_RETENTION ({retention} s) is a target, not a guarantee, unless the undo tablespace has "
+            "RETENTION GUARANTEE"
+        )
+        return retention, warnings
+
+    def scn_at(self, moment: datetime) -> int:
+        try:
+            return int(self.engine.query(_TIMESTAMP_TO_SCN, (moment,))[0][0])
+        except Exception as exc:
+            raise PointInTimeRefused(
+                f"Oracle cannot map {moment.isoformat()} to an SCN ({exc}): the undo no longer reaches it"
+            ) from None
+
+    def assess(
+        self, tables: Sequence[str], target: RecoveryTarget, *, whole_database: bool
+    ) -> PointInTimePlan:
+        retention, warnings = self.check(tables, target, self.clock())
+        scn = int(target.position) if target.position else self.scn_at(target.time)
+        return PointInTimePlan(
+            tables=list(tables),
+            path="table",
+            steps=[
+                _CURRENT_SCN + "  -- recorded: undo with FLASHBACK TABLE ... TO SCN <it>",
+                self.flashback_sql(tables, target).sql,
+            ],
+            warnings=warnings,
+            detail={"scn_at_point": scn, "undo_retention_seconds": retention},
+        )
+
+    def restore(self, plan: PointInTimePlan, target: RecoveryTarget) -> PointInTimeOutcome:
+        tables = list(plan.tables)
+        self.check(tables, target, self.clock())
+        scn_before = int(self.engine.query(_CURRENT_SCN)[0][0])
+        flashback = self.flashback_sql(tables, target)
+        self.engine.run_statements([flashback], transaction=False)
+        undo = self.undo_sql(tables, scn_before)
+        return PointInTimeOutcome(
+            statements=[_CURRENT_SCN, flashback.sql],
+            rows_restored=self.engine.row_counts(tables),
+            detail={**plan.detail, "scn_before_flashback": scn_before, "undo": undo.sql},
+        )
+
+    def windows(self, tables: Sequence[str], point: datetime) -> list[RecoveryWindow]:
+        retention = self.undo_retention_seconds()
+        now = self.clock()
+        return [
+            RecoveryWindow(
+                mechanism=self.mechanism,
+                table=None,
+                earliest=now - timedelta(seconds=retention),
+                latest=now,
+                closes_at=point + timedelta(seconds=retention),
+                limit="undo retention (UNDO_RETENTION)",
+            )
+        ]

@@ -1,0 +1,372 @@
+"""Snowflake, through the snowflake provider's ``SnowflakeHook``.
+
+Names: Snowflake folds unquoted identifiers to upper case, so ``crm.customers`` in a manifest
+is ``CRM.CUSTOMERS`` here (and is quoted that way). Foreign keys are recorded but not enforced
+on standard tables, so ``TRUNCATE`` never fails because of one; tables are still emptied
+children first. ``TRUNCATE`` is DML in Snowflake: all tables are emptied in one transaction.
+
+Point-in-time recovery is Time Travel: each table is cloned ``AT`` the point (or ``BEFORE`` the
+migration's first statement), then swapped in with ``ALTER TABLE ... SWAP WITH``; see
+docs/adr/0600-snowflake-time-travel-clone-and-swap.md.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sensei_airflow.engines.base import (
+    ForeignKey,
+    PointInTimeOutcome,
+    PointInTimePlan,
+    PointInTimeRecovery,
+    PointInTimeRefused,
+    RecoveryTarget,
+    RecoveryWindow,
+    Statement,
+)
+from sensei_airflow.engines.dbapi import DbApiEngine, missing_extra
+
+_USER_TABLES = """
+SELECT table_schema, table_name FROM information_schema.tables
+WHERE table_type = 'BASE TABLE' AND table_schema <> 'INFORMATION_SCHEMA'
+ORDER BY 1, 2
+"""
+
+_FOREIGN_KEYS = """
+SELECT rc.constraint_name, fk.table_schema, fk.table_name, pk.table_schema, pk.table_name
+FROM information_schema.referential_constraints rc
+JOIN information_schema.table_constraints fk
+  ON fk.constraint_schema = rc.constraint_schema AND fk.constraint_name = rc.constraint_name
+  AND fk.constraint_type = 'FOREIGN KEY'
+JOIN information_schema.table_constraints pk
+  ON pk.constraint_schema = rc.unique_constraint_schema AND pk.constraint_name = rc.unique_constraint_name
+ORDER BY 2, 3, 1
+"""
+
+#: retention (DATA_RETENTION_TIME_IN_DAYS, as INFORMATION_SCHEMA.TABLES.RETENTION_TIME) and creation time.
+_RETENTION = """
+SELECT table_schema, table_name, retention_time, created FROM information_schema.tables
+WHERE table_type = 'BASE TABLE' AND table_schema <> 'INFORMATION_SCHEMA'
+"""
+
+#: a point closer than this to the end of its Time Travel retention is refused: the clone could
+#: outlive it while the rollback runs.
+RETENTION_MARGIN = timedelta(minutes=30)
+
+
+def _fold(part: str) -> str:
+    """Snowflake's rule: a double-quoted identifier keeps its case, an unquoted one is upper case."""
+    if len(part) >= 2 and part[0] == part[-1] == '"':
+        return part[1:-1]
+    return part.upper()
+
+
+class SnowflakeEngine(DbApiEngine):
+    dialect = "snowflake"
+    default_schema = "PUBLIC"
+    paramstyle = "format"
+
+    def _make_hook(self) -> Any:
+        try:
+            from airflow.providers.snowflake.hooks.snowflake import SnowflakeHook
+        except ImportError:
+            raise missing_extra("snowflake", "Snowflake") from None
+        return SnowflakeHook(snowflake_conn_id=self.conn_id)
+
+    # -- names ---------------------------------------------------------------------------
+    def qualify(self, table: str) -> str:
+        """``crm.orders`` -> ``CRM.ORDERS``, ``orders`` -> ``PUBLIC.ORDERS`` (Snowflake's case folding)."""
+        parts = [_fold(p) for p in table.split(".")]
+        if len(parts) == 1:
+            parts.insert(0, self.default_schema)
+        return ".".join(parts)
+
+    def begin_sql(self) -> list[Statement]:
+        # the connector runs in autocommit mode: a transaction is opened explicitly
+        return [Statement("BEGIN", purpose="open a transaction")]
+
+    # -- catalog ---------------------------------------------------------------------------
+    def identity(self) -> str:
+        conn = self.hook.get_connection(self.conn_id)
+        account = (conn.extra_dejson or {}).get("account") or conn.host or "unknown-account"
+        database = self.query("SELECT CURRENT_DATABASE()")[0][0]
+        return f"snowflake:{str(account).lower()}/{database}"
+
+    def user_tables(self) -> list[str]:
+        return [f"{schema}.{name}" for schema, name in self.query(_USER_TABLES)]
+
+    def foreign_keys(self) -> list[ForeignKey]:
+        return [
+            ForeignKey(name=con, child=f"{cs}.{cn}", parent=f"{ps}.{pn}")
+            for con, cs, cn, ps, pn in self.query(_FOREIGN_KEYS)
+        ]
+
+    # -- target truncate -----------------------------------------------------------------
+    def lock_sql(self, tables: Sequence[str]) -> list[Statement]:
+        """None: Snowflake has no LOCK TABLE; a DML statement locks its table until commit."""
+        return []
+
+    def empty_tables_sql(
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str]
+    ) -> list[Statement]:
+        """``TRUNCATE TABLE`` each table, children first.
+
+        Foreign keys are not enforced on standard tables, so an (empty) outside table that
+        references one of these does not stop the truncate. Sequences and identity columns are
+        left as they are: Snowflake cannot restart either in place (see ADR 0602).
+        """
+        return [Statement(f"TRUNCATE TABLE {self.quote_table(t)}", purpose=f"empty {t}") for t in tables]
+
+    def empty_tables(
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str]
+    ) -> tuple[list[Statement], dict[str, int]]:
+        """Count and empty the tables in one transaction; the SQL run and the rows removed from each."""
+        statements = [*self.begin_sql(), *self.empty_tables_sql(tables, referenced_from_outside)]
+        removed: dict[str, int] = {}
+        with self.connect() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute("BEGIN")
+                if tables:
+                    counts = self.counts_sql(tables)
+                    cur.execute(counts.sql, tuple(counts.params))
+                    removed = {str(t): int(n) for t, n in cur.fetchall()}
+                for statement in statements[1:]:
+                    cur.execute(statement.sql)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                cur.close()
+        return statements, removed
+
+    # -- point-in-time recovery ----------------------------------------------------------
+    def point_in_time(self, settings: Any) -> SnowflakeTimeTravel:
+        return SnowflakeTimeTravel(self)
+
+    def table_retention(self) -> dict[str, tuple[int, datetime | None]]:
+        """``{table: (DATA_RETENTION_TIME_IN_DAYS, created)}`` for every user table."""
+        return {
+            f"{schema}.{name}": (int(days or 0), created)
+            for schema, name, days, created in self.query(_RETENTION)
+        }
+
+
+@dataclass(frozen=True)
+class CloneNames:
+    """The two helper tables of one table's Time Travel restore."""
+
+    restored: str  # the clone at the point, before it is swapped in
+    kept: str  # the table's content before the rollback, after the swap (kept for undo)
+
+
+class SnowflakeTimeTravel(PointInTimeRecovery):
+    """``CREATE TABLE ... CLONE ... AT|BEFORE`` for every table, then ``ALTER TABLE ... SWAP WITH`` each.
+
+    All clones are made before any live table changes, so an expired retention fails first.
+    Each swap is atomic for its table (tables are swapped one after another, children last).
+    The pre-rollback content stays as ``<table>__SENSEI_<token>_PRE`` so the rollback can be
+    undone by swapping back; the plan lists the statements for both.
+    """
+
+    mechanism = "Snowflake Time Travel"
+
+    def __init__(self, engine: SnowflakeEngine, clock: Callable[[], datetime] | None = None) -> None:
+        self.engine = engine
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    # -- pure SQL ------------------------------------------------------------------------
+    @staticmethod
+    def names(table: str, token: str) -> CloneNames:
+        schema_and_db, _, name = table.rpartition(".")
+        prefix = f"{schema_and_db}." if schema_and_db else ""
+        return CloneNames(
+            restored=f"{prefix}{name}__SENSEI_{token}_AT",
+            kept=f"{prefix}{name}__SENSEI_{token}_PRE",
+        )
+
+    def at_clause(self, target: RecoveryTarget) -> Statement:
+        """``BEFORE(STATEMENT => id)`` when the migration's first query id is known, else ``AT(TIMESTAMP => t)``."""
+        if target.position:
+            return Statement("BEFORE(STATEMENT => %s)", (target.position,))
+        return Statement("AT(TIMESTAMP => %s::TIMESTAMP_TZ)", (target.time.astimezone(UTC).isoformat(),))
+
+    def clone_sql(self, table: str, token: str, target: RecoveryTarget) -> Statement:
+        names = self.names(table, token)
+        at = self.at_clause(target)
+        quote = self.engine.quote_table
+        return Statement(
+            f"CREATE OR REPLACE TABLE {quote(names.restored)} CLONE {quote(table)} {at.sql}",
+            at.params,
+            purpose=f"clone {table} at {target.describe()}",
+        )
+
+    def swap_sql(self, table: str, token: str) -> list[Statement]:
+        names = self.names(table, token)
+        quote = self.engine.quote_table
+        kept_name = quote(names.kept).rpartition(".")[2]
+        return [
+            Statement(
+                f"ALTER TABLE {quote(table)} SWAP WITH {quote(names.restored)}",
+                purpose=f"swap the restored {table} in",
+            ),
+            Statement(
+                f"ALTER TABLE {quote(names.restored)} RENAME TO {quote(names.kept)}",
+                purpose=f"keep {table} as it was before the rollback ({kept_name})",
+            ),
+        ]
+
+    def restore_sql(self, tables: Sequence[str], token: str, target: RecoveryTarget) -> list[Statement]:
+        """Every statement of a restore, in order: all clones, then swap and rename each (children last)."""
+        clones = [self.clone_sql(t, token, target) for t in tables]
+        swaps = [s for t in reversed(tables) for s in self.swap_sql(t, token)]
+        return [*clones, *swaps]
+
+    def undo_sql(self, tables: Sequence[str], token: str) -> list[Statement]:
+        """Swap the pre-rollback content back in (run by hand to undo a completed rollback)."""
+        quote = self.engine.quote_table
+        return [
+            Statement(
+                f"ALTER TABLE {quote(t)} SWAP WITH {quote(self.names(t, token).kept)}", purpose=f"undo {t}"
+            )
+            for t in tables
+        ]
+
+    def cleanup_sql(self, tables: Sequence[str], token: str) -> list[Statement]:
+        """Drop the pre-rollback copies once the rollback is accepted."""
+        quote = self.engine.quote_table
+        return [
+            Statement(
+                f"DROP TABLE IF EXISTS {quote(self.names(t, token).kept)}", purpose=f"drop the copy of {t}"
+            )
+            for t in tables
+        ]
+
+    # -- checks ----------------------------------------------------------------------------
+    def check(
+        self,
+        tables: Sequence[str],
+        target: RecoveryTarget,
+        retention: dict[str, tuple[int, datetime | None]],
+        now: datetime,
+    ) -> None:
+        """Refuse a point in the future, a table that did not exist yet, or a point outside its retention."""
+        if target.time > now:
+            raise PointInTimeRefused(
+                f"restore_to {target.time.isoformat()} is in the future (now {now.isoformat()})"
+            )
+        for table in tables:
+            if table not in retention:
+                raise PointInTimeRefused(f"table {table} does not exist on {self.engine.conn_id}")
+            days, created = retention[table]
+            if days <= 0:
+                raise PointInTimeRefused(
+                    f"{table} has DATA_RETENTION_TIME_IN_DAYS = 0 (no Time Travel): it cannot be restored to a "
+                    "point in time; use backup_restore"
+                )
+            earliest = now - timedelta(days=days) + RETENTION_MARGIN
+            if target.time < earliest:
+                raise PointInTimeRefused(
+                    f"{table} keeps Time Travel for {days} day(s) (DATA_RETENTION_TIME_IN_DAYS): "
+                    f"{target.time.isoformat()} is outside it (earliest safe point now: {earliest.isoformat()})"
+                )
+            if created is not None and _aware(created) > target.time and not target.position:
+                raise PointInTimeRefused(
+                    f"{table} was created at {_aware(created).isoformat()}, after {target.time.isoformat()}: "
+                    "there is no version of it to clone at that point"
+                )
+
+    # -- the interface -------------------------------------------------------------------------
+    def assess(
+        self, tables: Sequence[str], target: RecoveryTarget, *, whole_database: bool
+    ) -> PointInTimePlan:
+        retention = self.engine.table_retention()
+        self.check(tables, target, retention, self.clock())
+        token = secrets.token_hex(4).upper()
+        statements = self.restore_sql(tables, token, target)
+        kept = [self.names(t, token).kept for t in tables]
+        return PointInTimePlan(
+            tables=list(tables),
+            path="table",
+            steps=[_render(s) for s in statements],
+            warnings=[
+                "the tables' content before the rollback is kept as "
+                + ", ".join(kept)
+                + " (Time Travel clones: no extra storage until they diverge); drop them when the "
+                "rollback is accepted"
+            ],
+            detail={
+                "token": token,
+                "undo": [s.sql for s in self.undo_sql(tables, token)],
+                "cleanup": [s.sql for s in self.cleanup_sql(tables, token)],
+                "retention_days": {t: retention[t][0] for t in tables},
+            },
+        )
+
+    def restore(self, plan: PointInTimePlan, target: RecoveryTarget) -> PointInTimeOutcome:
+        """Clone every table, then swap each in; a retry skips the tables already swapped."""
+        token = str(plan.detail["token"])
+        tables = list(plan.tables)
+        existing = self.engine.table_retention()
+        done = [t for t in tables if self.names(t, token).kept in existing]
+        todo = [t for t in tables if t not in done]
+        if todo:
+            self.check(todo, target, existing, self.clock())
+        # a clone left by an interrupted run that was already swapped in (crash between swap and
+        # rename): the live table is then the newer one of the pair
+        swapped = [t for t in todo if self._already_swapped(t, token, existing)]
+        to_clone = [t for t in todo if t not in swapped]
+        clones = [self.clone_sql(t, token, target) for t in to_clone]
+        swaps = [
+            *(s for t in reversed(to_clone) for s in self.swap_sql(t, token)),
+            *(self.swap_sql(t, token)[1] for t in swapped),
+        ]
+        self.engine.run_statements(clones, transaction=False)
+        self.engine.run_statements(swaps, transaction=False)
+        statements = [*clones, *swaps]
+        return PointInTimeOutcome(
+            statements=[_render(s) for s in statements],
+            rows_restored=self.engine.row_counts(tables),
+            detail={**plan.detail, "already_restored": done},
+        )
+
+    def _already_swapped(
+        self, table: str, token: str, existing: dict[str, tuple[int, datetime | None]]
+    ) -> bool:
+        restored = self.names(table, token).restored
+        if restored not in existing:
+            return False
+        live_created, clone_created = existing[table][1], existing[restored][1]
+        return live_created is not None and clone_created is not None and live_created > clone_created
+
+    def windows(self, tables: Sequence[str], point: datetime) -> list[RecoveryWindow]:
+        retention = self.engine.table_retention()
+        now = self.clock()
+        return [
+            RecoveryWindow(
+                mechanism=self.mechanism,
+                table=t,
+                earliest=now - timedelta(days=retention[t][0]),
+                latest=now,
+                closes_at=point + timedelta(days=retention[t][0]),
+                limit="Time Travel retention (DATA_RETENTION_TIME_IN_DAYS)",
+            )
+            for t in tables
+            if t in retention
+        ]
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _render(statement: Statement) -> str:
+    """A statement as shown in a plan: the SQL with its parameters after it."""
+    if not statement.params:
+        return statement.sql
+    return f"{statement.sql}  -- params: {', '.join(repr(p) for p in statement.params)}"
