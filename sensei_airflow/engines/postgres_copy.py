@@ -159,8 +159,9 @@ class PostgresRowSource:
         where, params = self._where(key_range)
         if len(self.keys) == 1 and self.key_types[0] in _INTEGER_TYPES:
             low, high = self._query(
-                f"SELECT min({self.keys[0]}), max({self.keys[0]}) FROM {self.table} WHERE {where}", params
-            )[0]  # noqa: S608,E501
+                f"SELECT min({self.keys[0]}), max({self.keys[0]}) FROM {self.table} WHERE {where}",  # noqa: S608
+                params,
+            )[0]
             if low is None or high <= low:
                 return []
             step = (high - low) / parts
@@ -297,7 +298,7 @@ class TableApplied:
 
 
 def stage_name(rollback_id: str, source_table: str) -> str:
-    digest = hashlib.sha1(f"{rollback_id}\0{source_table}".encode()).hexdigest()[:20]  # noqa: S324 - a name
+    digest = hashlib.sha1(f"{rollback_id}\0{source_table}".encode()).hexdigest()[:20]
     return f"rev_{digest}"
 
 
@@ -407,7 +408,7 @@ class PostgresReverseWriter:
 
     def plan_chunks(
         self, rollback_id: str, table: ReverseTable, reader: Any
-    ) -> list[tuple[int, KeyRange, str, int | None]]:  # noqa: E501
+    ) -> list[tuple[int, KeyRange, str, int | None]]:
         """The table's chunks: those recorded by an earlier try, else cut now from the target's keys."""
         existing = self.chunks(rollback_id, table)
         if existing:
@@ -486,8 +487,8 @@ class PostgresReverseWriter:
             with session(self.engine) as conn, conn.transaction():
                 moved = self._copy_range(conn, stage, table, reader, key_range)
                 conn.execute(
-                    "UPDATE sensei_staging.reverse_chunks SET state = 'staged', rows = %s, updated_at = now() "
-                    "WHERE rollback_id = %s AND source_table = %s AND chunk = %s",
+                    "UPDATE sensei_staging.reverse_chunks SET state = 'staged', rows = %s, "
+                    "updated_at = now() WHERE rollback_id = %s AND source_table = %s AND chunk = %s",
                     (moved, rollback_id, table.source, number),
                 )
             outcome["staged"] += 1
@@ -551,9 +552,8 @@ class PostgresReverseWriter:
                 results[table.source].staged_chunks = sum(s == "staged" for _, _, s in rows)
                 results[table.source].unchanged_chunks = sum(s == "same" for _, _, s in rows)
                 source = self.engine.quote_table(table.source)
-                empty[table.source] = not conn.execute(f"SELECT EXISTS (SELECT 1 FROM {source})").fetchone()[
-                    0
-                ]  # noqa: S608
+                exists = f"SELECT EXISTS (SELECT 1 FROM {source})"  # noqa: S608
+                empty[table.source] = not conn.execute(exists).fetchone()[0]
             for table in ordered:
                 inserted, updated = self._upsert(conn, rollback_id, table, empty[table.source])
                 results[table.source].inserted, results[table.source].updated = inserted, updated
@@ -582,9 +582,8 @@ class PostgresReverseWriter:
         stage = f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source))}"
         columns = ", ".join(self.q(c) for c in table.columns)
         if empty:
-            inserted = conn.execute(
-                f"INSERT INTO {source} ({columns}) SELECT {columns} FROM {stage}"
-            ).rowcount  # noqa: S608
+            insert = f"INSERT INTO {source} ({columns}) SELECT {columns} FROM {stage}"  # noqa: S608
+            inserted = conn.execute(insert).rowcount
             return max(inserted, 0), 0
         keys = ", ".join(self.q(k) for k in table.source_key)
         others = [c for c in table.columns if c not in table.source_key]
@@ -631,8 +630,9 @@ class PostgresReverseWriter:
         ).fetchall()
         done = {}
         for column, sequence in owned:
+            highest = f"(SELECT coalesce(max({self.q(column)}), 0) FROM {quoted})"  # noqa: S608
             value = conn.execute(
-                f"SELECT setval(%s::regclass, greatest((SELECT coalesce(max({self.q(column)}), 0) FROM {quoted}), "  # noqa: S608
+                f"SELECT setval(%s::regclass, greatest({highest}, "
                 "coalesce(pg_sequence_last_value(%s::regclass), 0), 1))",
                 (sequence, sequence),
             ).fetchone()[0]
@@ -685,18 +685,22 @@ def relay_copy(
     Blocks are merged into writes of about :data:`WRITE_BYTES`; rows are never decoded, so
     memory stays flat whatever the table's size. Returns the rows copied (as the server counts).
     """
+    copy_out_sql = f"COPY ({select}) TO STDOUT (FORMAT binary)"
     with source.connect() as src:
-        with dest_conn.cursor() as dest_cur, dest_cur.copy(copy_in_sql) as copy_in:
-            with src.cursor().copy(f"COPY ({select}) TO STDOUT (FORMAT binary)", params or None) as copy_out:
-                pending: list[bytes] = []
-                size = 0
-                for block in copy_out:
-                    pending.append(bytes(block))
-                    size += len(block)
-                    if size >= WRITE_BYTES:
-                        copy_in.write(b"".join(pending))
-                        pending, size = [], 0
-                if pending:
+        with (
+            dest_conn.cursor() as dest_cur,
+            dest_cur.copy(copy_in_sql) as copy_in,
+            src.cursor().copy(copy_out_sql, params or None) as copy_out,
+        ):
+            pending: list[bytes] = []
+            size = 0
+            for block in copy_out:
+                pending.append(bytes(block))
+                size += len(block)
+                if size >= WRITE_BYTES:
                     copy_in.write(b"".join(pending))
+                    pending, size = [], 0
+            if pending:
+                copy_in.write(b"".join(pending))
         src.rollback()
         return max(dest_cur.rowcount, 0)

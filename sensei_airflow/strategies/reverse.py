@@ -87,8 +87,8 @@ class ReverseMigrationStrategy(RollbackStrategy):
             )
         if set(plan.source_key) not in self.writer.unique_keys(table.source):
             raise RefusedError(
-                f"source table {table.source} has no primary key or unique index on ({', '.join(plan.source_key)}): "
-                "rows cannot be matched by key; add one or use backup_restore"
+                f"source table {table.source} has no primary key or unique index on "
+                f"({', '.join(plan.source_key)}): rows cannot be matched; add one or use backup_restore"
             )
         return (
             ReverseTable(
@@ -150,8 +150,9 @@ class ReverseMigrationStrategy(RollbackStrategy):
             proofs[spec.target] = checked
             resolved.append(spec)
         statements = [
-            f"-- {spec.target} -> {spec.source}: COPY (SELECT {', '.join(spec.inverses)} FROM {spec.target}) "
-            f"into staging, then upsert by ({', '.join(spec.source_key)}) and delete rows gone from the target"
+            f"-- {spec.target} -> {spec.source}: COPY (SELECT {', '.join(spec.inverses)} "  # noqa: S608 - a comment
+            f"FROM {spec.target}) into staging, then upsert by ({', '.join(spec.source_key)}) and delete the "
+            "rows gone from the target"
             for spec in resolved
         ]
         warnings = []
@@ -159,8 +160,8 @@ class ReverseMigrationStrategy(RollbackStrategy):
             unmapped = [c for c in writer.column_types(table.source) if c not in spec.columns]
             if unmapped:
                 warnings.append(
-                    f"{table.source}: columns {', '.join(unmapped)} were not migrated; updated rows keep their "
-                    "values, inserted rows get the column defaults"
+                    f"{table.source}: columns {', '.join(unmapped)} were not migrated; updated rows keep "
+                    "their values, inserted rows get the column defaults"
                 )
         return Assessment(
             tables=[spec.target for spec in resolved],
