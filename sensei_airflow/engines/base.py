@@ -184,6 +184,42 @@ class Engine(ABC):
         """The writer that stages and applies reverse-migrated rows on this (source) database."""
         raise NotImplementedError(f"{type(self).__name__} cannot be written by a reverse migration yet")
 
+    # -- backups (backups/, strategies/backup_restore.py; defaults: not supported) -------------
+    def table_checksums(self, tables: Iterable[str]) -> dict[str, Any]:
+        """Row count and an order-independent checksum per (qualified) table, computed in the database.
+
+        :returns: table -> ``TableChecksum`` (``rows``, ``checksum``).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot checksum tables for backups yet")
+
+    def dump_tables(self, tables: Sequence[str], write: Any) -> dict[str, Any]:
+        """Stream each table's data, all from one snapshot, to ``write(table, readable)``.
+
+        :returns: table -> ``TableState`` (rows, checksum, columns, sequences, foreign keys).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot take logical backups yet")
+
+    def dump_schema(self, tables: Sequence[str], path: Any) -> None:
+        """Write the tables' definitions (no data) to the file ``path``, in the engine's archive format."""
+        raise NotImplementedError(f"{type(self).__name__} cannot take logical backups yet")
+
+    def restore_tables(
+        self, tables: Sequence[str], states: dict[str, Any], open_data: Any, referenced_from_outside: Iterable[str]
+    ) -> tuple[list[str], dict[str, int], dict[str, int]]:
+        """Replace the rows of ``tables`` (parents first) with a backup's, atomically where the engine allows.
+
+        :returns: the SQL run, rows removed and rows restored per table.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot restore logical backups yet")
+
+    def restore_test(self, tables: Sequence[str], states: dict[str, Any], schema_archive: Any, open_data: Any) -> Any:
+        """Restore a backup into a scratch database and return the restored tables' checksums."""
+        raise NotImplementedError(f"{type(self).__name__} cannot test-restore logical backups yet")
+
+    def base_backup(self, directory: Any) -> list[Any]:
+        """A physical backup of the whole database cluster into a local folder; returns its files."""
+        raise NotImplementedError(f"{type(self).__name__} cannot take physical backups")
+
     @cached_property
     def hook(self) -> Any:
         return self._make_hook()
@@ -316,6 +352,14 @@ class PointInTimeRecovery(ABC):
 
         :raises PointInTimeRefused: for a problem found before anything changed.
         """
+
+    def create_restore_point(self, name: str) -> str | None:
+        """Mark the present as a named point to recover to later (the migration tool calls this as it starts).
+
+        Returns the engine's exact position of the mark (an LSN, an SCN), or None where the engine
+        has no such marks (then the time is used).
+        """
+        return None
 
     @abstractmethod
     def windows(self, tables: Sequence[str], point: datetime) -> list[RecoveryWindow]:

@@ -283,3 +283,60 @@ class PostgresEngine(Engine):
             return None
         schema, name = self.qualify(table).split(".", 1)
         return f"postgres://{conn.host}:{conn.port or 5432}/{conn.schema}/{schema}/{name}"
+
+    # -- point-in-time recovery -----------------------------------------------------------
+    def point_in_time(self, settings: Any) -> Any:
+        """RDS/Aurora PITR with an ``rds`` block, WAL-archive PITR with a ``postgres`` block."""
+        from sensei_airflow.engines.base import PointInTimeRefused
+
+        if settings.rds is not None:
+            from sensei_airflow.engines.rds import RdsRecovery
+
+            return RdsRecovery(self, settings)
+        if settings.postgres is not None:
+            from sensei_airflow.engines.postgres_pitr import PostgresWalRecovery
+
+            return PostgresWalRecovery(self, settings)
+        raise PointInTimeRefused(
+            f"the manifest does not say where {self.conn_id}'s WAL archive and base backups are: add "
+            "rollback.point_in_time.postgres (wal_archive, base_backups), or rollback.point_in_time.rds"
+        )
+
+    # -- backups (the work is in postgres_dump.py) ---------------------------------------------
+    def table_checksums(self, tables: Iterable[str]) -> dict[str, Any]:
+        from sensei_airflow.engines import postgres_dump
+
+        quoted = {self.qualify(t): self.quote_table(t) for t in tables}
+        with self.connect() as conn, conn.cursor() as cur:
+            conn.autocommit = True
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            result = postgres_dump.table_checksums(cur, quoted)
+            cur.execute("ROLLBACK")
+        return result
+
+    def dump_tables(self, tables: Sequence[str], write: Any) -> dict[str, Any]:
+        from sensei_airflow.engines import postgres_dump
+
+        return postgres_dump.dump_tables(self, tables, write)
+
+    def dump_schema(self, tables: Sequence[str], path: Any) -> None:
+        from sensei_airflow.engines import postgres_dump
+
+        postgres_dump.dump_schema(self, tables, path)
+
+    def restore_tables(
+        self, tables: Sequence[str], states: dict[str, Any], open_data: Any, referenced_from_outside: Iterable[str]
+    ) -> tuple[list[str], dict[str, int], dict[str, int]]:
+        from sensei_airflow.engines import postgres_dump
+
+        return postgres_dump.restore_tables(self, tables, states, open_data, referenced_from_outside)
+
+    def restore_test(self, tables: Sequence[str], states: dict[str, Any], schema_archive: Any, open_data: Any) -> Any:
+        from sensei_airflow.engines import postgres_dump
+
+        return postgres_dump.restore_test(self, tables, states, schema_archive, open_data)
+
+    def base_backup(self, directory: Any) -> list[Any]:
+        from sensei_airflow.engines import postgres_dump
+
+        return postgres_dump.base_backup(self, directory)

@@ -53,8 +53,15 @@ class ReverseMigrationOperator(ExecuteStrategyOperator):
     strategy = Strategy.REVERSE_MIGRATION
 
 
+class PointInTimeOperator(ExecuteStrategyOperator):
+    """Point-in-time recovery: the tables in scope return to their content at restore_to."""
+
+    strategy = Strategy.POINT_IN_TIME
+
+
 #: the execute operator of each strategy, for the DAG factory.
 EXECUTE_OPERATORS: dict[Strategy, type[ExecuteStrategyOperator]] = {
     Strategy.TRUNCATE: TruncateOperator,
     Strategy.REVERSE_MIGRATION: ReverseMigrationOperator,
+    Strategy.POINT_IN_TIME: PointInTimeOperator,
 }

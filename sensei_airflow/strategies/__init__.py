@@ -12,6 +12,7 @@ from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrate
 STRATEGY_CLASSES: dict[Strategy, str] = {
     Strategy.TRUNCATE: "sensei_airflow.strategies.truncate:TruncateStrategy",
     Strategy.REVERSE_MIGRATION: "sensei_airflow.strategies.reverse:ReverseMigrationStrategy",
+    Strategy.POINT_IN_TIME: "sensei_airflow.strategies.point_in_time:PointInTimeStrategy",
 }
 
 

@@ -1,0 +1,217 @@
+"""Point-in-time recovery: the tables in scope return to their content at ``restore_to``.
+
+The strategy knows no database: it asks the target's engine for its recovery mechanism
+(:meth:`~sensei_airflow.engines.base.Engine.point_in_time`, configured by the manifest's
+``rollback.point_in_time`` block) and hands it the tables and the point. Where the migration
+tool recorded a restore point when it started (:func:`mark_migration_start`), a rollback to
+the migration's ``started_at`` uses that mark instead of a timestamp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from sensei_airflow.conf import RollbackRequest
+from sensei_airflow.engines.base import (
+    Engine,
+    PointInTimePlan,
+    PointInTimeRecovery,
+    PointInTimeRefused,
+    RecoveryTarget,
+)
+from sensei_airflow.manifest import Manifest, Strategy, TableMapping
+from sensei_airflow.plan import RefusedError, RollbackPlan
+from sensei_airflow.state import StateStore, utcnow
+from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
+from sensei_airflow.verify import TableCheck, Verification, count_checks
+
+_MARKS_DDL = """
+CREATE SCHEMA IF NOT EXISTS sensei;
+CREATE TABLE IF NOT EXISTS sensei.pitr_restore_points (
+    migration_id     text NOT NULL,
+    target_identity  text NOT NULL,
+    name             text NOT NULL,
+    position         text,
+    recorded_at      timestamptz NOT NULL,
+    PRIMARY KEY (migration_id, target_identity)
+);
+"""
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """A named mark the migration tool made on the target as the migration started."""
+
+    name: str
+    position: str | None
+    recorded_at: datetime
+
+
+def restore_point_name(manifest: Manifest) -> str:
+    return manifest.rollback.point_in_time.restore_point or f"sensei_{manifest.id}"[:63]
+
+
+def record_restore_point(
+    state: StateStore, manifest: Manifest, target_identity: str, point: RestorePoint
+) -> None:
+    with state.transaction() as cur:
+        cur.execute(_MARKS_DDL)
+        cur.execute(
+            """
+            INSERT INTO sensei.pitr_restore_points
+                (migration_id, target_identity, name, position, recorded_at)
+            VALUES (%s, %s, %s, %s, %s)
+            ON CONFLICT (migration_id, target_identity) DO UPDATE
+            SET name = EXCLUDED.name, position = EXCLUDED.position, recorded_at = EXCLUDED.recorded_at
+            """,
+            (manifest.id, target_identity, point.name, point.position, point.recorded_at),
+        )
+
+
+def recorded_restore_point(
+    state: StateStore, manifest: Manifest, target_identity: str
+) -> RestorePoint | None:
+    with state.transaction() as cur:
+        cur.execute(_MARKS_DDL)
+        cur.execute(
+            "SELECT name, position, recorded_at FROM sensei.pitr_restore_points "
+            "WHERE migration_id = %s AND target_identity = %s",
+            (manifest.id, target_identity),
+        )
+        row = cur.fetchone()
+    return RestorePoint(*row) if row else None
+
+
+def mark_migration_start(manifest: Manifest, target: Engine, state: StateStore) -> RestorePoint | None:
+    """Record a restore point on the target as the migration starts, where its engine can.
+
+    Called by the migration tool before its first write. Returns None (and records nothing)
+    when the target has no point-in-time recovery configured or no such marks.
+    """
+    try:
+        recovery = target.point_in_time(manifest.rollback.point_in_time)
+    except PointInTimeRefused:
+        return None
+    name = restore_point_name(manifest)
+    position = recovery.create_restore_point(name)
+    if position is None:
+        return None
+    point = RestorePoint(name=name, position=position, recorded_at=utcnow())
+    record_restore_point(state, manifest, target.identity(), point)
+    return point
+
+
+class PointInTimeStrategy(RollbackStrategy):
+    """Restore the tables in scope as they were at ``restore_to`` (default: the migration's start)."""
+
+    name = Strategy.POINT_IN_TIME
+
+    @cached_property
+    def recovery(self) -> PointInTimeRecovery:
+        try:
+            return self.target.point_in_time(self.manifest.rollback.point_in_time)
+        except PointInTimeRefused as exc:
+            raise RefusedError(str(exc)) from None
+
+    def recovery_target(self, restore_to: datetime | None) -> RecoveryTarget:
+        """The point to recover to; the recorded restore point when restoring to the migration's start."""
+        point = restore_to or self.manifest.started_at
+        try:
+            target = RecoveryTarget(time=point)
+        except PointInTimeRefused as exc:
+            raise RefusedError(str(exc)) from None
+        settings = self.manifest.rollback.point_in_time
+        if settings.prefer_restore_point and point == self.manifest.started_at:
+            mark = recorded_restore_point(self.state, self.manifest, self.target.identity())
+            if mark is not None:
+                return RecoveryTarget(time=point, restore_point=mark.name, position=mark.position)
+        return target
+
+    def whole_database_allowed(self, scope: str) -> bool:
+        """Scope ``all`` of a target that holds only this migration, with the state store elsewhere."""
+        if scope != "all" or not self.manifest.rollback.point_in_time.target_holds_only_this_migration:
+            return False
+        server = self.target.identity().rsplit("/", 1)[0]
+        return self.state.identity().rsplit("/", 1)[0] != server
+
+    def _plan(self, tables: list[str], target: RecoveryTarget, scope: str) -> PointInTimePlan:
+        try:
+            return self.recovery.assess(tables, target, whole_database=self.whole_database_allowed(scope))
+        except PointInTimeRefused as exc:
+            raise RefusedError(str(exc)) from None
+
+    def assess(self, scope: list[TableMapping], request: RollbackRequest) -> Assessment:
+        from sensei_airflow.windows import describe, migration_windows
+
+        tables = [self.target.qualify(t.target) for t in scope]
+        target = self.recovery_target(request.restore_to)
+        planned = self._plan(tables, target, request.scope)
+        warnings = list(planned.warnings)
+        if target.restore_point:
+            warnings.append(f"recovering to {target.describe()}, recorded as the migration started")
+        now = utcnow()
+        windows = migration_windows(self.manifest, self.target, now=now, tables=planned.tables)
+        warnings += [describe(w, now) for w in windows]
+        return Assessment(
+            tables=planned.tables,
+            rows=self.target.row_counts(planned.tables),
+            statements=planned.steps,
+            warnings=warnings,
+            detail={"path": planned.path, **planned.detail},
+        )
+
+    def _restore_to(self, plan: RollbackPlan) -> datetime:
+        return datetime.fromisoformat(plan.restore_to) if plan.restore_to else self.manifest.started_at
+
+    def execute(self, plan: RollbackPlan) -> Execution:
+        # Assess again: the archive, the backups and the foreign keys may have changed since.
+        target = self.recovery_target(self._restore_to(plan))
+        planned = self._plan(plan.table_names, target, str(plan.scope.get("scope", "all")))
+        try:
+            outcome = self.recovery.restore(planned, target)
+        except PointInTimeRefused as exc:
+            raise RefusedError(str(exc)) from None
+        return Execution(
+            statements=outcome.statements,
+            rows_affected=outcome.rows_restored,
+            detail={"restored_to": target.describe(), **outcome.detail},
+        )
+
+    def _executed(self, plan: RollbackPlan) -> dict[str, Any] | None:
+        """The detail of this rollback's execute event in the audit trail (rows restored, path)."""
+        from sensei_airflow.audit import AuditTrail
+
+        for event in reversed(AuditTrail(self.state).events(plan.rollback_id)):
+            if event.get("step") == "execute" and event.get("action") == "executed":
+                detail: dict[str, Any] = event.get("detail", {})
+                return detail
+        return None
+
+    def verify(self, plan: RollbackPlan) -> Verification:
+        """The tables in scope hold what was recovered; on the table path, the others are untouched."""
+        executed = self._executed(plan)
+        if executed is None:
+            checks = [
+                TableCheck(table=t, check="restored rows recorded by execute", ok=False)
+                for t in plan.table_names
+            ]
+            return Verification(record_counts_match=False, checks=checks)
+        restored = {t: int(n) for t, n in executed.get("rows_affected", {}).items()}
+        in_scope = set(plan.table_names)
+        untouched: dict[str, int] = {}
+        if executed.get("path") != "database":  # a whole-cluster restore rewinds every table by design
+            untouched = {t: n for t, n in plan.counts_before.items() if t not in in_scope}
+        after = self.target.row_counts([*plan.table_names, *untouched])
+        checks = [
+            *count_checks("rows as recovered at restore_to", restored, after),
+            *count_checks("untouched outside the scope", untouched, after),
+        ]
+        return Verification(
+            record_counts_match=all(c.ok for c in checks),
+            source_comparison="skipped",
+            sample_verification="skipped",
+            checks=checks,
+        )
