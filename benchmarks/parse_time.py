@@ -15,15 +15,15 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EMPTY_DAG = '''
+EMPTY_DAG = """
 from datetime import datetime
 from airflow.sdk import DAG
 from airflow.providers.standard.operators.empty import EmptyOperator
 
 with DAG("empty_baseline", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
     EmptyOperator(task_id="nothing")
-'''
-PROBE = '''
+"""
+PROBE = """
 import json, sys, time
 import airflow.sdk  # what the dag processor has loaded already
 from airflow.dag_processing.dagbag import DagBag
@@ -32,13 +32,17 @@ started = time.perf_counter()
 bag = DagBag(dag_folder=path)
 elapsed = time.perf_counter() - started
 print(json.dumps({"seconds": elapsed, "errors": len(bag.import_errors), "dags": len(bag.dags)}))
-'''
+"""
 
 
 def _parse(path: Path, env: dict[str, str]) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, env=env, check=True
-    ).stdout.strip().splitlines()[-1]
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, env=env, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     return json.loads(out)
 
 

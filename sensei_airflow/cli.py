@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensei", description="sensei-airflow operator tools")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True)
+    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="audit_command", required=True
+    )
     verify = audit.add_parser("verify", help="check the audit trail's hash chain")
     verify.add_argument("--conn-id", default="sensei_state", help="Airflow connection of the state store")
     verify.set_defaults(func=_audit_verify)

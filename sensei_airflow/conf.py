@@ -123,7 +123,9 @@ class RollbackRequest(BaseModel):
         Field(
             pattern=r"^[A-Za-z0-9_\-]{1,100}$",
             json_schema_extra=_form(
-                "Strategy options", "Backup id", "backup_restore: which backup. Default: the newest valid one."
+                "Strategy options",
+                "Backup id",
+                "backup_restore: which backup. Default: the newest valid one.",
             ),
         ),
     ] = None

@@ -105,14 +105,28 @@ class LocalCluster:
         self._prepare_dirs()
         bindir = find_bindir()
         self._run(
-            [str(bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "-A", "trust",
-             "-E", "UTF8", "--locale=C.UTF-8", "-N"]
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "-N",
+            ]
         )
         return self
 
     def server_options(self) -> str:
-        options = {"port": str(self.port), "unix_socket_directories": str(self.socket_dir),
-                   "listen_addresses": "127.0.0.1"}
+        options = {
+            "port": str(self.port),
+            "unix_socket_directories": str(self.socket_dir),
+            "listen_addresses": "127.0.0.1",
+        }
         if self.fast:
             options |= {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
         options |= self.settings
@@ -124,8 +138,19 @@ class LocalCluster:
             return self
         bindir = find_bindir()
         self._run(
-            [str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60",
-             "-o", self.server_options(), "start"]
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                self.server_options(),
+                "start",
+            ]
         )
         return self
 

@@ -52,7 +52,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append("")
         lines += _table(
             ["table", "check", "expected", "actual", "ok"],
-            [[c["table"], c["check"], c["expected"], c["actual"], "yes" if c["ok"] else "NO"] for c in verification["checks"]],
+            [
+                [c["table"], c["check"], c["expected"], c["actual"], "yes" if c["ok"] else "NO"]
+                for c in verification["checks"]
+            ],
         )
     consumers = report.get("consumers")
     if consumers:
@@ -72,10 +75,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["", "## Timeline (audit trail)", ""]
         lines += _table(
             ["seq", "at", "task", "try", "action"],
-            [[e["seq"], e["recorded_at"], e["task_id"], e["try_number"], e["action"]] for e in report["timeline"]],
+            [
+                [e["seq"], e["recorded_at"], e["task_id"], e["try_number"], e["action"]]
+                for e in report["timeline"]
+            ],
         )
     chain = report.get("audit_chain")
     if chain:
-        lines += ["", f"Audit chain: {'intact' if chain['ok'] else 'BROKEN'}, {chain['events']} events, "
-                  f"head hash `{chain['head_hash']}`"]
+        lines += [
+            "",
+            f"Audit chain: {'intact' if chain['ok'] else 'BROKEN'}, {chain['events']} events, "
+            f"head hash `{chain['head_hash']}`",
+        ]
     return "\n".join(lines) + "\n"

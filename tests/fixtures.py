@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -114,7 +113,9 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagOutcome:
     with create_session() as session:
         tis = dag_run.get_task_instances(session=session)
         states = {ti.task_id: str(ti.state) for ti in tis}
-        rows = session.query(XComModel).filter_by(dag_id=dag_id, run_id=dag_run.run_id, key="return_value").all()
+        rows = (
+            session.query(XComModel).filter_by(dag_id=dag_id, run_id=dag_run.run_id, key="return_value").all()
+        )
         xcoms = {row.task_id: XComModel.deserialize_value(row) for row in rows}
     return DagOutcome(state=str(dag_run.state), task_states=states, xcoms=xcoms, run_id=dag_run.run_id)
 

@@ -65,7 +65,9 @@ def copy_table(table: TableMapping, source: PostgresEngine, target: PostgresEngi
     keys = ", ".join(target.quote_identifier(k) for k in table.key)
     destination = target.quote_table(table.target)
     with source.connect() as src, target.connect() as dst, dst.transaction():
-        dst.execute(f"CREATE TEMP TABLE sensei_stage ON COMMIT DROP AS SELECT {quoted_columns} FROM {destination} WITH NO DATA")  # noqa: S608
+        dst.execute(
+            f"CREATE TEMP TABLE sensei_stage ON COMMIT DROP AS SELECT {quoted_columns} FROM {destination} WITH NO DATA"  # noqa: S608
+        )
         with dst.cursor().copy(f"COPY sensei_stage ({quoted_columns}) FROM STDIN") as copy_in:
             with src.cursor().copy(f"COPY ({select}) TO STDOUT") as copy_out:
                 buffer = io.BytesIO()
@@ -98,7 +100,9 @@ def _identity_columns(conn: Any, table: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-def migrate_phase(manifest: Manifest, phase: int, source: PostgresEngine, target: PostgresEngine) -> dict[str, int]:
+def migrate_phase(
+    manifest: Manifest, phase: int, source: PostgresEngine, target: PostgresEngine
+) -> dict[str, int]:
     """Copy every table of one phase; rows inserted per target table."""
     selected = manifest.phase(phase)
     if selected is None:

@@ -72,7 +72,9 @@ PRODUCTS = ["keyboard", "mouse", "monitor", "cable", "dock", "headset", "webcam"
 STATUSES = ["new", "paid", "shipped", "delivered", "returned"]
 
 
-def generate(customers: int = 1000, orders_per_customer: int = 3, seed: int = 2026) -> dict[str, list[tuple[Any, ...]]]:
+def generate(
+    customers: int = 1000, orders_per_customer: int = 3, seed: int = 2026
+) -> dict[str, list[tuple[Any, ...]]]:
     """Deterministic shop rows: customers, orders and order items."""
     rng = random.Random(seed)
     epoch = datetime(2025, 1, 1, tzinfo=UTC)
@@ -81,17 +83,35 @@ def generate(customers: int = 1000, orders_per_customer: int = 3, seed: int = 20
     for cid in range(1, customers + 1):
         created = epoch + timedelta(minutes=rng.randrange(500_000))
         rows["customers"].append(
-            (cid, f"Customer {cid}", f"customer{cid}@example.com", f"{rng.randrange(0, 500_000) / 100:.2f}", created)
+            (
+                cid,
+                f"Customer {cid}",
+                f"customer{cid}@example.com",
+                f"{rng.randrange(0, 500_000) / 100:.2f}",
+                created,
+            )
         )
         for _ in range(rng.randrange(1, 2 * orders_per_customer)):
             order_id += 1
             lines = [
-                (order_id, n, rng.choice(PRODUCTS), rng.randrange(1, 5), f"{rng.randrange(100, 50_000) / 100:.2f}")
+                (
+                    order_id,
+                    n,
+                    rng.choice(PRODUCTS),
+                    rng.randrange(1, 5),
+                    f"{rng.randrange(100, 50_000) / 100:.2f}",
+                )
                 for n in range(1, rng.randrange(2, 5))
             ]
             total = sum(q * float(p) for _, _, _, q, p in lines)
             rows["orders"].append(
-                (order_id, cid, rng.choice(STATUSES), f"{total:.2f}", created + timedelta(days=rng.randrange(300)))
+                (
+                    order_id,
+                    cid,
+                    rng.choice(STATUSES),
+                    f"{total:.2f}",
+                    created + timedelta(days=rng.randrange(300)),
+                )
             )
             rows["order_items"].extend(lines)
     return rows
@@ -149,7 +169,11 @@ def manifest(
             {
                 "phase": 3,
                 "tables": [
-                    {"source": "public.order_items", "target": "sales.order_items", "key": ["order_id", "line_no"]}
+                    {
+                        "source": "public.order_items",
+                        "target": "sales.order_items",
+                        "key": ["order_id", "line_no"],
+                    }
                 ],
             },
         ],

@@ -14,7 +14,9 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
 
 def airflow(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([AIRFLOW, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    return subprocess.run(
+        [AIRFLOW, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=300
+    )
 
 
 def json_output(result: subprocess.CompletedProcess[str]) -> object:
@@ -44,8 +46,13 @@ def test_no_import_errors_with_good_and_bad_manifests(migrations_dir, airflow_db
 
 
 def test_airflow_dags_test_with_conf_runs_a_rollback(migrated, databases):
-    conf = {"migration_id": "mig_shop_2026", "strategy": "truncate", "scope": "phase", "phase": 3,
-            "reason": "cutover failed"}
+    conf = {
+        "migration_id": "mig_shop_2026",
+        "strategy": "truncate",
+        "scope": "phase",
+        "phase": 3,
+        "reason": "cutover failed",
+    }
     result = airflow("dags", "test", "sensei_rollback", "-c", json.dumps(conf))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert databases.scalar("target", "SELECT count(*) FROM sales.order_items") == 0

@@ -15,8 +15,14 @@ def trail(databases) -> AuditTrail:
     for n in range(5):
         trail.append(
             AuditEvent(
-                step="execute", action=f"action {n}", rollback_id="run_1", migration_id="mig",
-                task_id="execute_truncate", try_number=1, sql=["TRUNCATE TABLE x"], rows_affected=n,
+                step="execute",
+                action=f"action {n}",
+                rollback_id="run_1",
+                migration_id="mig",
+                task_id="execute_truncate",
+                try_number=1,
+                sql=["TRUNCATE TABLE x"],
+                rows_affected=n,
                 detail={"n": n, "text": "données ✓"},
             )
         )
@@ -35,9 +41,13 @@ def test_chain_links_every_event_to_the_one_before(trail, databases):
     report = trail.verify()
     assert report.ok and report.events == 5
     with databases.connect("state") as conn:
-        rows = conn.execute("SELECT seq, payload, prev_hash, hash FROM sensei.audit_events ORDER BY seq").fetchall()
+        rows = conn.execute(
+            "SELECT seq, payload, prev_hash, hash FROM sensei.audit_events ORDER BY seq"
+        ).fetchall()
     assert rows[0][2] == GENESIS_HASH
-    for (_, payload, prev, digest), (_, _, next_prev, _) in zip(rows, [*rows[1:], (None, None, None, None)], strict=True):
+    for (_, payload, prev, digest), (_, _, next_prev, _) in zip(
+        rows, [*rows[1:], (None, None, None, None)], strict=True
+    ):
         assert digest == chain_hash(prev, payload)
         if next_prev is not None:
             assert next_prev == digest
@@ -45,15 +55,21 @@ def test_chain_links_every_event_to_the_one_before(trail, databases):
     assert [e["action"] for e in trail.events("run_1")] == [f"action {n}" for n in range(5)]
 
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE sensei.audit_events SET action = 'nothing' WHERE seq = 2",
-    "DELETE FROM sensei.audit_events WHERE seq = 2",
-    "TRUNCATE sensei.audit_events",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE sensei.audit_events SET action = 'nothing' WHERE seq = 2",
+        "DELETE FROM sensei.audit_events WHERE seq = 2",
+        "TRUNCATE sensei.audit_events",
+    ],
+)
 def test_the_table_refuses_changes(trail, databases, statement):
     import psycopg
 
-    with databases.connect("state") as conn, pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+    with (
+        databases.connect("state") as conn,
+        pytest.raises(psycopg.errors.RaiseException, match="append-only"),
+    ):
         conn.execute(statement)
     assert trail.verify().ok
 
@@ -61,11 +77,15 @@ def test_the_table_refuses_changes(trail, databases, statement):
 @pytest.mark.parametrize(
     ("tamper", "problem"),
     [
-        ("UPDATE sensei.audit_events SET payload = replace(payload, 'action 2', 'action X') WHERE seq = 3",
-         "event 3 was altered"),
+        (
+            "UPDATE sensei.audit_events SET payload = replace(payload, 'action 2', 'action X') WHERE seq = 3",
+            "event 3 was altered",
+        ),
         ("DELETE FROM sensei.audit_events WHERE seq = 3", "event 3 is missing"),
-        ("UPDATE sensei.audit_events SET action = 'harmless' WHERE seq = 4",
-         "event 4 column action differs from its hashed payload"),
+        (
+            "UPDATE sensei.audit_events SET action = 'harmless' WHERE seq = 4",
+            "event 4 column action differs from its hashed payload",
+        ),
     ],
 )
 def test_tampering_is_detected_and_located(trail, databases, tamper, problem):

@@ -29,8 +29,14 @@ def test_seed_bodies_are_valid_requests(body):
         ({"migration_id": "mig", "scope": "phase"}, "needs a phase number"),
         ({"migration_id": "mig", "scope": "tables", "tables": []}, "needs a non-empty list"),
         ({"migration_id": "mig", "phase": 2}, "phase is only used with scope 'phase'"),
-        ({"migration_id": "mig", "scope": "phase", "phase": 0}, "phase: Input should be greater than or equal to 1"),
-        ({"migration_id": "mig", "restore_to": "2026-02-02T07:59:00"}, "restore_to: Input should have timezone info"),
+        (
+            {"migration_id": "mig", "scope": "phase", "phase": 0},
+            "phase: Input should be greater than or equal to 1",
+        ),
+        (
+            {"migration_id": "mig", "restore_to": "2026-02-02T07:59:00"},
+            "restore_to: Input should have timezone info",
+        ),
         ({"migration_id": "mig", "strategy": "truncate", "backup_id": "bkp_1"}, "backup_id is only used"),
         ({"migration_id": "mig", "backup_id": "bkp'; DROP"}, "backup_id: String should match pattern"),
         ({"migration_id": "../etc", "strategy": "truncate"}, "migration_id: String should match pattern"),
@@ -49,7 +55,7 @@ def test_params_defaults_validate_and_offer_known_migrations():
     resolved = params.validate()
     assert resolved["strategy"] == "auto" and resolved["dry_run"] is False
     assert params.get_param("migration_id").schema["examples"] == ["mig_a", "mig_b"]
-    assert list(params)[0] == "dry_run"
+    assert next(iter(params)) == "dry_run"
 
 
 @pytest.mark.parametrize(

@@ -18,18 +18,30 @@ def request(**kwargs):
 
 def test_scope_all_phase_and_tables():
     assert [t.target for t in resolve_scope(MANIFEST, request())] == [
-        "crm.customers", "sales.orders", "sales.order_items"
+        "crm.customers",
+        "sales.orders",
+        "sales.order_items",
     ]
-    assert [t.target for t in resolve_scope(MANIFEST, request(scope="phase", phase=3))] == ["sales.order_items"]
-    chosen = resolve_scope(MANIFEST, request(scope="tables", tables=["order_items", "orders", "sales.orders"]))
+    assert [t.target for t in resolve_scope(MANIFEST, request(scope="phase", phase=3))] == [
+        "sales.order_items"
+    ]
+    chosen = resolve_scope(
+        MANIFEST, request(scope="tables", tables=["order_items", "orders", "sales.orders"])
+    )
     assert [t.target for t in chosen] == ["sales.orders", "sales.order_items"]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"scope": "phase", "phase": 9}, r"phase 9 does not exist in migration mig_shop_2026 \(phases: 1, 2, 3\)"),
-        ({"scope": "tables", "tables": ["invoices"]}, r"table 'invoices' is not part of migration mig_shop_2026"),
+        (
+            {"scope": "phase", "phase": 9},
+            r"phase 9 does not exist in migration mig_shop_2026 \(phases: 1, 2, 3\)",
+        ),
+        (
+            {"scope": "tables", "tables": ["invoices"]},
+            r"table 'invoices' is not part of migration mig_shop_2026",
+        ),
         ({"scope": "tables", "tables": ["orders; DROP TABLE x"]}, r"'orders; DROP TABLE x' is not part"),
         ({"scope": "tables", "tables": ['orders"']}, r"'orders\"' is not part"),
     ],
@@ -50,7 +62,12 @@ def test_dependency_order_puts_parents_first_whatever_the_listing():
 
 
 def test_dependency_order_survives_cycles_and_self_references():
-    fks = [ForeignKey("a_b", "a", "b"), ForeignKey("b_a", "b", "a"), ForeignKey("c_c", "c", "c"), ForeignKey("c_a", "c", "a")]
+    fks = [
+        ForeignKey("a_b", "a", "b"),
+        ForeignKey("b_a", "b", "a"),
+        ForeignKey("c_c", "c", "c"),
+        ForeignKey("c_a", "c", "a"),
+    ]
     ordered = dependency_order(["a", "b", "c"], fks)
     assert sorted(ordered) == ["a", "b", "c"]
     assert ordered.index("a") < ordered.index("c")
