@@ -9,12 +9,19 @@ from airflow.sdk import DAG
 
 from sensei_airflow.conf import rollback_params
 from sensei_airflow.manifest import ManifestSet, load_manifests
+from sensei_airflow.notify import notify_failure
 from sensei_airflow.operators.runbook import (
+    APPROVE_TASK_ID,
+    FALLBACK_TASK_ID,
+    SEQUENCES_TASK_ID,
+    ApproveOperator,
     AssessOperator,
     DocumentOperator,
+    FallbackOperator,
     HaltOperator,
     InvestigateOperator,
     NotifyOperator,
+    ResetSequencesOperator,
     ResumeOperator,
     VerifyOperator,
 )
@@ -65,15 +72,32 @@ def build_rollback_dag(manifests: ManifestSet | None = None) -> DAG:
         doc_md=_doc(manifests),
         tags=["sensei", "rollback"],
     ) as dag:
+        # halt, execute, verify and resume tell the channels when they fail (document sends the end).
+        alert = {"on_failure_callback": notify_failure}
         assess = AssessOperator(task_id="assess")
+        approve = ApproveOperator(task_id=APPROVE_TASK_ID)
         notify = NotifyOperator(task_id="notify")
-        halt = HaltOperator(task_id="halt")
+        halt = HaltOperator(task_id="halt", **alert)
         executes = [
-            operator(task_id=f"execute_{strategy}") for strategy, operator in EXECUTE_OPERATORS.items()
+            operator(task_id=f"execute_{strategy}", **alert)
+            for strategy, operator in EXECUTE_OPERATORS.items()
         ]
-        verify = VerifyOperator(task_id="verify", trigger_rule="none_failed_min_one_success")
-        resume = ResumeOperator(task_id="resume")
-        watched = ["assess", "notify", "halt", *[e.task_id for e in executes], "verify", "resume"]
+        # the fallback runs whatever the preferred strategy's outcome and decides itself
+        fallback = FallbackOperator(task_id=FALLBACK_TASK_ID, trigger_rule="all_done", **alert)
+        sequences = ResetSequencesOperator(task_id=SEQUENCES_TASK_ID, trigger_rule="all_done", **alert)
+        verify = VerifyOperator(task_id="verify", trigger_rule="none_failed_min_one_success", **alert)
+        resume = ResumeOperator(task_id="resume", **alert)
+        watched = [
+            "assess",
+            APPROVE_TASK_ID,
+            "notify",
+            "halt",
+            *[e.task_id for e in executes],
+            FALLBACK_TASK_ID,
+            SEQUENCES_TASK_ID,
+            "verify",
+            "resume",
+        ]
         investigate = InvestigateOperator(
             task_id="investigate", watched_task_ids=watched, trigger_rule="all_done", retries=1
         )
@@ -82,7 +106,8 @@ def build_rollback_dag(manifests: ManifestSet | None = None) -> DAG:
             watched_task_ids=[*watched, "investigate"],
             trigger_rule="all_done",
         )
-        assess >> notify >> halt >> executes >> verify >> resume >> investigate >> document
+        assess >> approve >> notify >> halt >> executes >> fallback >> sequences >> verify >> resume
+        resume >> investigate >> document
     return dag
 
 

@@ -171,6 +171,13 @@ class Engine(ABC):
         """The Airflow Asset URI of a table, as the engine's provider writes it (None: no such form)."""
         return None
 
+    def row_source(self, table: str, key: Sequence[str]) -> Any | None:
+        """The table's key columns as a :class:`sensei_airflow.verify.RowSource` (None: not available).
+
+        Investigate uses it to locate, by bisection, the key ranges of rows that should not be there.
+        """
+        return None
+
     # -- reverse migration (strategies/reverse.py; defaults: not supported) -------------------
     def reverse_column_types(self, table: str) -> dict[str, str]:
         """Column name -> type of a table, in column order (empty when the table does not exist)."""

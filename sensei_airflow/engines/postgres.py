@@ -284,6 +284,29 @@ class PostgresEngine(Engine):
         schema, name = self.qualify(table).split(".", 1)
         return f"postgres://{conn.host}:{conn.port or 5432}/{conn.schema}/{schema}/{name}"
 
+    def row_source(self, table: str, key: Sequence[str]) -> Any | None:
+        """The table's key columns, read through the reverse migration's ``PostgresRowSource``."""
+        try:
+            from sensei_airflow.engines.postgres_copy import PostgresRowSource
+        except ImportError:
+            return None
+        types = dict(
+            self.query(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                (self.quote_table(table),),
+            )
+        )
+        quoted = [self.quote_identifier(k) for k in key]
+        return PostgresRowSource(
+            engine=self,
+            table=self.quote_table(table),
+            columns=list(key),
+            exprs=quoted,
+            keys=quoted,
+            key_types=[types[k] for k in key],
+        )
+
     # -- point-in-time recovery -----------------------------------------------------------
     def point_in_time(self, settings: Any) -> Any:
         """RDS/Aurora PITR with an ``rds`` block, WAL-archive PITR with a ``postgres`` block."""

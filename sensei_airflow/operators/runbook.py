@@ -1,16 +1,29 @@
-"""The runbook steps: assess, notify, halt, (execute: see strategies.py), verify, resume, investigate, document."""
+"""The runbook steps: assess, approve, notify, halt, (execute: see strategies.py), verify, resume,
+investigate, document.
+
+Each step is a thin operator over plain modules: :mod:`sensei_airflow.runbook` (assess, status),
+:mod:`sensei_airflow.notify` (channels), :mod:`sensei_airflow.consumers` (halt and resume),
+the strategies and the engines.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any, ClassVar
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from sensei_airflow.manifest import load_manifests
+from sensei_airflow import consumers, notify
+from sensei_airflow.manifest import Strategy, load_manifests
 from sensei_airflow.operators.base import ERROR_XCOM_KEY, RunbookOperator, StepRun, log
 from sensei_airflow.plan import RefusedError, RollbackPlan
 from sensei_airflow.report import render_markdown
 from sensei_airflow.runbook import (
+    DEFAULT_LOCK_TTL,
     RunContext,
     assess,
     find_manifest,
@@ -23,18 +36,53 @@ from sensei_airflow.strategies import strategy_class
 from sensei_airflow.verify import Verification
 
 RUNBOOK_TASK_IDS = ("assess", "notify", "halt", "verify", "resume", "investigate", "document")
+APPROVE_TASK_ID = "approve"
+FALLBACK_TASK_ID = "execute_fallback"
+SEQUENCES_TASK_ID = "execute_sequences"
 
 
 def execute_task_id(strategy: str) -> str:
     return f"execute_{strategy}"
 
 
+def lock_ttl() -> timedelta:
+    """``[sensei] lock_ttl_seconds``: how long a run's lock lasts unless a step renews it."""
+    from airflow.configuration import conf
+
+    seconds = conf.getint("sensei", "lock_ttl_seconds", fallback=int(DEFAULT_LOCK_TTL.total_seconds()))
+    return timedelta(seconds=seconds)
+
+
+def _conf(step: StepRun) -> dict[str, Any]:
+    return {**dict(step.context["params"]), **dict(step.context["dag_run"].conf or {})}
+
+
+def _renew_lock(step: StepRun) -> None:
+    """Extend this run's lock: a run that still works keeps it, a crashed one loses it."""
+    if step.plan is None or step.plan.dry_run or step.state is None:
+        return
+    if not step.state.refresh_lock(step.plan.migration_id, step.rollback_id, lock_ttl()):
+        log.warning("rollback %s no longer holds the lock of %s", step.rollback_id, step.plan.migration_id)
+
+
+def executed(step: StepRun) -> tuple[RollbackPlan | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """The plan that was executed (the fallback's when it ran), its execution, and the fallback record."""
+    plan = step.plan
+    if plan is None:
+        return None, None, None
+    fallback = step.pull(FALLBACK_TASK_ID)
+    if fallback:
+        return RollbackPlan.model_validate(fallback["plan"]), fallback["execution"], fallback
+    return plan, step.pull(execute_task_id(plan.strategy)), None
+
+
 class AssessOperator(RunbookOperator):
     """Step 1, assess: validate the request and the manifest, choose the strategy, and plan.
 
     Refuses (fails without retry, before anything is changed) on a bad request, an unknown
-    migration, a closed rollback window, a strategy that cannot apply, or a state store that is
-    the target itself. Returns the plan (also stored in the run record).
+    migration, a closed rollback window, a strategy that cannot apply, a state store that is the
+    target itself, or another rollback of the same migration still running (its lock is held).
+    Returns the plan (also stored in the run record).
     """
 
     step = "assess"
@@ -42,15 +90,14 @@ class AssessOperator(RunbookOperator):
     ui_color = "#fff3cd"
 
     def run(self, step: StepRun) -> dict[str, Any]:
-        conf = {**dict(step.context["params"]), **dict(step.context["dag_run"].conf or {})}
-        request = parse_request(conf)
+        request = parse_request(_conf(step))
         manifest = find_manifest(load_manifests(), request.migration_id)
         step.use_manifest(manifest)
         assert step.state is not None
         step.record("received", detail={"request": request.conf()})
         run = RunContext(rollback_id=step.rollback_id, actor=step.actor, now=utcnow())
         try:
-            plan = assess(manifest, request, run)
+            plan = assess(manifest, request, run, lock_ttl())
         except RefusedError as exc:
             step.state.record_run(
                 step.rollback_id,
@@ -82,48 +129,307 @@ class AssessOperator(RunbookOperator):
         return {"strategy": result["strategy"], "tables": [t["target"] for t in result["tables"]]}
 
 
+def approval_body(plan: RollbackPlan) -> str:
+    """The plan and its impact, in Markdown, for the approver."""
+    lines = [
+        f"**Rollback {plan.rollback_id} of `{plan.migration_id}`**",
+        "",
+        f"- Strategy: **{plan.strategy}** (requested: {plan.requested_strategy})"
+        + (f"; fallback: {plan.fallback}" if plan.fallback else ""),
+        f"- Requested by: {plan.triggered_by or 'unknown'}; reason: {plan.reason or 'not given'}",
+        f"- Verification afterwards: {'yes' if plan.verify_after else 'NO'}",
+    ]
+    if plan.restore_to:
+        lines.append(f"- Restore to: {plan.restore_to}")
+    lines += ["", "| order | table | rows now |", "|---|---|---|"]
+    lines += [
+        f"| {i + 1} | {t.target} | {t.rows if t.rows is not None else '?'} |"
+        for i, t in enumerate(plan.tables)
+    ]
+    for warning in plan.warnings:
+        lines.append(f"\n> Warning: {warning}")
+    if plan.statements:
+        lines += ["", "SQL:", "```sql", *[f"{s};" for s in plan.statements], "```"]
+    return "\n".join(lines)
+
+
+class ApproveOperator(ApprovalOperator):
+    """Optional approval gate after assess: a human approves or rejects the plan in the Airflow UI.
+
+    Asks only when the manifest sets ``rollback.require_approval`` (never for a dry run); otherwise
+    it returns at once. The plan and its impact are the request's body. A rejection skips the rest
+    of the runbook (investigate and document still run, so the run ends cleanly and nothing is
+    changed); approvals and rejections are audited with who answered and when.
+    """
+
+    step: ClassVar[str] = "approve"
+    ui_color = "#fde2e4"
+
+    def __init__(self, *, assess_task_id: str = "assess", **kwargs: Any) -> None:
+        kwargs.setdefault("subject", "Approve the rollback plan")
+        super().__init__(**kwargs)
+        self.assess_task_id = assess_task_id
+
+    def execute(self, context: Any) -> Any:
+        step = StepRun(self, context)  # type: ignore[arg-type]
+        plan = step.plan
+        if plan is None:
+            raise AirflowFailException("no rollback plan: the assess step did not succeed")
+        assert step.manifest is not None
+        if plan.dry_run or not step.manifest.rollback.require_approval:
+            why = "dry run" if plan.dry_run else "the manifest does not require approval"
+            step.record("not required", detail={"why": why}, finished=True)
+            return {"required": False, "why": why}
+        self.subject = f"Roll back {plan.migration_id} with {plan.strategy}?"
+        self.body = approval_body(plan)
+        self.response_timeout = timedelta(hours=step.manifest.rollback.approval_timeout_hours)
+        step.record("awaiting approval", detail={"subject": self.subject})
+        notify.notify_all(
+            step.manifest.notify,
+            notify.RollbackEvent(
+                event=notify.APPROVAL,
+                migration_id=plan.migration_id,
+                rollback_id=plan.rollback_id,
+                summary=f"Rollback {plan.rollback_id} of {plan.migration_id} awaits approval in Airflow",
+                detail={"plan": approval_body(plan)},
+            ),
+        )
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        step = StepRun(self, context)  # type: ignore[arg-type]
+        answer = event.get("chosen_options") or []
+        approved = answer == [self.APPROVE]
+        by = event.get("responded_by_user") or {}
+        detail = {
+            "answer": answer[0] if answer else None,
+            "by": by.get("name") if isinstance(by, Mapping) else str(by),
+            "at": str(event.get("responded_at")),
+            "error": event.get("error"),
+        }
+        step.record("approved" if approved else "rejected", detail=detail, finished=True)
+        result = super().execute_complete(context, event)
+        return {
+            "required": True,
+            "approved": approved,
+            **detail,
+            "response": json.loads(json.dumps(result, default=str)),
+        }
+
+
 class NotifyOperator(RunbookOperator):
-    """Step 2, notify: tell the manifest's notification channels what is about to happen."""
+    """Step 2, notify: tell the manifest's channels that the rollback starts.
+
+    A channel that fails is retried and recorded, never failing the step.
+    """
 
     step = "notify"
 
     def run(self, step: StepRun) -> dict[str, Any]:
         plan = self.require_plan(step)
         assert step.manifest is not None
-        message = (
-            f"Rollback {plan.rollback_id} of {plan.migration_id} starting: strategy {plan.strategy}, "
-            f"tables {', '.join(plan.table_names)}; reason: {plan.reason or 'not given'}"
+        _renew_lock(step)
+        event = notify.RollbackEvent(
+            event=notify.STARTED,
+            migration_id=plan.migration_id,
+            rollback_id=plan.rollback_id,
+            summary=(
+                f"Rollback {plan.rollback_id} of {plan.migration_id} starting: strategy {plan.strategy}, "
+                f"tables {', '.join(plan.table_names)}; reason: {plan.reason or 'not given'}"
+            ),
+            detail={
+                "plan": {
+                    "strategy": plan.strategy.value,
+                    "tables": plan.table_names,
+                    "triggered_by": plan.triggered_by,
+                    "fallback": plan.fallback,
+                }
+            },
         )
-        channels = [c.conn_id for c in step.manifest.notify]
-        for channel in channels:
-            log.info("notify %s: %s", channel, message)
-        return {"message": message, "channels": channels}
+        deliveries = [d.as_json() for d in notify.notify_all(step.manifest.notify, event)]
+        step.record("notified", detail={"event": event.event, "deliveries": deliveries})
+        return {"event": event.event, "summary": event.summary, "deliveries": deliveries}
 
 
-class HaltOperator(RunbookOperator):
-    """Step 3, halt: name the downstream consumers of the target tables to stop during the rollback."""
+class _ConsumerStep(RunbookOperator):
+    """Halt and resume share the API client and the target engine."""
+
+    @cached_property
+    def api(self) -> consumers.AirflowApi | None:
+        return consumers.connect_api()
+
+    @staticmethod
+    def target(step: StepRun) -> Any:
+        from sensei_airflow.engines import get_engine
+
+        assert step.manifest is not None
+        return get_engine(step.manifest.target.conn_id)
+
+
+class HaltOperator(_ConsumerStep):
+    """Step 3, halt: pause the consumer DAGs and suspend the consumer roles' privileges.
+
+    DAGs: the manifest's ``downstream.dags`` plus the DAGs scheduled on the target tables as
+    Assets, paused through Airflow's REST API. Roles: ``downstream.db_roles`` lose their direct
+    privileges on the tables in scope. Each is recorded in the state store first. Afterwards the
+    target tables' fingerprints are taken, so a failed execute can tell whether it changed them.
+    """
 
     step = "halt"
 
     def run(self, step: StepRun) -> dict[str, Any]:
-        self.require_plan(step)
+        plan = self.require_plan(step)
+        assert step.manifest is not None and step.state is not None
+        _renew_lock(step)
+        target = self.target(step)
+        result = consumers.halt(
+            step.manifest, step.rollback_id, step.state, target, plan.table_names, self.api
+        )
+        step.record("halted", sql=result.statements, detail=result.as_json())
+        return {**result.as_json(), "fingerprints": target.table_fingerprints(plan.table_names)}
+
+    def summary(self, result: Any) -> dict[str, Any]:
+        return {"dags": [d["dag_id"] for d in result["dags"]], "grants": len(result["grants"])}
+
+
+def _skip_unless_plan(step: StepRun) -> RollbackPlan:
+    if step.plan is None:
+        raise AirflowSkipException("no rollback plan: the assess step did not succeed")
+    return step.plan
+
+
+class FallbackOperator(RunbookOperator):
+    """Step 4b, execute the fallback: when the preferred strategy failed without changing the target.
+
+    Only with ``strategy: auto`` and a ``fallback_strategy``. Runs after the preferred strategy's
+    execute whatever its outcome; skips unless that execute failed after its retries and the
+    target tables' fingerprints still equal those taken at halt. The fallback strategy is then
+    assessed afresh (it may refuse too) and executed; the audit trail records why.
+    """
+
+    step = "execute"
+    ui_color = "#f8d7da"
+
+    def run(self, step: StepRun) -> dict[str, Any]:
+        plan = _skip_unless_plan(step)
+        assert step.manifest is not None and step.state is not None
+        if plan.requested_strategy != "auto" or plan.fallback is None:
+            raise AirflowSkipException("no fallback: the strategy was chosen explicitly or none is set")
+        halted = step.pull("halt")
+        if not halted:
+            raise AirflowSkipException("halt did not complete: nothing was executed")
+        primary = execute_task_id(plan.strategy)
+        if step.pull(primary):
+            raise AirflowSkipException(f"{plan.strategy} succeeded")
+        error = step.pull(primary, key=ERROR_XCOM_KEY)
+        if not error:
+            raise AirflowSkipException(f"{plan.strategy} did not run")
+        now = HaltOperator.target(step).table_fingerprints(plan.table_names)
+        changed = sorted(t for t in plan.table_names if now.get(t) != halted["fingerprints"].get(t))
+        if changed:
+            step.record(
+                "fallback refused", detail={"why": "target changed", "tables": changed, "error": error}
+            )
+            raise RefusedError(
+                f"{plan.strategy} failed ({error['error']}) after changing {', '.join(changed)}: the "
+                f"fallback {plan.fallback} is not run on a half-changed target; investigate first"
+            )
+        _renew_lock(step)
+        request = parse_request(_conf(step)).model_copy(update={"strategy": plan.fallback.value})
+        run = RunContext(rollback_id=step.rollback_id, actor=step.actor, now=utcnow())
+        fallback_plan = assess(step.manifest, request, run, lock_ttl())
+        why = f"{plan.strategy} failed after its retries without changing the target: {error['error']}"
+        fallback_plan = fallback_plan.model_copy(
+            update={
+                "requested_strategy": "auto",
+                "notes": [*plan.notes, f"fell back to {fallback_plan.strategy}: {why}"],
+                "started_at": plan.started_at,
+            }
+        )
+        step.record("falling back", detail={"from": plan.strategy, "to": fallback_plan.strategy, "why": why})
+        strategy = strategy_class(fallback_plan.strategy)(step.manifest, step.state)
+        execution = strategy.execute(fallback_plan)
+        step.record(
+            "executed",
+            sql=execution.statements,
+            rows_affected=sum(execution.rows_affected.values()),
+            detail={"strategy": fallback_plan.strategy, "rows_affected": execution.rows_affected},
+            finished=True,
+        )
+        step.state.record_run(
+            step.rollback_id,
+            plan.migration_id,
+            status="running",
+            request=request.conf(),
+            strategy=fallback_plan.strategy.value,
+            plan=fallback_plan.model_dump(mode="json"),
+            triggered_by=step.actor,
+            reason=plan.reason,
+        )
+        return {
+            "from": plan.strategy.value,
+            "to": fallback_plan.strategy.value,
+            "why": why,
+            "plan": fallback_plan.model_dump(mode="json"),
+            "execution": execution.as_xcom(),
+        }
+
+    def summary(self, result: Any) -> dict[str, Any]:
+        return {"from": result["from"], "to": result["to"], "why": result["why"]}
+
+
+class ResetSequencesOperator(RunbookOperator):
+    """Step 4c, after any strategy: set the sequences and identities of the tables in scope.
+
+    The next value of each serial or identity column follows the highest key left (an empty
+    table starts over). With reverse migration, the source tables' sequences are set too.
+    Engines that cannot do it yet are reported, not failed.
+    """
+
+    step = "execute"
+    ui_color = "#f8d7da"
+
+    def run(self, step: StepRun) -> dict[str, Any]:
+        from sensei_airflow.engines import get_engine
+
+        plan, execution, _ = executed(step)
+        if plan is None or execution is None:
+            raise AirflowSkipException("no strategy was executed")
         assert step.manifest is not None
-        downstream = step.manifest.downstream
-        return {"dags": list(downstream.dags), "db_roles": list(downstream.db_roles), "halted": []}
+        _renew_lock(step)
+        sides = [("target", step.manifest.target.conn_id, plan.table_names)]
+        if plan.strategy == Strategy.REVERSE_MIGRATION:
+            sides.append(("source", step.manifest.source.conn_id, [t.source for t in plan.tables]))
+        resets: list[dict[str, Any]] = []
+        warnings: list[str] = []
+        for side, conn_id, tables in sides:
+            engine = get_engine(conn_id)
+            try:
+                resets += [{"side": side, **r.as_json()} for r in engine.reset_sequences(tables)]
+            except NotImplementedError as exc:
+                warnings.append(f"{side}: {exc}")
+        step.record("sequences reset", detail={"sequences": resets, "warnings": warnings})
+        return {"sequences": resets, "warnings": warnings}
+
+    def summary(self, result: Any) -> dict[str, Any]:
+        return {"sequences": len(result["sequences"]), "warnings": result["warnings"]}
 
 
 class VerifyOperator(RunbookOperator):
-    """Step 5, verify: counts, samples and source comparison, as the strategy defines them.
+    """Step 5, verify: counts, checksums, samples and source comparison, as the strategy defines them.
 
     Fails (after recording the result) when verification fails, so consumers stay halted.
+    ``verify_after: false`` marks every check ``skipped``, never ``passed``.
     """
 
     step = "verify"
     ui_color = "#d1e7dd"
 
     def run(self, step: StepRun) -> dict[str, Any]:
-        plan = self.require_plan(step)
+        plan, _, _ = executed(step)
+        plan = plan or self.require_plan(step)
         assert step.manifest is not None and step.state is not None
+        _renew_lock(step)
         if not plan.verify_after:
             return Verification.skipped().model_dump(mode="json")
         verification = strategy_class(plan.strategy)(step.manifest, step.state).verify(plan)
@@ -131,32 +437,101 @@ class VerifyOperator(RunbookOperator):
         if not verification.passed:
             step.ti.xcom_push(key="return_value", value=result)
             first = verification.failures[0] if verification.failures else None
-            detail = f"{first.table} {first.check}: expected {first.expected}, found {first.actual}" if first else ""
-            raise RefusedError(f"verification failed: {detail}")
+            detail = (
+                f"{first.table} {first.check}: expected {first.expected}, found {first.actual}"
+                if first
+                else ""
+            )
+            raise RefusedError(f"verification failed: {detail}; consumers stay halted")
         return result
 
 
-class ResumeOperator(RunbookOperator):
-    """Step 6, resume: restart exactly the consumers that halt stopped (only after verification passed)."""
+class ResumeOperator(_ConsumerStep):
+    """Step 6, resume: restore exactly the consumers that were halted (only after verification passed).
+
+    Restores every consumer still recorded as halted for the migration, also those a crashed
+    earlier run halted: DAGs are unpaused only if they were unpaused before; roles get exactly
+    their recorded grants back.
+    """
 
     step = "resume"
 
     def run(self, step: StepRun) -> dict[str, Any]:
         self.require_plan(step)
-        halted = step.pull("halt") or {}
-        return {"resumed": list(halted.get("halted", []))}
+        assert step.manifest is not None and step.state is not None
+        _renew_lock(step)
+        result = consumers.resume(step.manifest, step.rollback_id, step.state, self.target(step), self.api)
+        step.record("resumed", sql=result["statements"], detail=result)
+        return result
+
+    def summary(self, result: Any) -> dict[str, Any]:
+        return {"resumed": len(result["resumed"])}
 
 
 def _errors(step: StepRun, task_ids: list[str]) -> list[dict[str, Any]]:
     found = step.pull(task_ids, key=ERROR_XCOM_KEY) or []
+    if isinstance(found, dict):
+        found = [found]
     return [e for e in found if e]
+
+
+class _EmptySide:
+    """The expected side of a table that should be empty: no rows anywhere."""
+
+    columns: ClassVar[list[str]] = []
+
+    def checksum(self, key_range: Any) -> tuple[int, int]:
+        return 0, 0
+
+    def boundaries(self, key_range: Any, parts: int) -> list[Any]:
+        return []
+
+    def sample_keys(self, n: int) -> list[Any]:
+        return []
+
+    def rows(self, keys: Any) -> dict[Any, Any]:
+        return {}
+
+
+def differing_key_ranges(
+    step: StepRun, plan: RollbackPlan, failed_checks: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Key ranges where each failing table differs from what verification expected.
+
+    Ranges a comparison already localised are taken from its check; for a table that should be
+    empty, the rows left are located by bisection over the key (``verify.localise_differences``).
+    """
+    ranges: dict[str, Any] = {}
+    for check in failed_checks:
+        actual = check.get("actual")
+        if isinstance(actual, Mapping) and actual.get("differing_key_ranges"):
+            ranges[check["table"]] = list(actual["differing_key_ranges"])
+    leftovers = [c["table"] for c in failed_checks if c.get("expected") == 0 and c["table"] not in ranges]
+    if not leftovers:
+        return ranges
+    assert step.manifest is not None
+    try:
+        from sensei_airflow.verify import localise_differences
+    except ImportError:  # pragma: no cover - verify without diff localisation
+        return ranges
+    target = HaltOperator.target(step)
+    by_target = {target.qualify(t.target): t for t in step.manifest.tables}
+    for table in leftovers:
+        mapping = by_target.get(table)
+        source = target.row_source(table, mapping.key) if mapping is not None else None
+        if source is None:
+            continue
+        ranges[table] = [d.as_json() for d in localise_differences(source, _EmptySide())]  # type: ignore[arg-type]
+    return ranges
 
 
 class InvestigateOperator(RunbookOperator):
     """Step 7, investigate: when anything failed, gather what a DBA needs before re-attempting.
 
     Runs whatever happened upstream. Collects the failing tasks and their errors, the failed
-    verification checks, and the row counts of the tables in scope before and now.
+    verification checks, per-table row counts (before and now) and fingerprints (count and
+    in-database checksum), the key ranges where tables differ (located by bisection), the
+    consumers still halted, and the run's timeline from the audit trail.
     """
 
     step = "investigate"
@@ -173,26 +548,112 @@ class InvestigateOperator(RunbookOperator):
         if not errors and not failed_checks:
             return {"needed": False}
         evidence: dict[str, Any] = {"needed": True, "errors": errors, "failed_checks": failed_checks}
-        plan = step.plan
+        plan, _, _ = executed(step)
         if plan is not None:
             assert step.manifest is not None and step.state is not None
             try:
-                engine = strategy_class(plan.strategy)(step.manifest, step.state).target
+                engine = HaltOperator.target(step)
                 now = engine.row_counts(plan.table_names)
+                fingerprints = engine.table_fingerprints(plan.table_names)
+                halted = step.pull("halt") or {}
+                at_halt = halted.get("fingerprints") or {}
                 evidence["table_states"] = {
-                    t: {"before": plan.counts_before.get(t), "now": now.get(t)} for t in plan.table_names
+                    t: {
+                        "before": plan.counts_before.get(t),
+                        "now": now.get(t),
+                        "fingerprint_at_halt": at_halt.get(t),
+                        "fingerprint_now": fingerprints.get(t),
+                    }
+                    for t in plan.table_names
                 }
             except Exception as exc:  # the target itself may be what failed
                 evidence["table_states_error"] = f"{type(exc).__name__}: {exc}"
+            try:
+                evidence["differing_key_ranges"] = differing_key_ranges(step, plan, failed_checks)
+            except Exception as exc:
+                evidence["differing_key_ranges_error"] = f"{type(exc).__name__}: {exc}"
+            evidence["consumers_still_halted"] = [
+                h.as_json() for h in step.state.open_holds(plan.migration_id)
+            ]
+        if step.audit is not None:
+            evidence["timeline"] = [
+                {k: e.get(k) for k in ("seq", "recorded_at", "task_id", "try_number", "step", "action")}
+                for e in step.audit.events(step.rollback_id)
+            ]
         return evidence
+
+    def summary(self, result: Any) -> dict[str, Any]:
+        return {"needed": result["needed"], "errors": len(result.get("errors", []))}
+
+
+def timings(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds each task took (last try), from its started and finished/failed/skipped events."""
+    started: dict[str, datetime] = {}
+    took: dict[str, float] = {}
+    for event in events:
+        task = event.get("task_id")
+        at = datetime.fromisoformat(event["recorded_at"])
+        if event["action"] == "started":
+            started[task] = at
+        elif event["action"] in ("finished", "failed", "skipped") and task in started:
+            took[task] = round((at - started[task]).total_seconds(), 3)
+    return took
+
+
+def publish_report(
+    location: str, migration_id: str, rollback_id: str, report: Mapping[str, Any], markdown: str
+) -> list[str]:
+    """Write the report (JSON and Markdown) under ``location``/reports/; returns where it went.
+
+    ``location`` is the manifest's ``rollback.backup_location``: a local path or ``file://``
+    URL, or ``s3://bucket/prefix`` (amazon extra).
+    """
+    from pathlib import Path
+
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in rollback_id)
+    name = f"reports/{migration_id}/{safe_id}"
+    body = json.dumps(report, indent=2, default=str, sort_keys=True)
+    if location.startswith("s3://"):
+        try:
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        except ImportError as exc:
+            from airflow.exceptions import AirflowOptionalProviderFeatureException
+
+            raise AirflowOptionalProviderFeatureException(
+                f"writing the report to {location} needs the amazon extra: "
+                "pip install 'sensei-airflow[amazon]'"
+            ) from exc
+        from airflow.configuration import conf
+
+        bucket, _, prefix = location.removeprefix("s3://").partition("/")
+        hook = S3Hook(aws_conn_id=conf.get("sensei", "aws_conn_id", fallback="aws_default"))
+        keys = [f"{prefix.rstrip('/')}/{name}.{ext}".lstrip("/") for ext in ("json", "md")]
+        hook.load_string(body, key=keys[0], bucket_name=bucket, replace=True)
+        hook.load_string(markdown, key=keys[1], bucket_name=bucket, replace=True)
+        return [f"s3://{bucket}/{k}" for k in keys]
+    if "://" in location and not location.startswith("file://"):
+        raise ValueError(f"the report cannot be written to {location}: use a local path, file:// or s3://")
+    folder = Path(location.removeprefix("file://")).expanduser() / f"reports/{migration_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ext, text in (("json", body), ("md", markdown)):
+        path = folder / f"{safe_id}.{ext}"
+        tmp = path.with_suffix(f".{ext}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        written.append(str(path))
+    return written
 
 
 class DocumentOperator(RunbookOperator):
-    """Step 8, document: write the final report and return the status document.
+    """Step 8, document: write the final report, tell the channels, release the lock, return the status.
 
-    The status document (CONTRACT.md) is the task's XCom and is stored in the run record with
-    the JSON and Markdown reports. The task fails after documenting a failed rollback, so the
-    DAG run shows the outcome.
+    The report (JSON and Markdown: who, why, when, the plan, the SQL executed, rows affected,
+    verification, timings, halted and resumed consumers, the investigation, the timeline and the
+    verified audit chain's head hash) goes to the state store and to the manifest's
+    ``rollback.backup_location``. The status document (CONTRACT.md) is the task's XCom. The task
+    fails after documenting a failed rollback, so the DAG run shows the outcome; a rejected
+    approval ends as ``planned`` (nothing was changed) and the run succeeds.
     """
 
     step = "document"
@@ -204,15 +665,16 @@ class DocumentOperator(RunbookOperator):
         self.watched_task_ids = watched_task_ids
 
     def run(self, step: StepRun) -> dict[str, Any]:
-        plan = step.plan
         finished_at = utcnow()
-        execution = step.pull(execute_task_id(plan.strategy)) if plan else None
+        plan, execution, fallback = executed(step)
         raw_verification = step.pull("verify") if plan else None
         verification = Verification.model_validate(raw_verification) if raw_verification else None
         if plan is not None and plan.dry_run:
             verification = None
-        status = rollback_status(plan, execution, verification)
-        conf = {**dict(step.context["params"]), **dict(step.context["dag_run"].conf or {})}
+        approval = step.pull(APPROVE_TASK_ID) if plan else None
+        rejected = bool(approval and approval.get("required") and not approval.get("approved"))
+        status = "planned" if rejected else rollback_status(plan, execution, verification)
+        conf = _conf(step)
         started_at = self._started_at(plan, step)
         document = status_document(
             migration_id=plan.migration_id if plan else conf.get("migration_id"),
@@ -224,12 +686,28 @@ class DocumentOperator(RunbookOperator):
             finished_at=finished_at,
             scope={"scope": conf.get("scope"), "tables": []},
         )
-        report = {
+        if rejected:
+            document["approval"] = {k: approval.get(k) for k in ("answer", "by", "at")}
+        halted = step.pull("halt")
+        resumed = step.pull("resume")
+        sequences = step.pull(SEQUENCES_TASK_ID)
+        report: dict[str, Any] = {
             "status": document,
-            "plan": plan.model_dump(mode="json") if plan else None,
+            "plan": step.plan.model_dump(mode="json") if step.plan else None,
+            "executed_plan": plan.model_dump(mode="json") if fallback and plan else None,
+            "fallback": {k: fallback[k] for k in ("from", "to", "why")} if fallback else None,
+            "approval": approval,
             "execution": execution,
+            "sql_executed": [
+                *((halted or {}).get("statements", [])),
+                *((execution or {}).get("statements", [])),
+                *((resumed or {}).get("statements", [])),
+            ],
+            "rows_affected": (execution or {}).get("rows_affected"),
+            "sequences": sequences,
             "verification": raw_verification,
-            "consumers": {"halted": step.pull("halt"), "resumed": step.pull("resume")},
+            "consumers": {"halted": halted, "resumed": resumed},
+            "notifications": {"start": step.pull("notify")},
             "investigation": step.pull("investigate"),
             "errors": _errors(step, self.watched_task_ids),
             "triggered_by": step.actor,
@@ -239,21 +717,64 @@ class DocumentOperator(RunbookOperator):
         }
         if step.manifest is None:
             step.use_manifest_quietly(conf.get("migration_id"))
+        if step.state is not None and step.manifest is not None:
+            holds = step.state.open_holds(step.manifest.id)
+            report["consumers"]["still_halted"] = [h.as_json() for h in holds]
+            if plan is not None and not plan.dry_run:
+                report["lock_released"] = step.state.release_lock(step.manifest.id, step.rollback_id)
+        if step.manifest is not None and step.manifest.notify:
+            report["notifications"]["end"] = self._notify_end(step, document, report)
         if step.audit is not None and step.state is not None:
             step.record("documented", detail={"status": document})
-            report["timeline"] = step.audit.events(step.rollback_id)
+            events = step.audit.events(step.rollback_id)
+            report["timeline"] = events
+            report["timings"] = timings(events)
             chain = step.audit.verify()
             report["audit_chain"] = {"ok": chain.ok, "events": chain.events, "head_hash": chain.head_hash}
-            if step.state.get_run(step.rollback_id) is not None:
-                step.state.finish_run(
-                    step.rollback_id,
-                    status=status,
-                    status_document=document,
-                    report=report,
-                    report_markdown=render_markdown(report),
+        markdown = render_markdown(report)
+        location = step.manifest.rollback.backup_location if step.manifest else None
+        if location:
+            try:
+                report["published"] = publish_report(
+                    location, document["migration_id"], step.rollback_id, report, markdown
                 )
-        log.info("rollback report:\n%s", render_markdown(report))
+            except Exception as exc:  # the report stays in the state store; say where it did not go
+                report["published_error"] = f"{location}: {type(exc).__name__}: {exc}"
+                log.exception("the report could not be written to %s", location)
+            markdown = render_markdown(report)
+        if step.state is not None and step.state.get_run(step.rollback_id) is not None:
+            step.state.finish_run(
+                step.rollback_id,
+                status=status,
+                status_document=document,
+                report=report,
+                report_markdown=markdown,
+            )
+        log.info("rollback report:\n%s", markdown)
         return document
+
+    @staticmethod
+    def _notify_end(step: StepRun, document: dict[str, Any], report: dict[str, Any]) -> list[dict[str, Any]]:
+        assert step.manifest is not None
+        still = report["consumers"].get("still_halted") or []
+        summary = (
+            f"Rollback {document['rollback_id']} of {document['migration_id']}: {document['rollback_status']}"
+        )
+        if document["rollback_status"] == "failed" and still:
+            summary += f"; {len(still)} consumer(s) stay halted until a rollback verifies"
+        if document.get("approval"):
+            summary += " (rejected: nothing was changed)"
+        event = notify.RollbackEvent(
+            event=notify.FINISHED if document["rollback_status"] != "failed" else notify.FAILED,
+            migration_id=document["migration_id"],
+            rollback_id=document["rollback_id"],
+            summary=summary,
+            status=document,
+            detail={"consumers_still_halted": still, "errors": report["errors"]},
+        )
+        deliveries = [d.as_json() for d in notify.notify_all(step.manifest.notify, event)]
+        step.record("notified", detail={"event": event.event, "deliveries": deliveries})
+        return deliveries
 
     def execute(self, context: Any) -> Any:
         document = super().execute(context)
@@ -264,8 +785,6 @@ class DocumentOperator(RunbookOperator):
 
     @staticmethod
     def _started_at(plan: RollbackPlan | None, step: StepRun) -> Any:
-        from datetime import datetime
-
         if plan is not None:
             return datetime.fromisoformat(plan.started_at)
         dag_run = step.context.get("dag_run")
