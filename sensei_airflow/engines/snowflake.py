@@ -37,7 +37,8 @@ ORDER BY 1, 2
 """
 
 _FOREIGN_KEYS = """
-SELECT rc.constraint_name, fk.table_schema, fk.table_name, pk.table_schema, pk.table_name
+SELECT rc.constraint_name AS fk_name, fk.table_schema AS child_schema, fk.table_name AS child_table,
+       pk.table_schema AS parent_schema, pk.table_name AS parent_table
 FROM information_schema.referential_constraints rc
 JOIN information_schema.table_constraints fk
   ON fk.constraint_schema = rc.constraint_schema AND fk.constraint_name = rc.constraint_name
@@ -315,12 +316,11 @@ class SnowflakeTimeTravel(PointInTimeRecovery):
         existing = self.engine.table_retention()
         done = [t for t in tables if self.names(t, token).kept in existing]
         todo = [t for t in tables if t not in done]
-        if todo:
-            self.check(todo, target, existing, self.clock())
         # a clone left by an interrupted run that was already swapped in (crash between swap and
         # rename): the live table is then the newer one of the pair
         swapped = [t for t in todo if self._already_swapped(t, token, existing)]
         to_clone = [t for t in todo if t not in swapped]
+        self.check(to_clone, target, existing, self.clock())
         clones = [self.clone_sql(t, token, target) for t in to_clone]
         swaps = [
             *(s for t in reversed(to_clone) for s in self.swap_sql(t, token)),
