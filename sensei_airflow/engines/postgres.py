@@ -337,6 +337,14 @@ class PostgresEngine(Engine):
             cur.execute("ROLLBACK")
         return result
 
+    def column_signature(self, table: str) -> list[list[str]]:
+        from sensei_airflow.engines import postgres_dump
+
+        with self.connect() as conn, conn.cursor() as cur:
+            signature = postgres_dump.column_signature(cur, self.quote_table(table))
+            conn.rollback()
+        return signature
+
     def dump_tables(self, tables: Sequence[str], write: Any) -> dict[str, Any]:
         from sensei_airflow.engines import postgres_dump
 

@@ -59,9 +59,16 @@ class PointInTimeOperator(ExecuteStrategyOperator):
     strategy = Strategy.POINT_IN_TIME
 
 
+class BackupRestoreOperator(ExecuteStrategyOperator):
+    """Backup restore: the tables in scope get back a catalogued backup's rows, in one transaction."""
+
+    strategy = Strategy.BACKUP_RESTORE
+
+
 #: the execute operator of each strategy, for the DAG factory.
 EXECUTE_OPERATORS: dict[Strategy, type[ExecuteStrategyOperator]] = {
     Strategy.TRUNCATE: TruncateOperator,
     Strategy.REVERSE_MIGRATION: ReverseMigrationOperator,
     Strategy.POINT_IN_TIME: PointInTimeOperator,
+    Strategy.BACKUP_RESTORE: BackupRestoreOperator,
 }

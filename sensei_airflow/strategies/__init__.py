@@ -13,6 +13,7 @@ STRATEGY_CLASSES: dict[Strategy, str] = {
     Strategy.TRUNCATE: "sensei_airflow.strategies.truncate:TruncateStrategy",
     Strategy.REVERSE_MIGRATION: "sensei_airflow.strategies.reverse:ReverseMigrationStrategy",
     Strategy.POINT_IN_TIME: "sensei_airflow.strategies.point_in_time:PointInTimeStrategy",
+    Strategy.BACKUP_RESTORE: "sensei_airflow.strategies.backup_restore:BackupRestoreStrategy",
 }
 
 

@@ -1,0 +1,454 @@
+"""PostgreSQL backups: table data out and back in, table checksums, schema archives, base backups.
+
+Called through thin methods of :class:`~sensei_airflow.engines.postgres.PostgresEngine`. What
+this module produces are raw byte streams (binary ``COPY`` data, a ``pg_dump`` custom-format
+schema archive, ``pg_basebackup`` tar files); compressing, hashing and storing them is the
+business of :mod:`sensei_airflow.backups`.
+
+Why these tools (measured, 5M rows; see ``benchmarks/backup.py`` and ADR 0101):
+
+- data out: ``psql`` running ``COPY ... TO STDOUT (FORMAT binary)`` inside a transaction that
+  imports one exported snapshot, so every table is read at the same instant, and read in large
+  chunks (psycopg's own ``COPY`` reader yields one message per row and was 1.7x slower than
+  ``pg_dump``);
+- data in: psycopg ``COPY ... FROM STDIN (FORMAT binary)`` in large writes, in one transaction
+  with the ``TRUNCATE``, so a restore commits whole or not at all and keeps every constraint,
+  index, trigger and grant of the existing table (``pg_restore -t`` drops keys; ``--clean``
+  cannot drop a parent while a child references it);
+- checksums: an order-independent in-database aggregate, computed on a second connection in
+  the same snapshot while the data streams out.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from sensei_airflow.engines.postgres import PostgresEngine
+
+INSTALL_HINT = "install the PostgreSQL client tools (Debian/Ubuntu: apt-get install postgresql-client)"
+#: relay chunk between psql and the caller, and between the caller and COPY FROM.
+CHUNK = 1 << 20
+
+
+class ToolMissing(RuntimeError):
+    """A PostgreSQL client program (psql, pg_dump, pg_restore, pg_basebackup) is not installed."""
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class TableChecksum:
+    """Rows of a table and an order-independent checksum of their contents."""
+
+    rows: int
+    checksum: str
+
+
+@dataclass
+class TableState:
+    """What a logical backup records of one table, besides its data."""
+
+    rows: int
+    checksum: str
+    columns: list[list[str]]  # [name, type] in table order: binary COPY needs the same on restore
+    sequences: list[dict[str, Any]] = field(default_factory=list)  # {name, last_value, is_called}
+    foreign_keys: list[dict[str, str]] = field(default_factory=list)  # {name, parent}
+
+
+# -- tools and connection ----------------------------------------------------------------------
+def find_tool(name: str) -> Path:
+    """The newest installed ``name`` (``SENSEI_PG_BINDIR``, ``/usr/lib/postgresql/*/bin``, ``PATH``)."""
+    candidates = [os.environ["SENSEI_PG_BINDIR"]] if os.environ.get("SENSEI_PG_BINDIR") else []
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
+    for folder in candidates:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    raise ToolMissing(f"{name} not found: {INSTALL_HINT}")
+
+
+def _version_key(path: str) -> int:
+    try:
+        return int(Path(path).parent.name)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class Libpq:
+    """How a client program reaches the database: a conninfo string plus a password in the environment."""
+
+    params: dict[str, str]
+    password: str | None
+
+    def conninfo(self, **override: str) -> str:
+        merged = {**self.params, **override}
+        return " ".join(f"{k}={_conninfo_value(v)}" for k, v in merged.items() if v)
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
+
+
+def _conninfo_value(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'" if not value or re.search(r"[\s'\\]", value) else escaped
+
+
+def libpq_for(conn: Any) -> Libpq:
+    """Libpq parameters of an Airflow connection (host, port, database, user, sslmode)."""
+    extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
+    params = {
+        "host": conn.host or "",
+        "port": str(conn.port or 5432),
+        "dbname": getattr(conn, "schema", None) or getattr(conn, "database", None) or "postgres",
+        "user": conn.login or "",
+    }
+    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "application_name"):
+        if extra.get(key):
+            params[key] = str(extra[key])
+    return Libpq(params=params, password=conn.password)
+
+
+def _run(args: Sequence[str], env: dict[str, str], what: str) -> str:
+    result = subprocess.run(list(args), capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+    return result.stdout
+
+
+# -- catalog queries -----------------------------------------------------------------------------
+_COLUMNS = """
+SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum
+"""
+_SEQUENCES = """
+SELECT s.oid::regclass::text FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+  AND d.refobjid = %s::regclass AND d.deptype IN ('a', 'i') ORDER BY 1
+"""
+_FOREIGN_KEYS = """
+SELECT con.conname, pn.nspname || '.' || p.relname FROM pg_constraint con
+JOIN pg_class p ON p.oid = con.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
+WHERE con.contype = 'f' AND con.conrelid = %s::regclass ORDER BY 1
+"""
+
+
+def column_signature(cur: Any, quoted_table: str) -> list[list[str]]:
+    cur.execute(_COLUMNS, (quoted_table,))
+    return [[name, type_] for name, type_ in cur.fetchall()]
+
+
+def _table_state(cur: Any, quoted_table: str) -> TableState:
+    columns = column_signature(cur, quoted_table)
+    sequences = []
+    cur.execute(_SEQUENCES, (quoted_table,))
+    for (sequence,) in cur.fetchall():
+        cur.execute(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 - regclass text, quoted
+        last_value, is_called = cur.fetchone()
+        sequences.append({"name": sequence, "last_value": int(last_value), "is_called": bool(is_called)})
+    cur.execute(_FOREIGN_KEYS, (quoted_table,))
+    foreign_keys = [{"name": name, "parent": parent} for name, parent in cur.fetchall()]
+    return TableState(rows=0, checksum="", columns=columns, sequences=sequences, foreign_keys=foreign_keys)
+
+
+def checksum_sql(quoted_table: str) -> str:
+    """Row count and an order-independent checksum: the sum of a 64-bit hash of each row's text.
+
+    Summing makes it independent of physical order (a restored table has a new one); the
+    numeric sum cannot overflow. Equal on two tables of the same server version when their
+    rows are equal as text.
+    """
+    return (
+        f"SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text "  # noqa: S608
+        f"FROM {quoted_table} AS t"
+    )
+
+
+def table_checksums(cur: Any, quoted: dict[str, str]) -> dict[str, TableChecksum]:
+    """Checksums of tables (``name -> quoted name``) on an open cursor, in its snapshot."""
+    result = {}
+    for name, quoted_name in quoted.items():
+        cur.execute(checksum_sql(quoted_name))
+        rows, checksum = cur.fetchone()
+        result[name] = TableChecksum(rows=int(rows), checksum=str(checksum))
+    return result
+
+
+# -- logical backup: data out --------------------------------------------------------------------
+def dump_tables(
+    engine: PostgresEngine,
+    tables: Sequence[str],
+    write: Callable[[str, Readable], None],
+) -> dict[str, TableState]:
+    """Stream each table's binary COPY data to ``write(table, stream)``, all from one snapshot.
+
+    Checksums and row counts are taken in the same snapshot, on a second connection, while the
+    data streams. Returns each table's state (rows, checksum, columns, sequences, foreign keys).
+    """
+    psql = find_tool("psql")
+    libpq = libpq_for(engine.hook.get_connection(engine.conn_id))
+    quoted = {t: engine.quote_table(t) for t in tables}
+    with closing(engine.hook.get_conn()) as holder:
+        holder.autocommit = True  # explicit BEGIN below: the snapshot needs REPEATABLE READ
+        with holder.cursor() as cur:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cur.execute("SELECT pg_export_snapshot()")
+            snapshot = cur.fetchone()[0]
+            states = {t: _table_state(cur, quoted[t]) for t in tables}
+        checksums: dict[str, TableChecksum] = {}
+        errors: list[BaseException] = []
+
+        def checksum_worker() -> None:
+            try:
+                with closing(engine.hook.get_conn()) as conn:
+                    conn.autocommit = True
+                    with conn.cursor() as cur:
+                        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                        cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+                        checksums.update(table_checksums(cur, quoted))
+                        cur.execute("ROLLBACK")
+            except BaseException as exc:  # surfaced after the dump
+                errors.append(exc)
+
+        worker = threading.Thread(target=checksum_worker, name="sensei-backup-checksums", daemon=True)
+        worker.start()
+        try:
+            for table in tables:
+                _dump_one(psql, libpq, snapshot, quoted[table], lambda stream, t=table: write(t, stream))
+        finally:
+            worker.join()
+        holder.execute("ROLLBACK")
+    if errors:
+        raise errors[0]
+    for table, state in states.items():
+        state.rows, state.checksum = checksums[table].rows, checksums[table].checksum
+    return states
+
+
+def _dump_one(
+    psql: Path, libpq: Libpq, snapshot: str, quoted_table: str, consume: Callable[[Readable], None]
+) -> None:
+    args = [
+        str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", libpq.conninfo(),
+        "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        "-c", f"SET TRANSACTION SNAPSHOT '{snapshot}'",
+        "-c", f"COPY {quoted_table} TO STDOUT (FORMAT binary)",
+        "-c", "COMMIT",
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors, env=libpq.env())
+        assert process.stdout is not None
+        try:
+            consume(process.stdout)
+            # drain what the consumer left (it must not stop early, but never leave psql blocked)
+            while process.stdout.read(CHUNK):
+                pass
+        finally:
+            process.stdout.close()
+            code = process.wait()
+        if code != 0:
+            errors.seek(0)
+            message = errors.read().decode(errors="replace").strip()
+            raise RuntimeError(f"reading {quoted_table} failed (psql exit {code}): {message[-2000:]}")
+
+
+def dump_schema(engine: PostgresEngine, tables: Sequence[str], path: Path) -> None:
+    """Write a ``pg_dump`` custom-format archive of the tables' definitions (no data) to ``path``."""
+    libpq = libpq_for(engine.hook.get_connection(engine.conn_id))
+    args = [str(find_tool("pg_dump")), "--schema-only", "--format=custom", "--no-owner", "--no-privileges",
+            "-f", str(path), "-d", libpq.conninfo()]  # fmt: skip
+    for table in tables:
+        schema, name = engine.qualify(table).split(".")
+        args += ["-t", f"{_pattern_quote(schema)}.{_pattern_quote(name)}"]
+    _run(args, libpq.env(), "pg_dump --schema-only")
+
+
+def _pattern_quote(identifier: str) -> str:
+    """Quote an identifier for a pg_dump ``-t`` pattern so that it matches exactly."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+# -- logical restore: data in ----------------------------------------------------------------------
+def signature_problems(cur: Any, quoted_table: str, recorded: list[list[str]]) -> str | None:
+    """Why binary COPY data recorded with ``recorded`` columns cannot load into the table now, if so."""
+    now = column_signature(cur, quoted_table)
+    if now == recorded:
+        return None
+    return f"columns now {_describe(now)}, in the backup {_describe(recorded)}"
+
+
+def _describe(columns: list[list[str]]) -> str:
+    return "(" + ", ".join(f"{n} {t}" for n, t in columns) + ")"
+
+
+def restore_tables(
+    engine: PostgresEngine,
+    tables: Sequence[str],
+    states: dict[str, dict[str, Any]],
+    open_data: Callable[[str], AbstractContextManager[Readable]],
+    referenced_from_outside: Iterable[str],
+) -> tuple[list[str], dict[str, int], dict[str, int]]:
+    """Replace the rows of ``tables`` (parents first) with the backup's, in one transaction.
+
+    Locks the tables, empties them (children first: one ``TRUNCATE`` of all of them, or
+    ``DELETE`` where an empty table outside the scope still references one), loads each with
+    binary ``COPY`` parents first, and sets each owned sequence back to its recorded value.
+    Constraints, indexes, triggers and grants of the tables are never dropped. Any error, a
+    checksum mismatch of a file included, rolls everything back.
+
+    :returns: the SQL run, rows removed per table, rows restored per table.
+    """
+    children_first = list(reversed(tables))
+    empty = engine.empty_tables_sql(children_first, referenced_from_outside)
+    statements = [s.sql for s in engine.lock_sql(tables)]
+    removed: dict[str, int] = {}
+    restored: dict[str, int] = {}
+    with engine.connect() as conn, conn.transaction(), conn.cursor() as cur:
+        for sql in statements:
+            cur.execute(sql)
+        for table in tables:
+            quoted = engine.quote_table(table)
+            problem = signature_problems(cur, quoted, states[table]["columns"])
+            if problem:
+                raise ValueError(f"{table} changed shape since the backup: {problem}")
+            cur.execute(f"SELECT count(*) FROM {quoted}")  # noqa: S608
+            removed[table] = int(cur.fetchone()[0])
+        for statement in empty:
+            cur.execute(statement.sql, statement.params or None)
+            statements.append(statement.sql)
+        for table in tables:
+            copy_sql = f"COPY {engine.quote_table(table)} FROM STDIN (FORMAT binary)"
+            with open_data(table) as source, cur.copy(copy_sql) as copy:
+                while chunk := source.read(CHUNK):
+                    copy.write(chunk)
+            restored[table] = cur.rowcount
+            statements.append(copy_sql)
+        for table in tables:
+            for sequence in states[table].get("sequences", []):
+                sql = "SELECT setval(%s::regclass, %s, %s)"
+                cur.execute(sql, (sequence["name"], sequence["last_value"], sequence["is_called"]))
+                statements.append(
+                    f"SELECT setval('{sequence['name']}', {sequence['last_value']}, {sequence['is_called']})"
+                )
+    return statements, removed, restored
+
+
+# -- restore test in a scratch database ------------------------------------------------------------
+@contextmanager
+def scratch_database(engine: PostgresEngine) -> Iterator[tuple[str, Any]]:
+    """A throw-away database on the engine's server: its name and a psycopg connection factory."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"sensei_scratch_{uuid.uuid4().hex[:12]}"
+    with engine.connect() as conn:
+        conn.autocommit = True
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    libpq = libpq_for(engine.hook.get_connection(engine.conn_id))
+
+    def connect() -> Any:
+        return psycopg.connect(libpq.conninfo(dbname=name), password=libpq.password or None)
+
+    try:
+        yield name, connect
+    finally:
+        with engine.connect() as conn:
+            conn.autocommit = True
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def restore_test(
+    engine: PostgresEngine,
+    tables: Sequence[str],
+    states: dict[str, dict[str, Any]],
+    schema_archive: Path,
+    open_data: Callable[[str], AbstractContextManager[Readable]],
+) -> dict[str, TableChecksum]:
+    """Restore a backup into a scratch database on the engine's server; the restored tables' checksums.
+
+    Definitions come from the schema archive (tables and sequences, then data, then indexes and
+    constraints; foreign keys to tables outside the backup are left out, their parents are not
+    there). The scratch database is dropped afterwards, also on failure.
+    """
+    libpq = libpq_for(engine.hook.get_connection(engine.conn_id))
+    pg_restore = str(find_tool("pg_restore"))
+    in_backup = {engine.qualify(t) for t in tables}
+    outside_fks = {
+        (engine.qualify(t), fk["name"]) for t in tables for fk in states[t].get("foreign_keys", [])
+        if fk["parent"] not in in_backup
+    }  # fmt: skip
+    quoted = {t: engine.quote_table(t) for t in tables}
+    with scratch_database(engine) as (name, connect):
+        target = libpq.conninfo(dbname=name)
+        with connect() as conn, conn.transaction():
+            for schema in sorted({engine.qualify(t).split(".")[0] for t in tables}):
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {engine.quote_identifier(schema)}")
+        _run([pg_restore, "--section=pre-data", "--no-owner", "--no-privileges", "--exit-on-error",
+              "-d", target, str(schema_archive)], libpq.env(), "pg_restore (definitions)")  # fmt: skip
+        with connect() as conn, conn.transaction(), conn.cursor() as cur:
+            for table in tables:
+                with (
+                    open_data(table) as source,
+                    cur.copy(f"COPY {quoted[table]} FROM STDIN (FORMAT binary)") as copy,
+                ):
+                    while chunk := source.read(CHUNK):
+                        copy.write(chunk)
+        listing = _run([pg_restore, "-l", str(schema_archive)], libpq.env(), "pg_restore -l")
+        kept = [line for line in listing.splitlines() if not _is_outside_fk(line, outside_fks)]
+        with tempfile.NamedTemporaryFile("w", suffix=".list") as toc:
+            toc.write("\n".join(kept) + "\n")
+            toc.flush()
+            _run([pg_restore, "--section=post-data", "--no-owner", "--no-privileges", "--exit-on-error",
+                  "-L", toc.name, "-d", target, str(schema_archive)], libpq.env(), "pg_restore (constraints)")  # fmt: skip
+        with connect() as conn, conn.cursor() as cur:
+            return table_checksums(cur, quoted)
+
+
+_TOC_FK = re.compile(r"^\d+; \d+ \d+ FK CONSTRAINT (\S+) (\S+) (\S+) ")
+
+
+def _is_outside_fk(line: str, outside: set[tuple[str, str]]) -> bool:
+    match = _TOC_FK.match(line)
+    return bool(match) and (f"{match[1]}.{match[2]}", match[3]) in outside
+
+
+# -- physical: base backup of the cluster -------------------------------------------------------
+def base_backup(engine: PostgresEngine, directory: Path) -> list[Path]:
+    """``pg_basebackup`` of the engine's whole cluster into ``directory``, as tar files.
+
+    Fast checkpoint, WAL streamed alongside (``pg_wal.tar``), and a ``backup_manifest`` with
+    SHA-256 checksums that ``pg_verifybackup`` can check once the tars are extracted. Needs a
+    role with the REPLICATION attribute and a ``replication`` entry in ``pg_hba.conf``.
+
+    :returns: the files written (``base.tar``, ``pg_wal.tar``, ``backup_manifest`` and a tar per
+        extra tablespace).
+    """
+    libpq = libpq_for(engine.hook.get_connection(engine.conn_id))
+    directory.mkdir(parents=True, exist_ok=True)
+    if any(directory.iterdir()):
+        raise ValueError(f"base backup folder {directory} is not empty")
+    os.chmod(directory, 0o700)
+    args = [str(find_tool("pg_basebackup")), "-D", str(directory), "-Ft", "-X", "stream", "-c", "fast",
+            "--manifest-checksums=SHA256", "--no-password", "-d", libpq.conninfo(dbname="replication")]  # fmt: skip
+    _run(args, libpq.env(), "pg_basebackup")
+    return sorted(p for p in directory.iterdir() if p.is_file())
