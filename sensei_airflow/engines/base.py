@@ -199,6 +199,10 @@ class Engine(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot checksum tables for backups yet")
 
+    def column_signature(self, table: str) -> list[list[str]]:
+        """``[name, type]`` of each column in order: what a backup's data needs to load back."""
+        raise NotImplementedError(f"{type(self).__name__} cannot describe tables for backups yet")
+
     def dump_tables(self, tables: Sequence[str], write: Any) -> dict[str, Any]:
         """Stream each table's data, all from one snapshot, to ``write(table, readable)``.
 
