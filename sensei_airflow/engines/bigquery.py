@@ -158,6 +158,11 @@ def _parameter(name: str, value: Any) -> Any:
     return bigquery.ScalarQueryParameter(name, "STRING", str(value))
 
 
+def timestamp_literal(moment: datetime) -> str:
+    """``TIMESTAMP '2026-02-02 07:59:00.000000+00:00'`` from an aware datetime."""
+    return f"TIMESTAMP '{moment.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}+00:00'"
+
+
 def _dataset(table: str) -> str:
     return table.rsplit(".", 2)[-2] if table.count(".") == 1 else ".".join(table.split(".")[:2])
 
@@ -165,7 +170,7 @@ def _dataset(table: str) -> str:
 class BigQueryTimeTravel(PointInTimeRecovery):
     """Stage each table ``FOR SYSTEM_TIME AS OF`` the point, then replace the live rows in one transaction.
 
-    1. ``CREATE OR REPLACE TABLE <t>__sensei_<token> AS SELECT * FROM <t> FOR SYSTEM_TIME AS OF @restore_to``
+    1. ``CREATE OR REPLACE TABLE <t>__sensei_<token> AS SELECT * FROM <t> FOR SYSTEM_TIME AS OF <point>``
        for every table (reads only the live tables; fails here if the window has closed);
     2. one script: ``BEGIN TRANSACTION``, ``DELETE`` + ``INSERT ... SELECT *`` from the staged copy
        for every table, ``COMMIT TRANSACTION``: the live tables change together, and keep their
@@ -186,11 +191,16 @@ class BigQueryTimeTravel(PointInTimeRecovery):
         return f"{table}__sensei_{token}"
 
     def stage_sql(self, table: str, token: str, target: RecoveryTarget) -> Statement:
+        """The copy of ``table`` as of the point.
+
+        The point is a ``TIMESTAMP`` literal with an explicit UTC offset, built from the aware
+        datetime (never from request text): a constant, which every BigQuery implementation
+        evaluates in ``FOR SYSTEM_TIME AS OF`` (the emulator accepts no parameter there).
+        """
         quote = self.engine.quote_table
         return Statement(
             f"CREATE OR REPLACE TABLE {quote(self.staged(table, token))} AS "  # noqa: S608 - quoted
-            f"SELECT * FROM {quote(table)} FOR SYSTEM_TIME AS OF @restore_to",
-            (("restore_to", target.time.astimezone(UTC)),),
+            f"SELECT * FROM {quote(table)} FOR SYSTEM_TIME AS OF {timestamp_literal(target.time)}",
             purpose=f"stage {table} as of {target.describe()}",
         )
 
