@@ -25,7 +25,7 @@ from urllib.parse import quote
 from sensei_airflow.engines.base import Engine, Grant
 from sensei_airflow.manifest import Manifest
 from sensei_airflow.plan import RefusedError
-from sensei_airflow.state import ConsumerHold, StateStore
+from sensei_airflow.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -246,18 +246,9 @@ def halt(
                 f"downstream.db_roles: role {missing[0]} does not exist on {manifest.target.conn_id}"
             )
         current = target.table_grants(roles, tables)
-        holds: list[ConsumerHold] = []
         for (role, table), grants in sorted(_by_role_table(current).items()):
-            holds.append(
-                store.record_hold(
-                    manifest.id,
-                    rollback_id,
-                    GRANTS,
-                    role,
-                    {"grants": [g.as_json() for g in grants]},
-                    obj=table,
-                )
-            )
+            detail = {"grants": [g.as_json() for g in grants]}
+            store.record_hold(manifest.id, rollback_id, GRANTS, role, detail, obj=table)
         result.statements = [s.sql for s in target.revoke_grants(current)] if current else []
         left = target.table_grants(roles, tables)
         if left:
@@ -265,18 +256,22 @@ def halt(
                 f"role {left[0].role} still holds {left[0].privilege} on {left[0].table} after the revoke "
                 "(granted by another role?); revoke it by hand before rolling back"
             )
-        recorded = {(h.name, h.object) for h in holds}
-        for hold in store.open_holds(manifest.id):
-            if hold.kind == GRANTS and hold.name in roles and (hold.name, hold.object) in recorded:
-                result.grants.append(
-                    {
-                        "role": hold.name,
-                        "table": hold.object,
-                        "grants": hold.detail["grants"],
-                        "halted_by": hold.rollback_id,
-                    }
-                )
-        without = sorted(set(roles) - {h.name for h in holds})
+        in_scope = {target.qualify(t) for t in tables}
+        open_grants = [
+            h
+            for h in store.open_holds(manifest.id)
+            if h.kind == GRANTS and h.name in roles and h.object in in_scope
+        ]
+        for hold in open_grants:
+            result.grants.append(
+                {
+                    "role": hold.name,
+                    "table": hold.object,
+                    "grants": hold.detail["grants"],
+                    "halted_by": hold.rollback_id,
+                }
+            )
+        without = sorted(set(roles) - {h.name for h in open_grants})
         if without:
             result.warnings.append(
                 f"roles with no direct privileges on the tables in scope: {', '.join(without)}"

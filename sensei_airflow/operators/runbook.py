@@ -603,45 +603,22 @@ def timings(events: list[dict[str, Any]]) -> dict[str, float]:
 def publish_report(
     location: str, migration_id: str, rollback_id: str, report: Mapping[str, Any], markdown: str
 ) -> list[str]:
-    """Write the report (JSON and Markdown) under ``location``/reports/; returns where it went.
+    """Write the report (JSON and Markdown) to ``location``/reports/<migration>/; returns where it went.
 
-    ``location`` is the manifest's ``rollback.backup_location``: a local path or ``file://``
-    URL, or ``s3://bucket/prefix`` (amazon extra).
+    ``location`` is the manifest's ``rollback.backup_location``, written through the backup
+    storage backends (local path or ``file://``, ``s3://``, ``gs://``).
     """
-    from pathlib import Path
+    from sensei_airflow.backups.storage import storage_for
 
+    storage = storage_for(location)
     safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in rollback_id)
-    name = f"reports/{migration_id}/{safe_id}"
     body = json.dumps(report, indent=2, default=str, sort_keys=True)
-    if location.startswith("s3://"):
-        try:
-            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        except ImportError as exc:
-            from airflow.exceptions import AirflowOptionalProviderFeatureException
-
-            raise AirflowOptionalProviderFeatureException(
-                f"writing the report to {location} needs the amazon extra: "
-                "pip install 'sensei-airflow[amazon]'"
-            ) from exc
-        from airflow.configuration import conf
-
-        bucket, _, prefix = location.removeprefix("s3://").partition("/")
-        hook = S3Hook(aws_conn_id=conf.get("sensei", "aws_conn_id", fallback="aws_default"))
-        keys = [f"{prefix.rstrip('/')}/{name}.{ext}".lstrip("/") for ext in ("json", "md")]
-        hook.load_string(body, key=keys[0], bucket_name=bucket, replace=True)
-        hook.load_string(markdown, key=keys[1], bucket_name=bucket, replace=True)
-        return [f"s3://{bucket}/{k}" for k in keys]
-    if "://" in location and not location.startswith("file://"):
-        raise ValueError(f"the report cannot be written to {location}: use a local path, file:// or s3://")
-    folder = Path(location.removeprefix("file://")).expanduser() / f"reports/{migration_id}"
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for ext, text in (("json", body), ("md", markdown)):
-        path = folder / f"{safe_id}.{ext}"
-        tmp = path.with_suffix(f".{ext}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-        written.append(str(path))
+        name = f"reports/{migration_id}/{safe_id}.{ext}"
+        with storage.open_write(name) as out:
+            out.write(text.encode("utf-8"))
+        written.append(storage.url_of(name))
     return written
 
 
