@@ -130,7 +130,9 @@ def test_killed_task_mid_table_then_retry_resumes(bigger_demo, databases):
         "manifest = load_manifests().get(plan.migration_id)\n"
         "ReverseMigrationStrategy(manifest, StateStore(manifest.state.conn_id)).execute(plan)\n"
     )
-    task = subprocess.Popen([sys.executable, "-c", script, plan.model_dump_json()], cwd=REPO, env=dict(os.environ))
+    task = subprocess.Popen(
+        [sys.executable, "-c", script, plan.model_dump_json()], cwd=REPO, env=dict(os.environ)
+    )
     try:
         with _frozen_after(databases, 6, lambda: task.poll() is None):
             task.send_signal(signal.SIGKILL)
