@@ -71,6 +71,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 ["table", "rows before", "rows now"],
                 [[t, s.get("before"), s.get("now")] for t, s in investigation["table_states"].items()],
             )
+        lines += _runbook_investigation(investigation)
+    lines += _runbook_sections(report)
     if report.get("timeline"):
         lines += ["", "## Timeline (audit trail)", ""]
         lines += _table(
@@ -88,3 +90,103 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"head hash `{chain['head_hash']}`",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _runbook_investigation(investigation: Mapping[str, Any]) -> list[str]:
+    """Differing key ranges, fingerprints and consumers still halted, from the investigate step."""
+    lines: list[str] = []
+    ranges = investigation.get("differing_key_ranges") or {}
+    if ranges:
+        lines += ["", "### Differing key ranges (located by bisection)", ""]
+        rows = []
+        for table, found in ranges.items():
+            for r in found:
+                rows.append(
+                    [
+                        table,
+                        r.get("after") or "-inf",
+                        r.get("up_to") or "+inf",
+                        r.get("source_rows"),
+                        r.get("expected_rows"),
+                    ]
+                )
+        lines += _table(["table", "keys after", "keys up to", "rows found", "rows expected"], rows)
+    states = investigation.get("table_states") or {}
+    if any(s.get("fingerprint_now") for s in states.values()):
+        lines += ["", "### Fingerprints (count and in-database checksum)", ""]
+        lines += _table(
+            ["table", "at halt", "now"],
+            [[t, s.get("fingerprint_at_halt"), s.get("fingerprint_now")] for t, s in states.items()],
+        )
+    still = investigation.get("consumers_still_halted") or []
+    if still:
+        lines += ["", f"{len(still)} consumer(s) stay halted until a rollback of this migration verifies."]
+    return lines
+
+
+def _runbook_sections(report: Mapping[str, Any]) -> list[str]:
+    """Approval, fallback, sequences, consumers, notifications, timings and where the report went."""
+    lines: list[str] = []
+    approval = report.get("approval")
+    if approval and approval.get("required"):
+        answer = "approved" if approval.get("approved") else "REJECTED (nothing was changed)"
+        lines += ["", "## Approval", "", f"- {answer} by {approval.get('by')} at {approval.get('at')}"]
+    fallback = report.get("fallback")
+    if fallback:
+        lines += ["", "## Fallback", "", f"- {fallback['from']} -> {fallback['to']}: {fallback['why']}"]
+    if report.get("sql_executed"):
+        lines += ["", "## All SQL executed (halt, execute, resume)", "", "```sql"]
+        lines += [f"{s};" for s in report["sql_executed"]] + ["```"]
+    sequences = (report.get("sequences") or {}).get("sequences") or []
+    if sequences:
+        lines += ["", "## Sequences reset", ""]
+        lines += _table(
+            ["side", "table", "column", "sequence", "next value"],
+            [[q["side"], q["table"], q["column"], q["sequence"], q["next_value"]] for q in sequences],
+        )
+    consumers = report.get("consumers") or {}
+    halted = consumers.get("halted") or {}
+    resumed = (consumers.get("resumed") or {}).get("resumed") or []
+    if halted or resumed or consumers.get("still_halted"):
+        lines += ["", "## Consumers halted and resumed", ""]
+        for dag in halted.get("dags", []):
+            lines.append(f"- DAG {dag['dag_id']} paused ({dag['why']}; paused before: {dag['was_paused']})")
+        for grant in halted.get("grants", []):
+            privileges = ", ".join(g["privilege"] for g in grant["grants"])
+            lines.append(f"- role {grant['role']} lost {privileges} on {grant['table']}")
+        for item in resumed:
+            if item["kind"] == "dag":
+                lines.append(
+                    f"- DAG {item['dag_id']} {'unpaused' if item['unpaused'] else 'left paused (was paused)'}"
+                )
+            else:
+                lines.append(f"- role {item['role']} regained its grants on {item['table']}")
+        for hold in consumers.get("still_halted") or []:
+            lines.append(f"- STILL HALTED: {hold['kind']} {hold['name']} {hold.get('object') or ''}".rstrip())
+    notifications = report.get("notifications") or {}
+    deliveries = [
+        (when, d)
+        for when in ("start", "end")
+        for d in (
+            (notifications.get(when) or {}).get("deliveries", [])
+            if when == "start"
+            else notifications.get(when) or []
+        )
+    ]
+    if deliveries:
+        lines += ["", "## Notifications", ""]
+        lines += _table(
+            ["when", "channel", "kind", "sent", "attempts", "error"],
+            [
+                [w, d["conn_id"], d["kind"], "yes" if d["ok"] else "NO", d["attempts"], d["error"]]
+                for w, d in deliveries
+            ],
+        )
+    if report.get("timings"):
+        lines += ["", "## Timings", ""]
+        lines += _table(["task", "seconds"], [[t, s] for t, s in report["timings"].items()])
+    if report.get("published"):
+        lines += ["", "Report also written to: " + ", ".join(report["published"])]
+    if report.get("published_error"):
+        lines += ["", f"Report NOT written to the backup location: {report['published_error']}"]
+    return lines
