@@ -119,6 +119,7 @@ def build_demo_migration_dag() -> DAG:
     from airflow.sdk import Param, task
 
     from sensei_airflow.demo import shop
+    from sensei_airflow.operators.backup import PreMigrationBackupOperator
 
     phases = [p["phase"] for p in shop.manifest()["phases"]]
 
@@ -152,9 +153,22 @@ def build_demo_migration_dag() -> DAG:
             manifest, source, target, state = _context((params or {})["migration_id"])
             counts = prepare_source(source)
             prepare_target(target)
-            return {"source_rows": counts, "target_rows_before": record_baselines(manifest, target, state)}
+            baselines = record_baselines(manifest, target, state)
+            # where the target can (PITR configured), mark its state before the first write
+            from sensei_airflow.strategies.point_in_time import mark_migration_start
+
+            point = mark_migration_start(manifest, target, state)
+            restore_point = {"name": point.name, "position": point.position} if point else None
+            return {"source_rows": counts, "target_rows_before": baselines, "restore_point": restore_point}
 
         previous = prepare()
+        # Backs up the target tables when the manifest asks for it (rollback.backup_before_start or
+        # pre_migration_backup.enabled); otherwise returns {"enabled": false} and the migration goes on.
+        backup = PreMigrationBackupOperator(
+            task_id="pre_migration_backup", migration_id="{{ params.migration_id }}"
+        )
+        previous >> backup
+        previous = backup
         for number in phases:
 
             @task(task_id=f"migrate_phase_{number}")
@@ -168,3 +182,99 @@ def build_demo_migration_dag() -> DAG:
             previous >> step
             previous = step
     return dag
+
+
+BACKUP_DAG_ID = "sensei_backup"
+
+
+def build_backup_dag(manifests: ManifestSet | None = None) -> DAG:
+    """``sensei_backup``: scheduled backups of every migration whose manifest enables ``pre_migration_backup``.
+
+    One task per migration (each checks its own ``schedule``; one failing never stops the
+    others), then verification of the new backups (checksums; a restore test for a sample),
+    pruning of expired backups, and a last task that fails the run when anything failed. The
+    DAG's schedule is the manifests' common schedule, or a tick fine enough for all of them
+    (ADR 0102). Conf ``{"migration_id": ...}`` backs up that migration now.
+    """
+    from airflow.sdk import Param
+
+    from sensei_airflow.backups.jobs import BackupSettings, dag_schedule
+    from sensei_airflow.operators.backup import (
+        RESTORE_TEST_CHOICES,
+        BackupOutcomeOperator,
+        CheckBackupRequestOperator,
+        PruneBackupsOperator,
+        ScheduledBackupOperator,
+        VerifyBackupsOperator,
+    )
+
+    manifests = manifests if manifests is not None else load_manifests()
+    enabled = [m for m in manifests if BackupSettings.of(m).scheduled]
+    ids = [m.id for m in enabled]
+    schedules = {m.id: BackupSettings.of(m).schedule for m in enabled}
+    lines = [
+        "# Scheduled backups of the migrations' tables",
+        "",
+        "Backs up every migration whose manifest enables `rollback.pre_migration_backup`, verifies the "
+        "new backups (sha256 of every file; a restore test into a scratch database for a sample), prunes "
+        "expired backups (files and catalog entry together) and records everything in the audit trail. "
+        'Trigger with `{"migration_id": "..."}` to back up one migration now.',
+        "",
+        *(f"- `{mid}`: {schedule}" for mid, schedule in sorted(schedules.items())),
+    ]
+    if manifests.errors:
+        lines += ["", "**Manifests that could not be loaded:**", ""]
+        lines += [f"- `{error}`" for error in manifests.errors]
+    with DAG(
+        dag_id=BACKUP_DAG_ID,
+        description="Scheduled backups of the migrations' tables, with verification and retention",
+        schedule=dag_schedule(list(schedules.values())),
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        params={
+            "migration_id": Param(
+                None,
+                type=["string", "null"],
+                enum=[*ids, None],
+                title="Migration",
+                description="Back up only this migration, now (empty: every migration whose schedule is due)",
+            ),
+            "restore_test": Param(
+                "sample",
+                type="string",
+                enum=list(RESTORE_TEST_CHOICES),
+                title="Restore test",
+                description="Restore new backups into a scratch database: a sample of them, all, or none",
+            ),
+        },
+        default_args=default_args(),
+        doc_md="\n".join(lines),
+        tags=["sensei", "backup"],
+    ) as dag:
+        check = CheckBackupRequestOperator(task_id="check_request", migration_ids=ids)
+        backups = [
+            ScheduledBackupOperator(task_id=f"backup_{mid}", migration_id=mid, retries=0) for mid in ids
+        ]
+        backup_ids = [b.task_id for b in backups]
+        verify = VerifyBackupsOperator(
+            task_id="verify_backups", backup_task_ids=backup_ids, trigger_rule="all_done", retries=0
+        )
+        prune = PruneBackupsOperator(
+            task_id="prune_expired",
+            state_conn_ids=[m.state.conn_id for m in manifests],
+            trigger_rule="all_done",
+        )
+        outcome = BackupOutcomeOperator(
+            task_id="outcome",
+            check_task_id=check.task_id,
+            watched_task_ids=[*backup_ids, verify.task_id, prune.task_id],
+            trigger_rule="all_done",
+            retries=0,
+        )
+        check >> (backups or verify)
+        if backups:
+            backups >> verify
+        verify >> prune >> outcome
+    return dag
+

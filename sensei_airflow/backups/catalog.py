@@ -320,3 +320,29 @@ def _entry(row: dict[str, Any]) -> BackupEntry:
     if row.get("verification") is None:
         row.pop("verification")
     return BackupEntry.model_validate(row)
+
+
+def render_listing(entries: list[BackupEntry], now: datetime | None = None) -> str:
+    """A plain-text table of backups: id, migration, kind, type, status, size, created, expires."""
+    moment = now or utcnow()
+    header = ("backup_id", "migration", "kind", "type", "status", "size", "tables", "created", "expires")
+    rows = [header]
+    for e in entries:
+        left = e.expires_at - moment
+        expiry = f"{e.expires_at:%Y-%m-%d %H:%M} ({'expired' if left.total_seconds() <= 0 else f'in {left.days}d'})"
+        rows.append((e.backup_id, e.migration_id, e.kind, e.type, e.display_status(moment), _size(e.size_bytes),
+                     str(len(e.tables)) if e.type == "logical" else "cluster", f"{e.created_at:%Y-%m-%d %H:%M}",
+                     expiry))  # fmt: skip
+    if len(rows) == 1:
+        return "no backups"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"

@@ -142,6 +142,7 @@ def prune_expired(catalog: BackupCatalog, now: datetime | None = None) -> list[d
             storage = storage_for(entry.location)
             leftovers = storage.list("")  # partial or unlisted files of the same backup folder too
             storage.delete(sorted(set(entry.files) | set(leftovers)))
+            storage.discard()
             catalog.delete(entry.backup_id)
             record["pruned"] = True
         except Exception as exc:

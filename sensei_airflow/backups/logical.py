@@ -95,6 +95,7 @@ def _remove(storage: Storage, names: list[str]) -> list[str]:
     """Delete files; the names that could not be deleted."""
     try:
         storage.delete(names)
+        storage.discard()
     except Exception:
         log.exception("could not delete the files of a failed backup; pruning will")
         return names

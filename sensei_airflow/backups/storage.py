@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -82,6 +81,10 @@ class Storage(ABC):
     @abstractmethod
     def list(self, prefix: str) -> list[str]:
         """Names below a prefix."""
+
+    def discard(self) -> None:
+        """Remove the location itself once it is empty (object stores have no folders: nothing to do)."""
+        return None
 
     def exists(self, name: str) -> bool:
         try:
@@ -179,8 +182,9 @@ class FileStorage(Storage):
         root = self.root.resolve()
         return sorted(str(p.relative_to(root)) for p in base.rglob("*") if p.is_file())
 
-    def remove_tree(self, prefix: str) -> None:
-        shutil.rmtree(self._path(prefix), ignore_errors=True)
+    def discard(self) -> None:
+        if self.root.is_dir() and not any(self.root.iterdir()):
+            self.root.rmdir()
 
 
 # -- S3 ------------------------------------------------------------------------------------------

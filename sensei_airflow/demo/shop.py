@@ -125,8 +125,15 @@ def manifest(
     started_at: datetime | None = None,
     migration_id: str = DEMO_MIGRATION_ID,
     backup_location: str | None = None,
+    pre_migration_backup: str | None = None,
+    backup_retention_days: int = 7,
+    backup_schedule: str | None = None,
 ) -> dict[str, Any]:
-    """The demo migration's manifest, as a mapping (dump it with :func:`manifest_yaml`)."""
+    """The demo migration's manifest, as a mapping (dump it with :func:`manifest_yaml`).
+
+    :param pre_migration_backup: a backup location (local path, ``file://``, ``s3://``, ``gs://``):
+        enables the pre-migration backup (and the scheduled ``sensei_backup``) there.
+    """
     started = (started_at or datetime.now(UTC)).astimezone(UTC)
     rollback: dict[str, Any] = {
         "rollback_window_hours": 168,
@@ -135,6 +142,15 @@ def manifest(
     }
     if backup_location:
         rollback["backup_location"] = backup_location
+    if pre_migration_backup:
+        rollback["backup_before_start"] = True
+        rollback["pre_migration_backup"] = {
+            "enabled": True,
+            "type": "logical",
+            "storage": pre_migration_backup,
+            "retention_days": backup_retention_days,
+            **({"schedule": backup_schedule} if backup_schedule else {}),
+        }
     return {
         "id": migration_id,
         "description": "Demo shop database to the warehouse",

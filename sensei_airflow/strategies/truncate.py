@@ -32,6 +32,13 @@ class TruncateStrategy(RollbackStrategy):
         ]
         return {fk.parent for fk in outside}, refusals
 
+    def _pre_migration_backup_rows(self) -> dict[str, int]:
+        """Per-table rows in the newest pre-migration backup of the target (more evidence of what was there)."""
+        from sensei_airflow.backups.catalog import BackupCatalog
+
+        entry = BackupCatalog(self.state).newest(self.manifest.id, kind="pre_migration", side="target")
+        return entry.row_counts() if entry is not None else {}
+
     def assess(self, scope: list[TableMapping], request: RollbackRequest) -> Assessment:
         tables = [self.target.qualify(t.target) for t in scope]
         existing = set(self.target.user_tables())
@@ -45,6 +52,8 @@ class TruncateStrategy(RollbackStrategy):
                 "back its phase too"
             )
         held_rows = {t: n for t, n in self.state.baselines(self.manifest.id).items() if t in tables and n > 0}
+        backup_rows = self._pre_migration_backup_rows()
+        held_rows |= {t: n for t, n in backup_rows.items() if t in tables and n > 0 and t not in held_rows}
         if held_rows:
             table, rows = next(iter(held_rows.items()))
             raise RefusedError(
@@ -60,7 +69,7 @@ class TruncateStrategy(RollbackStrategy):
             ]
         ]
         warnings = []
-        if not self.state.baselines(self.manifest.id):
+        if not self.state.baselines(self.manifest.id) and not backup_rows:
             warnings.append(
                 "no pre-migration row counts are recorded for this migration: truncate assumes the "
                 "target tables were empty before it"

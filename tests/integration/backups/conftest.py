@@ -1,0 +1,117 @@
+"""Fixtures of the backup tests: a local S3 (moto server), backup folders, and a demo migration with a pre-migration backup.
+
+The e2e backup tests import these fixtures from here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: rows that the target tables hold before the demo migration (ids far above the demo's).
+PRE_EXISTING = {
+    "crm.customers": "INSERT INTO crm.customers (id, name, email_address, balance_cents, created_at) "
+    "SELECT g, 'old ' || g, 'old' || g || '@example.com', g * 10, '2024-01-01' FROM generate_series(900001, 900040) g",
+    "sales.orders": "INSERT INTO sales.orders (id, customer_id, status, total, ordered_at) "
+    "SELECT g, 900001 + g % 40, 'archived', g % 97, '2024-02-01' FROM generate_series(900001, 900100) g",
+    "sales.order_items": "INSERT INTO sales.order_items (order_id, line_no, product, qty, price) "
+    "SELECT 900001 + g % 100, g, 'legacy', 1, 9.99 FROM generate_series(1, 150) g",
+}
+MIGRATED = ["crm.customers", "sales.orders", "sales.order_items"]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A moto S3 server for the session; its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the local S3, reachable through the ``aws_default`` Airflow connection."""
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"},
+            }
+        ),
+    )
+    name = f"backups-{uuid.uuid4().hex[:10]}"
+    boto3.client(
+        "s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=name)  # fmt: skip
+    return name
+
+
+@pytest.fixture
+def backup_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    return folder
+
+
+def fill_target(databases: Any) -> None:
+    """Create the demo's target tables and put rows in them that predate the migration."""
+    from sensei_airflow.demo.shop import TARGET_DDL
+
+    with databases.connect("target") as conn, conn.transaction():
+        conn.execute(TARGET_DDL)
+        for sql in PRE_EXISTING.values():
+            conn.execute(sql)
+
+
+def checksums(databases: Any, tables: list[str] | None = None) -> dict[str, tuple[int, str]]:
+    """Rows and order-independent checksum of each table, straight from the target."""
+    result = {}
+    with databases.connect("target") as conn:
+        for table in tables or MIGRATED:
+            rows, digest = conn.execute(
+                f"SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {table} t"  # noqa: S608
+            ).fetchone()
+            result[table] = (rows, digest)
+    return result
+
+
+def structure(databases: Any) -> dict[str, Any]:
+    """Constraints, indexes and sequences of the migrated tables (what a restore must keep)."""
+    with databases.connect("target") as conn:
+        constraints = conn.execute(
+            "SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE connamespace IN ('crm'::regnamespace, 'sales'::regnamespace) ORDER BY 1, 2"
+        ).fetchall()
+        indexes = conn.execute(
+            "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
+            "WHERE indrelid IN ('crm.customers'::regclass, 'sales.orders'::regclass, 'sales.order_items'::regclass) "
+            "ORDER BY 1"
+        ).fetchall()
+    return {"constraints": constraints, "indexes": indexes}
+
+
+def next_ids(databases: Any) -> dict[str, int]:
+    """What the identity sequences would hand out next (peeked without consuming)."""
+    result = {}
+    with databases.connect("target") as conn:
+        for table in ("crm.customers", "sales.orders"):
+            sequence = conn.execute("SELECT pg_get_serial_sequence(%s, 'id')", (table,)).fetchone()[0]
+            last, called = conn.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()  # noqa: S608
+            result[table] = last + 1 if called else last
+    return result
