@@ -128,7 +128,7 @@ class MsSqlEngine(DbApiEngine):
         if not names:
             return {}
         union = " UNION ALL ".join(
-            f"SELECT %s, COUNT_BIG(*) FROM {self.quote_table(t)}"
+            f"SELECT %s, COUNT_BIG(*) FROM {self.quote_table(t)}"  # noqa: S608 - quoted
             for t in names
         )
         return {str(t): int(n) for t, n in self.query(union, names)}
@@ -146,7 +146,7 @@ class MsSqlEngine(DbApiEngine):
         """
         name = string_literal(self.quote_table(table))
         return Statement(
-            f"IF EXISTS (SELECT 1 FROM sys.identity_columns WHERE object_id = OBJECT_ID({name}) "
+            f"IF EXISTS (SELECT 1 FROM sys.identity_columns WHERE object_id = OBJECT_ID({name}) "  # noqa: S608
             f"AND last_value IS NOT NULL) DBCC CHECKIDENT ({name}, RESEED, {int(seed) - int(increment)})",
             purpose=f"restart the identity of {table}",
         )
@@ -162,7 +162,7 @@ class MsSqlEngine(DbApiEngine):
         for table in tables:
             if table in referenced:
                 statements.append(
-                    Statement(f"DELETE FROM {self.quote_table(table)}", purpose=f"empty {table}")
+                    Statement(f"DELETE FROM {self.quote_table(table)}", purpose=f"empty {table}")  # noqa: S608
                 )
                 identity = self.query(_IDENTITY, (self.quote_table(table),))
                 if identity:
@@ -455,7 +455,7 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
     def windows(self, tables: Sequence[str], point: datetime) -> list[RecoveryWindow]:
         """Open as long as the backups are kept; msdb does not say when they will be deleted."""
         try:
-            database, offset, stop_at, full, _ = self.facts(RecoveryTarget(time=point))
+            _, offset, _, full, _ = self.facts(RecoveryTarget(time=point))
         except PointInTimeRefused:
             return [
                 RecoveryWindow(

@@ -169,7 +169,9 @@ def fake_snowflake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 # -- BigQuery: bqemulator --------------------------------------------------------------------
-BQ_VENV = Path(os.environ.get("SENSEI_BQEMULATOR_VENV", Path.home() / ".cache" / "sensei-airflow" / "bqemulator"))
+BQ_VENV = Path(
+    os.environ.get("SENSEI_BQEMULATOR_VENV", Path.home() / ".cache" / "sensei-airflow" / "bqemulator")
+)
 BQ_LOCK = REPO / "requirements" / "bqemulator.txt"
 DUCKDB_VERSION = "v1.5.5"
 
@@ -191,16 +193,24 @@ def _bq_python() -> Path:
         [uv, "pip", "install", "-q", "--compile-bytecode", "-r", str(BQ_LOCK)],
     ]
     for step in steps:
-        done = subprocess.run(step, env={**os.environ, "VIRTUAL_ENV": str(BQ_VENV)}, capture_output=True, text=True)
+        done = subprocess.run(
+            step, env={**os.environ, "VIRTUAL_ENV": str(BQ_VENV)}, capture_output=True, text=True
+        )
         if done.returncode != 0:
-            pytest.fail(f"building the bqemulator virtualenv failed: {' '.join(step)}\n{done.stderr}", pytrace=False)
+            pytest.fail(
+                f"building the bqemulator virtualenv failed: {' '.join(step)}\n{done.stderr}", pytrace=False
+            )
     stamp.write_text(lock)
     return python
 
 
 def _install_spatial_extension(python: Path) -> None:
     """Copy duckdb's spatial extension from its wheel to where duckdb looks (no download here)."""
-    found = list((BQ_VENV / "lib").glob(f"python3*/site-packages/duckdb_extension_spatial/extensions/{DUCKDB_VERSION}/*"))
+    found = list(
+        (BQ_VENV / "lib").glob(
+            f"python3*/site-packages/duckdb_extension_spatial/extensions/{DUCKDB_VERSION}/*"
+        )
+    )
     if not found:
         pytest.fail("duckdb-extension-spatial is missing from the bqemulator virtualenv", pytrace=False)
     target = Path.home() / ".duckdb" / "extensions" / DUCKDB_VERSION / "linux_amd64"
@@ -267,7 +277,10 @@ def bigquery_conn(bq_emulator: BigQueryEmulator, monkeypatch: pytest.MonkeyPatch
     from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
     from google.api_core.client_options import ClientOptions
 
-    conn = {"conn_type": "google_cloud_platform", "extra": {"project": bq_emulator.project, "is_anonymous": True}}
+    conn = {
+        "conn_type": "google_cloud_platform",
+        "extra": {"project": bq_emulator.project, "is_anonymous": True},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_BQ_TARGET", json.dumps(conn))
     monkeypatch.setattr(
         BigQueryHook, "get_client_options", lambda self, api_endpoint_override=None: ClientOptions(

@@ -20,14 +20,14 @@ def dataset(bigquery_conn, bq_emulator):
     name = f"crm_{uuid.uuid4().hex[:8]}"
     client.create_dataset(name)
     for sql in [
-        f"CREATE TABLE {name}.customers (id INT64, email STRING)",
-        f"CREATE TABLE {name}.orders (id INT64, customer_id INT64)",
-        f"CREATE TABLE {name}.campaigns (id INT64, name STRING)",
-        f"INSERT INTO {name}.customers VALUES (1, 'a'), (2, 'b'), (3, 'c')",
-        f"INSERT INTO {name}.orders VALUES (10, 1), (11, 2)",
-        f"INSERT INTO {name}.campaigns VALUES (1, 'spring')",
+        "CREATE TABLE DS.customers (id INT64, email STRING)",
+        "CREATE TABLE DS.orders (id INT64, customer_id INT64)",
+        "CREATE TABLE DS.campaigns (id INT64, name STRING)",
+        "INSERT INTO DS.customers VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+        "INSERT INTO DS.orders VALUES (10, 1), (11, 2)",
+        "INSERT INTO DS.campaigns VALUES (1, 'spring')",
     ]:
-        client.query(sql).result()
+        client.query(sql.replace("DS.", f"{name}.")).result()
     yield name
     client.delete_dataset(name, delete_contents=True, not_found_ok=True)
 
@@ -67,12 +67,12 @@ def test_time_travel_restores_the_tables_to_the_point(dataset, bigquery_conn, bq
     point = datetime.now(UTC)
     time.sleep(1.1)
     for sql in [  # the "migration", after the point
-        f"INSERT INTO {dataset}.customers VALUES (4, 'd'), (5, 'e')",
-        f"DELETE FROM {dataset}.orders WHERE id = 10",
-        f"UPDATE {dataset}.customers SET email = 'changed' WHERE id = 1",
-        f"INSERT INTO {dataset}.campaigns VALUES (2, 'later')",
+        "INSERT INTO DS.customers VALUES (4, 'd'), (5, 'e')",
+        "DELETE FROM DS.orders WHERE id = 10",
+        "UPDATE DS.customers SET email = 'changed' WHERE id = 1",
+        "INSERT INTO DS.campaigns VALUES (2, 'later')",
     ]:
-        client.query(sql).result()
+        client.query(sql.replace("DS.", f"{dataset}.")).result()
     tables = [f"{dataset}.customers", f"{dataset}.orders"]
     pitr = engine.point_in_time(None)
     target = RecoveryTarget(time=point)
@@ -80,13 +80,14 @@ def test_time_travel_restores_the_tables_to_the_point(dataset, bigquery_conn, bq
     assert plan.detail["time_travel_hours"] == {dataset: 168}
     token = plan.detail["token"]
     assert plan.steps[0] == (
-        f"CREATE OR REPLACE TABLE `{dataset}`.`customers__sensei_{token}` AS SELECT * FROM `{dataset}`.`customers` "
+        f"CREATE OR REPLACE TABLE `{dataset}`.`customers__sensei_{token}` AS SELECT * FROM `{dataset}`.`customers` "  # noqa: S608
         f"FOR SYSTEM_TIME AS OF TIMESTAMP '{point.strftime('%Y-%m-%d %H:%M:%S.%f')}+00:00'"
     )
 
     outcome = pitr.restore(plan, target)
     assert outcome.rows_restored == {f"{dataset}.customers": 3, f"{dataset}.orders": 2}
-    rows = sorted(tuple(r.values()) for r in client.query(f"SELECT id, email FROM {dataset}.customers").result())
+    query = f"SELECT id, email FROM {dataset}.customers"  # noqa: S608
+    rows = sorted(tuple(r.values()) for r in client.query(query).result())
     assert rows == [(1, "a"), (2, "b"), (3, "c")]
     # outside the scope: untouched; the staged copies: gone
     assert engine.row_counts([f"{dataset}.campaigns"]) == {f"{dataset}.campaigns": 2}
@@ -105,7 +106,7 @@ def test_assess_refuses_outside_the_window(dataset, bigquery_conn):
         pitr.assess(tables, RecoveryTarget(time=datetime.now(UTC) - timedelta(days=8)), whole_database=False)
     with pytest.raises(PointInTimeRefused, match="in the future"):
         pitr.assess(tables, RecoveryTarget(time=datetime.now(UTC) + timedelta(hours=1)), whole_database=False)
-    with pytest.raises(PointInTimeRefused, match="created .* after"):
+    with pytest.raises(PointInTimeRefused, match=r"created .* after"):
         pitr.assess(tables, RecoveryTarget(time=datetime.now(UTC) - timedelta(days=1)), whole_database=False)
     with pytest.raises(PointInTimeRefused, match="does not exist"):
         pitr.assess([f"{dataset}.nope"], RecoveryTarget(time=datetime.now(UTC)), whole_database=False)
@@ -117,4 +118,6 @@ def test_hook_construction(bigquery_conn):
     from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
 
     hook = BigQueryEngine(bigquery_conn).hook
-    assert isinstance(hook, BigQueryHook) and hook.gcp_conn_id == bigquery_conn and hook.use_legacy_sql is False
+    assert (
+        isinstance(hook, BigQueryHook) and hook.gcp_conn_id == bigquery_conn and hook.use_legacy_sql is False
+    )

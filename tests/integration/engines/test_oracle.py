@@ -48,7 +48,7 @@ def test_registry_names_and_hook():
     from airflow.providers.oracle.hooks.oracle import OracleHook
 
     assert engine_class("oracle") is OracleEngine
-    engine, hook = oracle()
+    engine, _ = oracle()
     assert engine.qualify("crm.customers") == "CRM.CUSTOMERS"
     assert engine.qualify("orders") == "SHOP.ORDERS"  # the session's current schema
     assert engine.quote_table("crm.customers") == '"CRM"."CUSTOMERS"'
@@ -67,7 +67,10 @@ def test_missing_provider_names_the_extra(monkeypatch):
 def test_catalog_queries():
     engine, hook = oracle()
     fks = engine.foreign_keys()
-    assert [(f.child, f.parent) for f in fks][:2] == [("SALES.ORDERS", "CRM.CUSTOMERS"), ("SALES.ORDER_ITEMS", "SALES.ORDERS")]
+    assert [(f.child, f.parent) for f in fks][:2] == [
+        ("SALES.ORDERS", "CRM.CUSTOMERS"),
+        ("SALES.ORDER_ITEMS", "SALES.ORDERS"),
+    ]
     # only enabled keys of other tables block TRUNCATE
     assert [f.name for f in engine.referenced(["SALES.ORDERS", "SALES.ORDER_ITEMS"])] == ["FK_ITEMS_ORDER"]
     assert engine.referenced(["SALES.ORDER_ITEMS", "CRM.CAMPAIGNS"]) == []
@@ -88,8 +91,8 @@ def test_unreferenced_tables_are_truncated_each_then_identities_restarted():
     assert hook.events()[-6:] == [
         "execute ALTER SESSION SET",
         "execute SELECT :1, COUNT(*)",
-        "execute TRUNCATE TABLE \"SALES\".\"ORDER_ITEMS\"",
-        "execute TRUNCATE TABLE \"CRM\".\"CAMPAIGNS\"",
+        'execute TRUNCATE TABLE "SALES"."ORDER_ITEMS"',
+        'execute TRUNCATE TABLE "CRM"."CAMPAIGNS"',
         "commit",
         "close",
     ]
@@ -182,7 +185,7 @@ def test_assess_refuses(kwargs, message):
 def test_assess_refuses_a_missing_table():
     fb, hook = flashback()
     hook.answers["row_movement"] = []
-    with pytest.raises(PointInTimeRefused, match="table CRM.NOPE does not exist"):
+    with pytest.raises(PointInTimeRefused, match=r"table CRM\.NOPE does not exist"):
         fb.assess(["CRM.NOPE"], RecoveryTarget(time=POINT), whole_database=False)
 
 

@@ -63,7 +63,7 @@ def test_truncate_empties_only_the_scope_in_one_transaction(fake_snowflake):
 def test_truncate_failure_rolls_back_every_table(fake_snowflake):
     fake_snowflake.run(*SCHEMA)
     engine = get_engine(fake_snowflake.conn_id)
-    with pytest.raises(Exception, match="(?i)does not exist|not found"):
+    with pytest.raises(Exception, match=r"(?i)does not exist|not found"):
         engine.empty_tables(["CRM.ORDERS", "CRM.NO_SUCH_TABLE"], referenced_from_outside=[])
     assert engine.row_counts(["CRM.ORDERS", "CRM.CUSTOMERS"]) == {"CRM.ORDERS": 3, "CRM.CUSTOMERS": 3}
 
@@ -127,7 +127,7 @@ def test_time_travel_sql_before_statement_when_query_id_known():
     tt = _time_travel(RecordingHook())
     target = RecoveryTarget(time=POINT, position="01b2c3d4-0000-1111-0000-00000000abcd")
     [clone, *_] = tt.restore_sql(["CRM.CUSTOMERS"], "AB12", target)
-    assert clone.sql.endswith("CLONE \"CRM\".\"CUSTOMERS\" BEFORE(STATEMENT => %s)")
+    assert clone.sql.endswith('CLONE "CRM"."CUSTOMERS" BEFORE(STATEMENT => %s)')
     assert clone.params == ("01b2c3d4-0000-1111-0000-00000000abcd",)
     assert [s.sql for s in tt.undo_sql(["CRM.CUSTOMERS"], "AB12")] == [
         'ALTER TABLE "CRM"."CUSTOMERS" SWAP WITH "CRM"."CUSTOMERS__SENSEI_AB12_PRE"'
@@ -153,13 +153,15 @@ def test_assess_refuses_points_outside_retention(days, point, message):
 def test_assess_refuses_a_table_created_after_the_point():
     rows = [("CRM", "CUSTOMERS", 30, POINT + timedelta(hours=1))]
     hook = RecordingHook(answers={"retention_time": rows})
-    with pytest.raises(PointInTimeRefused, match="created at .* after"):
+    with pytest.raises(PointInTimeRefused, match=r"created at .* after"):
         _time_travel(hook).assess(["CRM.CUSTOMERS"], RecoveryTarget(time=POINT), whole_database=False)
 
 
 def test_assess_reads_retention_and_plans_clone_then_swap():
     hook = RecordingHook(answers={"retention_time": _retention_rows(10)})
-    plan = _time_travel(hook).assess(["CRM.CUSTOMERS", "CRM.ORDERS"], RecoveryTarget(time=POINT), whole_database=True)
+    plan = _time_travel(hook).assess(
+        ["CRM.CUSTOMERS", "CRM.ORDERS"], RecoveryTarget(time=POINT), whole_database=True
+    )
     assert hook.sql("retention_time") and hook.sql("CLONE|SWAP") == []
     assert plan.path == "table" and plan.detail["retention_days"] == {"CRM.CUSTOMERS": 10, "CRM.ORDERS": 10}
     token = plan.detail["token"]
@@ -172,13 +174,15 @@ def test_assess_reads_retention_and_plans_clone_then_swap():
 
 
 def test_restore_runs_clones_before_any_swap_in_autocommit():
-    hook = RecordingHook(answers={"retention_time": _retention_rows(), "COUNT": [("CRM.CUSTOMERS", 5), ("CRM.ORDERS", 7)]})
+    hook = RecordingHook(
+        answers={"retention_time": _retention_rows(), "COUNT": [("CRM.CUSTOMERS", 5), ("CRM.ORDERS", 7)]}
+    )
     tt = _time_travel(hook)
     plan = PointInTimePlan(tables=["CRM.CUSTOMERS", "CRM.ORDERS"], detail={"token": "T1"})
     outcome = tt.restore(plan, RecoveryTarget(time=POINT))
     ddl = hook.sql("CLONE|SWAP|RENAME")
     assert all(s.endswith("AT(TIMESTAMP => %s::TIMESTAMP_TZ)") for s in ddl[:2])
-    assert [s.split()[0:2] + [s.split()[-1]] for s in ddl[2:]] == [
+    assert [[*s.split()[0:2], s.split()[-1]] for s in ddl[2:]] == [
         ["ALTER", "TABLE", '"CRM"."ORDERS__SENSEI_T1_AT"'],
         ["ALTER", "TABLE", '"CRM"."ORDERS__SENSEI_T1_PRE"'],
         ["ALTER", "TABLE", '"CRM"."CUSTOMERS__SENSEI_T1_AT"'],
@@ -201,7 +205,9 @@ def test_restore_retry_skips_tables_already_swapped():
     plan = PointInTimePlan(tables=["CRM.CUSTOMERS", "CRM.ORDERS"], detail={"token": "T1"})
     outcome = tt.restore(plan, RecoveryTarget(time=POINT))
     assert hook.sql("CLONE|SWAP") == []
-    assert hook.sql("RENAME") == ['ALTER TABLE "CRM"."ORDERS__SENSEI_T1_AT" RENAME TO "CRM"."ORDERS__SENSEI_T1_PRE"']
+    assert hook.sql("RENAME") == [
+        'ALTER TABLE "CRM"."ORDERS__SENSEI_T1_AT" RENAME TO "CRM"."ORDERS__SENSEI_T1_PRE"'
+    ]
     assert outcome.detail["already_restored"] == ["CRM.CUSTOMERS"]
 
 

@@ -45,13 +45,16 @@ def _migrated(fake_snowflake, migrations_dir) -> None:
 
 
 def _counts(fake_snowflake) -> dict[str, int]:
-    return {t: fake_snowflake.scalar(f"SELECT count(*) FROM CRM.{t}") for t in ("CUSTOMERS", "ORDERS", "CAMPAIGNS")}
+    tables = ("CUSTOMERS", "ORDERS", "CAMPAIGNS")
+    return {t: fake_snowflake.scalar(f"SELECT count(*) FROM CRM.{t}") for t in tables}  # noqa: S608
 
 
 def test_truncate_rollback_of_one_phase_then_all(fake_snowflake, databases, migrations_dir, airflow_db):
     _migrated(fake_snowflake, migrations_dir)
 
-    phase = run_dag("sensei_rollback", {"migration_id": "mig_snow", "strategy": "truncate", "scope": "phase", "phase": 2})
+    phase = run_dag(
+        "sensei_rollback", {"migration_id": "mig_snow", "strategy": "truncate", "scope": "phase", "phase": 2}
+    )
     assert phase.state == "success", phase.task_states
     assert _counts(fake_snowflake) == {"CUSTOMERS": 40, "ORDERS": 0, "CAMPAIGNS": 2}
     status = phase.xcoms["document"]
