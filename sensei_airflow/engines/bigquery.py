@@ -25,6 +25,7 @@ from sensei_airflow.engines.base import (
     PointInTimeRefused,
     RecoveryTarget,
     RecoveryWindow,
+    SequenceReset,
     Statement,
 )
 from sensei_airflow.engines.dbapi import missing_extra
@@ -127,6 +128,10 @@ class BigQueryEngine(Engine):
         statements = self.empty_tables_sql(tables, referenced_from_outside)
         self.run_statements(statements)
         return statements, removed
+
+    def reset_sequences(self, tables: Sequence[str]) -> list[SequenceReset]:
+        """Nothing to reset: BigQuery has no sequences or identity columns."""
+        return []
 
     # -- point-in-time recovery ----------------------------------------------------------
     def point_in_time(self, settings: Any) -> BigQueryTimeTravel:

@@ -29,6 +29,7 @@ from sensei_airflow.engines.base import (
     PointInTimeRefused,
     RecoveryTarget,
     RecoveryWindow,
+    SequenceReset,
     Statement,
 )
 from sensei_airflow.engines.dbapi import DbApiEngine, missing_extra
@@ -59,6 +60,20 @@ JOIN sys.sql_expression_dependencies d ON d.referencing_id = dc.object_id
 JOIN sys.sequences s ON s.object_id = d.referenced_id
 WHERE dc.parent_object_id = OBJECT_ID(%s)
 ORDER BY 1, 2
+"""
+
+_IDENTITY_COLUMN = """
+SELECT c.name, CAST(c.seed_value AS bigint), CAST(c.increment_value AS bigint)
+FROM sys.identity_columns c WHERE c.object_id = OBJECT_ID(%s)
+"""
+
+_SEQUENCE_COLUMNS = """
+SELECT DISTINCT SCHEMA_NAME(s.schema_id), s.name, c.name, CAST(s.start_value AS bigint), CAST(s.increment AS bigint)
+FROM sys.default_constraints dc
+JOIN sys.columns c ON c.object_id = dc.parent_object_id AND c.column_id = dc.parent_column_id
+JOIN sys.sql_expression_dependencies d ON d.referencing_id = dc.object_id
+JOIN sys.sequences s ON s.object_id = d.referenced_id
+WHERE dc.parent_object_id = OBJECT_ID(%s)
 """
 
 _RECOVERY_MODEL = "SELECT DB_NAME(), recovery_model_desc FROM sys.databases WHERE name = DB_NAME()"
@@ -204,6 +219,39 @@ class MsSqlEngine(DbApiEngine):
             finally:
                 cur.close()
         return [*locks, counts, *work], removed
+
+    def reset_sequences(self, tables: Sequence[str]) -> list[SequenceReset]:
+        """Identity and default sequences of ``tables`` continue just past the column's maximum
+        (from their start when the table is empty), in one transaction."""
+        resets: list[SequenceReset] = []
+        statements: list[Statement] = []
+        for table in tables:
+            quoted = self.quote_table(table)
+            for column, seed, increment in self.query(_IDENTITY_COLUMN, (quoted,)):
+                top = self._max(table, str(column))
+                if top is None:
+                    statements.append(self.reseed_sql(table, int(seed), int(increment)))
+                    next_value = int(seed)
+                else:
+                    statements.append(
+                        Statement(f"DBCC CHECKIDENT ({string_literal(quoted)}, RESEED, {int(top)})")
+                    )
+                    next_value = int(top) + int(increment)
+                resets.append(
+                    SequenceReset(self.qualify(table), str(column), f"IDENTITY({quoted})", next_value)
+                )
+            for schema, name, column, start, increment in self.query(_SEQUENCE_COLUMNS, (quoted,)):
+                top = self._max(table, str(column))
+                next_value = int(start) if top is None else int(top) + int(increment)
+                sequence = f"{self.quote_identifier(schema)}.{self.quote_identifier(name)}"
+                statements.append(Statement(f"ALTER SEQUENCE {sequence} RESTART WITH {next_value}"))
+                resets.append(SequenceReset(self.qualify(table), str(column), f"{schema}.{name}", next_value))
+        self.run_statements(statements)
+        return resets
+
+    def _max(self, table: str, column: str) -> Any:
+        sql = f"SELECT MAX({self.quote_identifier(column)}) FROM {self.quote_table(table)}"  # noqa: S608
+        return self.query(sql)[0][0]
 
     # -- point-in-time recovery ----------------------------------------------------------
     def point_in_time(self, settings: Any) -> MsSqlRestoreCopy:

@@ -31,6 +31,7 @@ from sensei_airflow.engines.base import (
     PointInTimeRefused,
     RecoveryTarget,
     RecoveryWindow,
+    SequenceReset,
     Statement,
 )
 from sensei_airflow.engines.dbapi import DbApiEngine, missing_extra
@@ -52,7 +53,7 @@ ORDER BY 2, 3, 1
 """
 
 _IDENTITY_COLUMNS = """
-SELECT i.column_name, i.generation_type, c.default_on_null, i.identity_options
+SELECT i.column_name, i.generation_type, c.default_on_null, i.identity_options, i.sequence_name
 FROM all_tab_identity_cols i
 JOIN all_tab_columns c ON c.owner = i.owner AND c.table_name = i.table_name AND c.column_name = i.column_name
 WHERE i.owner = :1 AND i.table_name = :2
@@ -76,6 +77,12 @@ def _fold(part: str) -> str:
     if len(part) >= 2 and part[0] == part[-1] == '"':
         return part[1:-1]
     return part.upper()
+
+
+def _identity_option(options: Any, name: str, default: int) -> int:
+    """One number from ``ALL_TAB_IDENTITY_COLS.IDENTITY_OPTIONS`` (``START WITH: 1, INCREMENT BY: 1, ...``)."""
+    match = re.search(rf"{name}:\s*(-?\d+)", str(options or ""))
+    return int(match.group(1)) if match else default
 
 
 def timestamp_literal(moment: datetime) -> str:
@@ -161,28 +168,55 @@ class OracleEngine(DbApiEngine):
             )
         ]
 
-    def identity_restart_sql(self, table: str, columns: Sequence[tuple[Any, ...]]) -> list[Statement]:
+    def identity_restart_sql(
+        self, table: str, columns: Sequence[tuple[Any, ...]], start_with: dict[str, int] | None = None
+    ) -> list[Statement]:
         """``ALTER TABLE ... MODIFY (col GENERATED ... AS IDENTITY (START WITH n))`` per identity column.
 
-        ``columns`` are rows of (column, generation type, default on null, identity options) as
-        ``ALL_TAB_IDENTITY_COLS`` gives them; the generation type and ``ON NULL`` are restated
-        unchanged (``MODIFY`` would otherwise change them).
+        ``columns`` are rows of (column, generation type, default on null, identity options,
+        sequence) as ``ALL_TAB_IDENTITY_COLS`` gives them; the generation type and ``ON NULL`` are
+        restated unchanged (``MODIFY`` would otherwise change them). ``start_with`` overrides the
+        identity's own start value per column.
         """
         statements = []
-        for column, generation, on_null, options in columns:
-            match = re.search(r"START WITH:\s*(-?\d+)", str(options or ""))
-            start = int(match.group(1)) if match else 1
+        for column, generation, on_null, options, *_ in columns:
+            start = (start_with or {}).get(str(column), _identity_option(options, "START WITH", 1))
             kind = "ALWAYS" if str(generation).upper() == "ALWAYS" else "BY DEFAULT"
             if kind == "BY DEFAULT" and str(on_null).upper() == "YES":
                 kind = "BY DEFAULT ON NULL"
             statements.append(
                 Statement(
                     f"ALTER TABLE {self.quote_table(table)} MODIFY ({self.quote_identifier(str(column))} "
-                    f"GENERATED {kind} AS IDENTITY (START WITH {start}))",
+                    f"GENERATED {kind} AS IDENTITY (START WITH {int(start)}))",
                     purpose=f"restart the identity of {table}.{column}",
                 )
             )
         return statements
+
+    def reset_sequences(self, tables: Sequence[str]) -> list[SequenceReset]:
+        """Restart each identity column just past the column's highest value (its start when empty).
+
+        Oracle ties no other sequence to a table (trigger-filled columns are not discoverable).
+        """
+        resets: list[SequenceReset] = []
+        statements: list[Statement] = []
+        for table in tables:
+            columns = self.identity_columns(table)
+            start_with: dict[str, int] = {}
+            for column, _, _, options, sequence in columns:
+                top = self.query(
+                    f"SELECT MAX({self.quote_identifier(str(column))}) FROM {self.quote_table(table)}"  # noqa: S608
+                )[0][0]
+                step = _identity_option(options, "INCREMENT BY", 1)
+                start_with[str(column)] = (
+                    _identity_option(options, "START WITH", 1) if top is None else int(top) + step
+                )
+                resets.append(
+                    SequenceReset(self.qualify(table), str(column), str(sequence), start_with[str(column)])
+                )
+            statements += self.identity_restart_sql(table, columns, start_with)
+        self.run_statements(statements, transaction=False)
+        return resets
 
     def identity_columns(self, table: str) -> list[tuple[Any, ...]]:
         owner, _, name = self.qualify(table).rpartition(".")

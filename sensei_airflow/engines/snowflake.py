@@ -26,6 +26,7 @@ from sensei_airflow.engines.base import (
     PointInTimeRefused,
     RecoveryTarget,
     RecoveryWindow,
+    SequenceReset,
     Statement,
 )
 from sensei_airflow.engines.dbapi import DbApiEngine, missing_extra
@@ -145,6 +146,14 @@ class SnowflakeEngine(DbApiEngine):
             finally:
                 cur.close()
         return statements, removed
+
+    def reset_sequences(self, tables: Sequence[str]) -> list[SequenceReset]:
+        """Not possible in place: reported by the runbook as a warning (see ADR 0602)."""
+        raise NotImplementedError(
+            "Snowflake cannot restart a sequence or an identity column in place (ALTER SEQUENCE only "
+            "changes the increment, and a recreated sequence breaks the column defaults that use it): "
+            "new rows continue after the old highest value, leaving a gap"
+        )
 
     # -- point-in-time recovery ----------------------------------------------------------
     def point_in_time(self, settings: Any) -> SnowflakeTimeTravel:

@@ -24,15 +24,15 @@ SEQUENCES = {"[sales].[order_items]": [("sales", "line_seq")]}
 
 
 def mssql(**extra) -> tuple[MsSqlEngine, RecordingHook]:
-    hook = RecordingHook(
-        answers={
-            "sys.foreign_keys": FKS,
-            "sys.identity_columns WHERE object_id = OBJECT_ID\\(%s\\)": lambda s, p: IDENTITY.get(p[0], []),
-            "sys.default_constraints": lambda s, p: SEQUENCES.get(p[0], []),
-            "COUNT_BIG": lambda s, p: [(name, 4) for name in p],
-            **extra,
-        }
-    )
+    """An engine on a recording hook; ``extra`` answers are tried before the catalog's."""
+    answers = {
+        **extra,
+        "sys.foreign_keys": FKS,
+        "sys.identity_columns WHERE object_id = OBJECT_ID\\(%s\\)": lambda s, p: IDENTITY.get(p[0], []),
+        "sys.default_constraints": lambda s, p: SEQUENCES.get(p[0], []),
+        "COUNT_BIG": lambda s, p: [(name, 4) for name in p],
+    }
+    hook = RecordingHook(answers=answers)
     return with_hook(MsSqlEngine("mssql"), hook), hook
 
 
@@ -240,3 +240,27 @@ def test_windows_start_at_the_full_backup():
     [window] = rc.windows(["crm.customers"], POINT)
     assert window.earliest == datetime(2026, 2, 2, 0, 10, tzinfo=UTC) and window.closes_at is None
     assert window.latest == NOW
+
+
+def test_reset_sequences_reseeds_identities_and_restarts_default_sequences():
+    engine, hook = mssql(
+        **{
+            "FROM sys.identity_columns c": lambda s, p: {"[crm].[customers]": [("id", 1, 1)]}.get(p[0], []),
+            "JOIN sys.columns c ON": lambda s, p: (
+                [("sales", "line_seq", "line_no", 1, 1)] if p[0] == "[sales].[order_items]" else []
+            ),
+            r"MAX\(\[id\]\) FROM \[crm\]": [(57,)],
+            r"MAX\(\[line_no\]\)": [(None,)],
+        }
+    )
+    resets = engine.reset_sequences(["crm.customers", "sales.order_items"])
+    assert [(r.table, r.column, r.next_value) for r in resets] == [
+        ("crm.customers", "id", 58),
+        ("sales.order_items", "line_no", 1),
+    ]
+    assert hook.sql("DBCC|ALTER SEQUENCE") == [
+        "DBCC CHECKIDENT (N'[crm].[customers]', RESEED, 57)",
+        "ALTER SEQUENCE [sales].[line_seq] RESTART WITH 1",
+    ]
+    events = hook.events()
+    assert events[-2:] == ["commit", "close"]  # one transaction

@@ -216,3 +216,8 @@ def test_hook_is_the_providers_snowflake_hook():
 
     hook = SnowflakeEngine("snow_x").hook
     assert isinstance(hook, SnowflakeHook) and hook.snowflake_conn_id == "snow_x"
+
+
+def test_sequences_cannot_be_reset_and_say_why():
+    with pytest.raises(NotImplementedError, match="cannot restart a sequence or an identity column in place"):
+        SnowflakeEngine("snow").reset_sequences(["CRM.CUSTOMERS"])
