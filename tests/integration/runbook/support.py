@@ -257,7 +257,12 @@ def sync_dags(folder: Path) -> list[str]:
     """Parse the DAG files of ``folder`` and store them (and their Assets) in the metadata DB."""
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
 
-    bag = DagBag(dag_folder=str(folder), include_examples=False)
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        DagBundlesManager().sync_bundles_to_db(session=session)
+    bag = DagBag(dag_folder=str(folder))
     assert not bag.import_errors, bag.import_errors
     sync_bag_to_db(bag, "dags-folder", None)
     return list(bag.dags)
@@ -280,3 +285,77 @@ def paused(dag_ids: list[str]) -> dict[str, bool]:
         return {
             m.dag_id: bool(m.is_paused) for m in session.query(DagModel).filter(DagModel.dag_id.in_(dag_ids))
         }
+
+
+# -- manifests and downstream DAGs ----------------------------------------------------------------
+def write_manifest(migrations_dir: Path, **rollback: Any) -> dict[str, Any]:
+    """The demo manifest with ``downstream``/``notify`` (keys starting so) and rollback options."""
+    import yaml
+
+    from sensei_airflow.demo import shop
+
+    document = shop.manifest()
+    for key in ("downstream", "notify"):
+        if key in rollback:
+            document[key] = rollback.pop(key)
+    document["rollback"].update(rollback)
+    (migrations_dir / f"{document['id']}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    return document
+
+
+CONSUMER_DAGS = """
+from datetime import datetime
+
+from airflow.sdk import DAG, Asset
+from airflow.providers.standard.operators.empty import EmptyOperator
+
+for dag_id, schedule in (
+    ("consumer_daily", "@daily"),
+    ("consumer_paused", "@daily"),
+    ("consumer_on_orders", [Asset("{orders_uri}")]),
+    ("bystander", "@daily"),
+):
+    with DAG(dag_id, schedule=schedule, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        EmptyOperator(task_id="read")
+    globals()[dag_id] = dag
+"""
+
+
+def consumer_dags(folder: Path, orders_uri: str) -> list[str]:
+    """Four DAGs in the metadata DB: two named in the manifest, one on the orders Asset, one unrelated.
+
+    ``consumer_paused`` is paused beforehand; the others are active.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "consumers.py").write_text(CONSUMER_DAGS.replace("{orders_uri}", orders_uri))
+    ids = sync_dags(folder)
+    set_paused({dag_id: dag_id == "consumer_paused" for dag_id in ids})
+    return ids
+
+
+class PauseWatcher:
+    """Polls the api-server for the paused flag of some DAGs while a rollback runs."""
+
+    def __init__(self, server: ApiServer, dag_ids: list[str]) -> None:
+        self.server = server
+        self.dag_ids = dag_ids
+        self.seen: dict[str, set[bool]] = {d: set() for d in dag_ids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        with self.server.client() as client:
+            while not self._stop.is_set():
+                for dag_id in self.dag_ids:
+                    response = client.get(f"/api/v2/dags/{dag_id}")
+                    if response.status_code == 200:
+                        self.seen[dag_id].add(response.json()["is_paused"])
+                time.sleep(0.05)
+
+    def __enter__(self) -> PauseWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
