@@ -11,7 +11,7 @@ Point-in-time recovery is Time Travel (``FOR SYSTEM_TIME AS OF``) within the dat
 
 from __future__ import annotations
 
-import secrets
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -274,7 +274,9 @@ class BigQueryTimeTravel(PointInTimeRecovery):
     ) -> PointInTimePlan:
         hours, created = self._facts(tables)
         self.check(tables, target, hours, created, self.clock())
-        token = secrets.token_hex(4)
+        # the same for every attempt (execute re-plans): a retry replaces its own staged copies
+        key = "|".join([target.time.astimezone(UTC).isoformat(), *tables])
+        token = hashlib.sha256(key.encode()).hexdigest()[:8]
         return PointInTimePlan(
             tables=list(tables),
             path="table",

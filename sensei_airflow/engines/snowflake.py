@@ -12,7 +12,7 @@ docs/adr/0600-snowflake-time-travel-clone-and-swap.md.
 
 from __future__ import annotations
 
-import secrets
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,9 +49,10 @@ JOIN information_schema.table_constraints pk
 ORDER BY 2, 3, 1
 """
 
-#: retention (DATA_RETENTION_TIME_IN_DAYS, as INFORMATION_SCHEMA.TABLES.RETENTION_TIME) and creation time.
+#: retention (DATA_RETENTION_TIME_IN_DAYS, as INFORMATION_SCHEMA.TABLES.RETENTION_TIME), creation
+#: and last change (DML or DDL) of every table.
 _RETENTION = """
-SELECT table_schema, table_name, retention_time, created FROM information_schema.tables
+SELECT table_schema, table_name, retention_time, created, last_altered FROM information_schema.tables
 WHERE table_type = 'BASE TABLE' AND table_schema <> 'INFORMATION_SCHEMA'
 """
 
@@ -159,12 +160,32 @@ class SnowflakeEngine(DbApiEngine):
     def point_in_time(self, settings: Any) -> SnowflakeTimeTravel:
         return SnowflakeTimeTravel(self)
 
-    def table_retention(self) -> dict[str, tuple[int, datetime | None]]:
-        """``{table: (DATA_RETENTION_TIME_IN_DAYS, created)}`` for every user table."""
+    def table_retention(self) -> dict[str, TableTimes]:
+        """``{table: (DATA_RETENTION_TIME_IN_DAYS, created, last_altered)}`` for every user table."""
         return {
-            f"{schema}.{name}": (int(days or 0), created)
-            for schema, name, days, created in self.query(_RETENTION)
+            f"{row[0]}.{row[1]}": TableTimes(int(row[2] or 0), row[3], row[4] if len(row) > 4 else None)
+            for row in self.query(_RETENTION)
         }
+
+
+@dataclass(frozen=True)
+class TableTimes:
+    """What Time Travel needs to know of a table."""
+
+    retention_days: int
+    created: datetime | None
+    last_altered: datetime | None = None
+
+
+#: swap and rename of one table happen within this; a live table changed later than its kept
+#: copy was made by an earlier rollback, not by an interrupted attempt of this one.
+SWAP_GRACE = timedelta(minutes=10)
+
+
+def restore_token(tables: Sequence[str], target: RecoveryTarget) -> str:
+    """The same for every attempt of one rollback (execute re-plans), so a retry finds its own tables."""
+    key = "|".join([target.time.astimezone(UTC).isoformat(), target.position or "", *tables])
+    return hashlib.sha256(key.encode()).hexdigest()[:8].upper()
 
 
 @dataclass(frozen=True)
@@ -262,7 +283,7 @@ class SnowflakeTimeTravel(PointInTimeRecovery):
         self,
         tables: Sequence[str],
         target: RecoveryTarget,
-        retention: dict[str, tuple[int, datetime | None]],
+        retention: dict[str, TableTimes],
         now: datetime,
     ) -> None:
         """Refuse a point in the future, a table that did not exist yet, or a point outside its retention."""
@@ -273,7 +294,7 @@ class SnowflakeTimeTravel(PointInTimeRecovery):
         for table in tables:
             if table not in retention:
                 raise PointInTimeRefused(f"table {table} does not exist on {self.engine.conn_id}")
-            days, created = retention[table]
+            days, created = retention[table].retention_days, retention[table].created
             if days <= 0:
                 raise PointInTimeRefused(
                     f"{table} has DATA_RETENTION_TIME_IN_DAYS = 0 (no Time Travel): it cannot be restored to a "
@@ -297,7 +318,7 @@ class SnowflakeTimeTravel(PointInTimeRecovery):
     ) -> PointInTimePlan:
         retention = self.engine.table_retention()
         self.check(tables, target, retention, self.clock())
-        token = secrets.token_hex(4).upper()
+        token = restore_token(tables, target)
         statements = self.restore_sql(tables, token, target)
         kept = [self.names(t, token).kept for t in tables]
         return PointInTimePlan(
@@ -314,7 +335,7 @@ class SnowflakeTimeTravel(PointInTimeRecovery):
                 "token": token,
                 "undo": [s.sql for s in self.undo_sql(tables, token)],
                 "cleanup": [s.sql for s in self.cleanup_sql(tables, token)],
-                "retention_days": {t: retention[t][0] for t in tables},
+                "retention_days": {t: retention[t].retention_days for t in tables},
             },
         )
 
@@ -323,7 +344,7 @@ class SnowflakeTimeTravel(PointInTimeRecovery):
         token = str(plan.detail["token"])
         tables = list(plan.tables)
         existing = self.engine.table_retention()
-        done = [t for t in tables if self.names(t, token).kept in existing]
+        done = [t for t in tables if self._already_restored(t, token, existing)]
         todo = [t for t in tables if t not in done]
         # a clone left by an interrupted run that was already swapped in (crash between swap and
         # rename): the live table is then the newer one of the pair
@@ -344,14 +365,29 @@ class SnowflakeTimeTravel(PointInTimeRecovery):
             detail={**plan.detail, "already_restored": done},
         )
 
-    def _already_swapped(
-        self, table: str, token: str, existing: dict[str, tuple[int, datetime | None]]
-    ) -> bool:
+    def _already_swapped(self, table: str, token: str, existing: dict[str, TableTimes]) -> bool:
         restored = self.names(table, token).restored
         if restored not in existing:
             return False
-        live_created, clone_created = existing[table][1], existing[restored][1]
+        live_created, clone_created = existing[table].created, existing[restored].created
         return live_created is not None and clone_created is not None and live_created > clone_created
+
+    def _already_restored(self, table: str, token: str, existing: dict[str, TableTimes]) -> bool:
+        """The kept copy of this rollback exists, and the live table has not changed since the swap.
+
+        :raises PointInTimeRefused: the kept copy is left from an earlier rollback to the same point
+            and the table changed since: restoring would need that name.
+        """
+        kept = self.names(table, token).kept
+        if kept not in existing:
+            return False
+        live, copy = existing[table].last_altered, existing[kept].last_altered
+        if live is not None and copy is not None and _aware(live) > _aware(copy) + SWAP_GRACE:
+            raise PointInTimeRefused(
+                f"{kept} is left from an earlier rollback of {table} to the same point, and {table} changed "
+                f"since: drop {kept} once it is no longer needed, then retry"
+            )
+        return True
 
     def windows(self, tables: Sequence[str], point: datetime) -> list[RecoveryWindow]:
         retention = self.engine.table_retention()
@@ -360,9 +396,9 @@ class SnowflakeTimeTravel(PointInTimeRecovery):
             RecoveryWindow(
                 mechanism=self.mechanism,
                 table=t,
-                earliest=now - timedelta(days=retention[t][0]),
+                earliest=now - timedelta(days=retention[t].retention_days),
                 latest=now,
-                closes_at=point + timedelta(days=retention[t][0]),
+                closes_at=point + timedelta(days=retention[t].retention_days),
                 limit="Time Travel retention (DATA_RETENTION_TIME_IN_DAYS)",
             )
             for t in tables

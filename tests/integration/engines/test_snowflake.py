@@ -221,3 +221,27 @@ def test_hook_is_the_providers_snowflake_hook():
 def test_sequences_cannot_be_reset_and_say_why():
     with pytest.raises(NotImplementedError, match="cannot restart a sequence or an identity column in place"):
         SnowflakeEngine("snow").reset_sequences(["CRM.CUSTOMERS"])
+
+
+def test_every_attempt_plans_the_same_helper_tables():
+    """execute re-plans on each try: the names must not change, or a retry would not find its clones."""
+    hook = RecordingHook(answers={"retention_time": _retention_rows()})
+    tables, target = ["CRM.CUSTOMERS", "CRM.ORDERS"], RecoveryTarget(time=POINT)
+    first = _time_travel(hook).assess(tables, target, whole_database=False)
+    second = _time_travel(hook).assess(tables, target, whole_database=False)
+    other = _time_travel(hook).assess(
+        tables, RecoveryTarget(time=POINT - timedelta(hours=1)), whole_database=False
+    )
+    assert first.detail["token"] == second.detail["token"] != other.detail["token"]
+
+
+def test_restore_refuses_a_copy_left_by_an_earlier_rollback_of_a_table_changed_since():
+    rows = [
+        ("CRM", "CUSTOMERS", 30, CREATED + timedelta(days=35), NOW),  # changed after the earlier rollback
+        ("CRM", "CUSTOMERS__SENSEI_T1_PRE", 30, CREATED, NOW - timedelta(days=2)),
+    ]
+    hook = RecordingHook(answers={"retention_time": rows})
+    plan = PointInTimePlan(tables=["CRM.CUSTOMERS"], detail={"token": "T1"})
+    with pytest.raises(PointInTimeRefused, match=r"left from an earlier rollback of CRM\.CUSTOMERS"):
+        _time_travel(hook).restore(plan, RecoveryTarget(time=POINT))
+    assert hook.sql("CLONE|SWAP|RENAME") == []
