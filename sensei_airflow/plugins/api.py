@@ -1,9 +1,385 @@
-"""The sensei REST API, served by Airflow's api-server under ``/sensei``."""
+"""The sensei REST API, served by Airflow's api-server under ``/sensei``.
 
-from __future__ import annotations
+Endpoints (the seed's API, prefixed with ``/sensei``):
+
+- ``GET  /sensei/v1/migrations``: the migrations, their rollback windows and newest backups;
+- ``POST /sensei/v1/migrations/{id}/rollback``: start a ``sensei_rollback`` run with the seed's body;
+- ``GET  /sensei/v1/migrations/{id}/rollback/status``: the status document of the newest rollback;
+- ``GET  /sensei/v1/migrations/{id}/rollback/plan``: the dry-run plan, without starting anything.
+
+Every endpoint sits behind Airflow's own authentication (a JWT from ``POST /auth/token``, or the
+UI's session cookie) and the auth manager's permissions on the ``sensei_rollback`` DAG: reading
+needs read access to its runs, starting a rollback needs the right to trigger it. The body is
+validated by :class:`~sensei_airflow.conf.RollbackRequest`, the model the DAG's form is generated
+from, so the API accepts exactly what a run would accept.
+"""
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from functools import cache
+from typing import Annotated, Any
 
 from airflow.plugins_manager import AirflowPlugin
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from sensei_airflow.conf import InvalidRequest, RollbackRequest
+from sensei_airflow.manifest import Manifest
+from sensei_airflow.plan import RefusedError
+
+ROLLBACK_DAG_ID = "sensei_rollback"
+URL_PREFIX = "/sensei"
+#: how many recent ``sensei_rollback`` runs the status endpoint looks through for queued ones.
+RECENT_RUNS = 50
+
+
+def _requires(method: str) -> Callable[..., None]:
+    """Airflow's own check: the caller may ``method`` the runs of ``sensei_rollback``."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
+    return requires_access_dag(method=method, access_entity=DagAccessEntity.RUN, param_dag_id=ROLLBACK_DAG_ID)  # type: ignore[arg-type]
+
+
+def _user_dependency() -> Any:
+    from airflow.api_fastapi.core_api.security import GetUserDep
+
+    return GetUserDep
+
+
+# -- domain helpers (no FastAPI) ------------------------------------------------------------------
+def _manifest(migration_id: str) -> Manifest:
+    from sensei_airflow.manifest import load_manifests
+
+    try:
+        return load_manifests().get(migration_id)
+    except LookupError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+def _request(migration_id: str, body: Mapping[str, Any]) -> RollbackRequest:
+    """The body plus the path's migration id, validated as the DAG's run conf is."""
+    if not isinstance(body, Mapping):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the request body must be a JSON object")
+    given = body.get("migration_id")
+    if given is not None and given != migration_id:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"migration_id: the body names {given!r} but the path names {migration_id!r}",
+        )
+    try:
+        return RollbackRequest.parse({**body, "migration_id": migration_id})
+    except InvalidRequest as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+
+
+def precheck(manifest: Manifest, request: RollbackRequest, now: datetime) -> None:
+    """The checks that need no database: scope, window, strategy available in this installation.
+
+    Assess repeats them (and the ones that need the databases) in the run itself.
+
+    :raises RefusedError: with the reason, in one line.
+    """
+    from sensei_airflow.plan import resolve_scope, strategy_candidates
+    from sensei_airflow.runbook import check_window
+    from sensei_airflow.strategies import STRATEGY_CLASSES
+
+    resolve_scope(manifest, request)
+    check_window(manifest, now)
+    candidates = strategy_candidates(manifest, request)
+    if not any(c in STRATEGY_CLASSES for c in candidates):
+        available = ", ".join(sorted(STRATEGY_CLASSES))
+        wanted = " or ".join(str(c) for c in candidates)
+        raise RefusedError(
+            f"strategy {wanted} is not available in this installation (available: {available})"
+        )
+
+
+def plan_preview(manifest: Manifest, request: RollbackRequest, actor: str | None) -> dict[str, Any]:
+    """Assess the request as the run's first task would, as a dry run: reads only, starts nothing."""
+    from uuid import uuid4
+
+    from sensei_airflow.runbook import RunContext, assess
+    from sensei_airflow.state import utcnow
+
+    dry = request.model_copy(update={"dry_run": True})
+    run = RunContext(rollback_id=f"plan_{uuid4().hex[:12]}", actor=actor, now=utcnow())
+    return assess(manifest, dry, run).model_dump(mode="json")
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+def document_from_record(record: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """The status document of a run record; built from the plan while the run is unfinished."""
+    if record.get("status_document"):
+        return dict(record["status_document"])
+    plan = record.get("plan") or {}
+    scope = {**(plan.get("scope") or {"scope": (record.get("request") or {}).get("scope", "all")})}
+    scope["tables"] = [t["target"] for t in plan.get("tables", [])]
+    started = record.get("started_at")
+    return {
+        "migration_id": record["migration_id"],
+        "rollback_id": record["rollback_id"],
+        "rollback_status": record["status"],
+        "strategy_used": record.get("strategy"),
+        "restored_to": plan.get("restore_to"),
+        "scope": scope,
+        "verification": {
+            "source_comparison": "skipped",
+            "record_counts_match": None,
+            "sample_verification": "skipped",
+        },
+        "duration_seconds": round((now - started).total_seconds()) if isinstance(started, datetime) else None,
+    }
+
+
+def queued_document(migration_id: str, dag_run: Any, now: datetime) -> dict[str, Any]:
+    """A run Airflow holds whose first task has not written its record yet."""
+    conf = dag_run.conf or {}
+    state = str(dag_run.state)
+    started = dag_run.start_date or dag_run.queued_at
+    return {
+        "migration_id": migration_id,
+        "rollback_id": dag_run.run_id,
+        "rollback_status": "failed" if state == "failed" else "running",
+        "strategy_used": None,
+        "restored_to": None,
+        "scope": {"scope": conf.get("scope", "all"), "tables": []},
+        "verification": {
+            "source_comparison": "skipped",
+            "record_counts_match": None,
+            "sample_verification": "skipped",
+        },
+        "duration_seconds": round((now - started).total_seconds()) if started else 0,
+    }
+
+
+def _recent_runs(migration_id: str) -> list[Any]:
+    """The newest ``sensei_rollback`` runs for this migration, newest first (metadata database)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        runs = session.scalars(
+            select(DagRun)
+            .where(DagRun.dag_id == ROLLBACK_DAG_ID)
+            .order_by(DagRun.run_after.desc(), DagRun.id.desc())
+            .limit(RECENT_RUNS)
+        ).all()
+        session.expunge_all()
+    return [r for r in runs if (r.conf or {}).get("migration_id") == migration_id]
+
+
+def newest_backups(manifest: Manifest, limit: int = 3) -> list[dict[str, Any]]:
+    """The migration's newest usable backups (newest first), from the backup catalog in its state store."""
+    try:
+        from sensei_airflow.backups.catalog import BackupCatalog
+    except ImportError:  # an installation without the backups package lists none
+        return []
+    from sensei_airflow.state import StateStore
+
+    entries = BackupCatalog(StateStore(manifest.state.conn_id)).list(manifest.id)
+    return [e.summary() for e in entries if e.usable()][:limit]
+
+
+def migration_summary(manifest: Manifest, now: datetime) -> dict[str, Any]:
+    closes = manifest.window_closes_at()
+    rollback = manifest.rollback
+    return {
+        "id": manifest.id,
+        "description": manifest.description,
+        "source": manifest.source.conn_id,
+        "target": manifest.target.conn_id,
+        "started_at": _iso(manifest.started_at),
+        "rollback_window": {
+            "hours": rollback.rollback_window_hours,
+            "closes_at": _iso(closes),
+            "open": closes is None or now <= closes,
+        },
+        "preferred_strategy": str(rollback.preferred_strategy),
+        "fallback_strategy": str(rollback.fallback_strategy) if rollback.fallback_strategy else None,
+        "phases": [
+            {"phase": p.phase, "tables": [t.target for t in p.tables]}
+            for p in sorted(manifest.phases, key=lambda p: p.phase)
+        ],
+        **_backups_block(manifest),
+    }
+
+
+def _backups_block(manifest: Manifest) -> dict[str, Any]:
+    """``backups``, or ``backups_error`` when the state store cannot be read (the listing still answers)."""
+    try:
+        return {"backups": newest_backups(manifest)}
+    except Exception as exc:
+        return {"backups": [], "backups_error": f"{type(exc).__name__}: {exc}"}
+
+
+# -- the FastAPI application ----------------------------------------------------------------------
+def create_app() -> FastAPI:
+    """The FastAPI app mounted by Airflow's api-server at :data:`URL_PREFIX`."""
+    app = FastAPI(
+        title="Sensei rollback API",
+        description="Roll back data migrations through the sensei_rollback runbook.",
+        version="1",
+    )
+    user_dep = _user_dependency()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        return JSONResponse({"detail": problems}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.get("/v1/migrations", dependencies=[Depends(_requires("GET"))])
+    def list_migrations() -> dict[str, Any]:
+        """Every migration manifest with its rollback window and newest backups."""
+        from sensei_airflow.manifest import load_manifests
+        from sensei_airflow.state import utcnow
+
+        manifests = load_manifests()
+        now = utcnow()
+        return {
+            "migrations": [migration_summary(m, now) for m in sorted(manifests, key=lambda m: m.id)],
+            "errors": [str(e) for e in manifests.errors],
+        }
+
+    @app.post(
+        "/v1/migrations/{migration_id}/rollback",
+        status_code=status.HTTP_202_ACCEPTED,
+        dependencies=[Depends(_requires("POST"))],
+    )
+    def start_rollback(
+        migration_id: str,
+        user: user_dep,  # type: ignore[valid-type]  # evaluated: no postponed annotations here
+        body: Annotated[dict[str, Any] | None, Body()] = None,
+    ) -> dict[str, Any]:
+        """Start a rollback; answers its id (the Airflow run id of ``sensei_rollback``)."""
+        from airflow.api.common.trigger_dag import trigger_dag
+        from airflow.exceptions import DagNotFound
+        from airflow.utils.types import DagRunTriggeredByType
+
+        from sensei_airflow.state import utcnow
+
+        request = _request(migration_id, body or {})
+        manifest = _manifest(migration_id)
+        try:
+            precheck(manifest, request, utcnow())
+        except RefusedError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        try:
+            dag_run = trigger_dag(
+                ROLLBACK_DAG_ID,
+                triggered_by=DagRunTriggeredByType.REST_API,
+                triggering_user_name=user.get_name(),
+                conf=request.conf(),
+                note=request.reason,
+            )
+        except DagNotFound as exc:
+            detail = f"{exc}: is the dag processor running?"
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail) from None
+        except ValueError as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+        if dag_run is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the rollback run could not be created")
+        status_url = f"{URL_PREFIX}/v1/migrations/{migration_id}/rollback/status"
+        return {
+            "migration_id": migration_id,
+            "rollback_id": dag_run.run_id,
+            "rollback_status": "running",
+            "dag_id": ROLLBACK_DAG_ID,
+            "request": request.conf(),
+            "status_url": f"{status_url}?rollback_id={dag_run.run_id}",
+        }
+
+    @app.get("/v1/migrations/{migration_id}/rollback/status", dependencies=[Depends(_requires("GET"))])
+    def rollback_status(
+        migration_id: str,
+        rollback_id: Annotated[str | None, Query(description="a given rollback; default: the newest")] = None,
+    ) -> dict[str, Any]:
+        """The status document of the newest (or the given) rollback of the migration."""
+        from sensei_airflow.state import StateStore, utcnow
+
+        manifest = _manifest(migration_id)
+        store = StateStore(manifest.state.conn_id)
+        now = utcnow()
+        if rollback_id is not None:
+            record = store.get_run(rollback_id)
+            if record is not None and record["migration_id"] == migration_id:
+                return document_from_record(record, now)
+            runs = [r for r in _recent_runs(migration_id) if r.run_id == rollback_id]
+            if runs:
+                return queued_document(migration_id, runs[0], now)
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no rollback {rollback_id!r} of {migration_id}")
+        record = store.latest_run(migration_id)
+        for dag_run in _recent_runs(migration_id):
+            if record is not None and dag_run.run_id == record["rollback_id"]:
+                break
+            if store.get_run(dag_run.run_id) is None:
+                return queued_document(migration_id, dag_run, now)
+            break
+        if record is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no rollback of {migration_id} yet")
+        return document_from_record(record, now)
+
+    @app.get("/v1/migrations/{migration_id}/rollback/plan", dependencies=[Depends(_requires("GET"))])
+    def rollback_plan(
+        migration_id: str,
+        user: user_dep,  # type: ignore[valid-type]
+        strategy: str | None = None,
+        scope: str | None = None,
+        phase: int | None = None,
+        tables: Annotated[list[str] | None, Query(description="repeat, or comma-separated")] = None,
+        restore_to: str | None = None,
+        backup_id: str | None = None,
+        verify_after: bool | None = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """The dry-run plan of a rollback (tables in order, rows each would lose, the SQL); starts nothing."""
+        if tables:
+            tables = [t.strip() for item in tables for t in item.split(",") if t.strip()]
+        given = {
+            "strategy": strategy,
+            "scope": scope,
+            "phase": phase,
+            "tables": tables,
+            "restore_to": restore_to,
+            "backup_id": backup_id,
+            "verify_after": verify_after,
+            "reason": reason,
+        }
+        request = _request(migration_id, {k: v for k, v in given.items() if v is not None})
+        manifest = _manifest(migration_id)
+        try:
+            return plan_preview(manifest, request, user.get_name())
+        except RefusedError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+
+    return app
+
+
+@cache
+def _app() -> FastAPI:
+    return create_app()
 
 
 class SenseiApiPlugin(AirflowPlugin):
+    """Registers the sensei REST API on Airflow's api-server.
+
+    The app is built when the api-server asks for it, so other processes that load plugins
+    (scheduler, workers, dag processor) do not pay for the api-server's imports.
+    """
+
     name = "sensei"
+
+    @property  # type: ignore[override]
+    def fastapi_apps(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return [{"app": _app(), "url_prefix": URL_PREFIX, "name": "Sensei rollback API"}]

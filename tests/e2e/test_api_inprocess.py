@@ -1,0 +1,179 @@
+"""The sensei REST API in-process: Airflow's own app (``create_app()``) under ``TestClient``.
+
+Airflow's real auth manager and permissions answer; the DAGs are synced into the test's metadata
+database as the dag processor would; the run an API call queues is then run with ``dag.test``
+using exactly the conf the API stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.seed_payloads import EMPTIED, SEED_PAYLOADS, assert_status_shape, strategy_available
+from tests.fixtures import REPO, run_dag
+
+pytestmark = pytest.mark.e2e
+MIG = "mig_shop_2026"
+ROLLBACK = f"/sensei/v1/migrations/{MIG}/rollback"
+
+
+def _sync_dags() -> None:
+    """Write the repository's DAGs into the metadata database, as the dag processor does."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+
+    manager = DagBundlesManager()
+    manager.sync_bundles_to_db()
+    for bundle in manager.get_all_dag_bundles():
+        if not bundle.is_initialized:
+            bundle.initialize()
+        bag = BundleDagBag(dag_folder=str(REPO / "dags"), bundle_path=bundle.path, bundle_name=bundle.name)
+        assert not bag.import_errors, bag.import_errors
+        sync_bag_to_db(bag, bundle.name, bundle.version)
+
+
+@pytest.fixture
+def api(migrated: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``TestClient`` on Airflow's api-server app, with the sensei plugin mounted; demo migrated."""
+    from airflow.api_fastapi.app import create_app
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,viewer:viewer,op:op")
+    _sync_dags()
+    with TestClient(create_app()) as client:
+        yield client
+
+
+def _token(role: str) -> dict[str, str]:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    jwt = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username=role, role=role))
+    return {"Authorization": f"Bearer {jwt}"}
+
+
+def _queued_conf(run_id: str) -> dict[str, Any]:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        run = session.query(DagRun).filter_by(dag_id="sensei_rollback", run_id=run_id).one()
+        assert str(run.state) == "queued"
+        assert run.triggering_user_name == "admin"
+        return dict(run.conf)
+
+
+@pytest.mark.parametrize("payload", list(SEED_PAYLOADS))
+def test_seed_payload_accepted_then_run(api: Any, databases: Any, payload: str) -> None:
+    body = SEED_PAYLOADS[payload]
+    response = api.post(ROLLBACK, json=body, headers=_token("admin"))
+    if not strategy_available(payload):
+        assert response.status_code == 422, response.text
+        assert (
+            f"strategy {body['strategy']} is not available in this installation" in response.json()["detail"]
+        )
+        return
+    assert response.status_code == 202, response.text
+    run_id = response.json()["rollback_id"]
+    conf = _queued_conf(run_id)
+    assert conf == {**conf, **body, "migration_id": MIG}
+
+    queued = api.get(f"{ROLLBACK}/status", headers=_token("viewer"))
+    assert queued.status_code == 200, queued.text
+    assert_status_shape(queued.json())
+    assert queued.json()["rollback_id"] == run_id
+    assert queued.json()["rollback_status"] == "running"
+
+    outcome = run_dag("sensei_rollback", conf)
+    status = api.get(f"{ROLLBACK}/status", params={"rollback_id": outcome.run_id}, headers=_token("viewer"))
+    assert status.status_code == 200, status.text
+    document = status.json()
+    assert_status_shape(document)
+    assert document == outcome.xcoms["document"]
+    if payload in EMPTIED:
+        assert outcome.state == "success", outcome.task_states
+        assert document["rollback_status"] == "completed"
+        for table in EMPTIED[payload]:
+            assert databases.scalar("target", f"SELECT count(*) FROM {table}") == 0  # noqa: S608
+
+
+def test_authentication_and_permissions(api: Any) -> None:
+    body = {"strategy": "truncate"}
+    assert api.post(ROLLBACK, json=body).status_code == 401
+    assert api.get("/sensei/v1/migrations").status_code == 401
+    assert api.post(ROLLBACK, json=body, headers={"Authorization": "Bearer forged"}).status_code in (401, 403)
+    refused = api.post(ROLLBACK, json=body, headers=_token("viewer"))
+    assert refused.status_code == 403, refused.text
+    assert api.get("/sensei/v1/migrations", headers=_token("viewer")).status_code == 200
+    assert api.post(ROLLBACK, json=body, headers=_token("op")).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        ({"strategy": "truncate", "force": True}, 422, "force: unknown key"),
+        ({"strategy": "rm -rf"}, 422, "strategy: Input should be"),
+        ({"strategy": "truncate", "scope": "tables"}, 422, "scope 'tables' needs a non-empty list of tables"),
+        ({"strategy": "truncate", "scope": "phase", "phase": 0}, 422, "phase: Input should be greater than"),
+        ({"strategy": "truncate", "scope": "phase", "phase": 7}, 422, "phase 7 does not exist"),
+        ({"strategy": "truncate", "scope": "tables", "tables": ["o'rders"]}, 422, "is not part of"),
+        ({"strategy": "truncate", "tables": ["orders"]}, 422, "tables is only used with scope 'tables'"),
+        ({"strategy": "truncate", "restore_to": "2026-02-02T07:59:00Z"}, 422, "restore_to is only used"),
+        ({"strategy": "point_in_time", "restore_to": "2026-02-02 07:59"}, 422, "restore_to"),
+        ({"strategy": "truncate", "dry_run": "maybe"}, 422, "dry_run"),
+    ],
+)
+def test_bad_bodies(api: Any, body: dict[str, Any], status: int, reason: str) -> None:
+    response = api.post(ROLLBACK, json=body, headers=_token("admin"))
+    assert response.status_code == status, response.text
+    assert reason in response.json()["detail"], response.text
+
+
+def test_unknown_migration_and_no_rollback_yet(api: Any, migrations_dir: Any) -> None:
+    from tests.fixtures import write_demo_manifest
+
+    write_demo_manifest(migrations_dir, migration_id="mig_quiet_2026")
+    unknown = api.post("/sensei/v1/migrations/mig_nope/rollback", json={}, headers=_token("admin"))
+    assert unknown.status_code == 404
+    assert "known: mig_quiet_2026, mig_shop_2026" in unknown.json()["detail"]
+    none_yet = api.get("/sensei/v1/migrations/mig_quiet_2026/rollback/status", headers=_token("admin"))
+    assert none_yet.status_code == 404
+    assert "no rollback of mig_quiet_2026 yet" in none_yet.json()["detail"]
+
+
+def test_plan_is_a_dry_run(api: Any, databases: Any, migrated: dict[str, int]) -> None:
+    response = api.get(
+        f"{ROLLBACK}/plan",
+        params={"strategy": "truncate", "scope": "phase", "phase": 3},
+        headers=_token("viewer"),
+    )
+    assert response.status_code == 200, response.text
+    plan = response.json()
+    assert plan["dry_run"] is True
+    assert [t["target"] for t in plan["tables"]] == ["sales.order_items"]
+    assert plan["tables"][0]["rows"] == migrated["sales.order_items"]
+    assert (
+        databases.scalar("target", "SELECT count(*) FROM sales.order_items") == migrated["sales.order_items"]
+    )
+    refused = api.get(
+        f"{ROLLBACK}/plan",
+        params={"strategy": "truncate", "scope": "phase", "phase": 2},
+        headers=_token("viewer"),
+    )
+    assert refused.status_code == 409, refused.text
+    assert "sales.order_items (outside the scope) references sales.orders" in refused.json()["detail"]
+
+
+def test_listing(api: Any, migrations_dir: Any) -> None:
+    (migrations_dir / "mig_broken.yaml").write_text("id: mig_broken\nphases: []\n")
+    response = api.get("/sensei/v1/migrations", headers=_token("viewer"))
+    assert response.status_code == 200, response.text
+    assert any("mig_broken.yaml" in error for error in response.json()["errors"])
+    (migration,) = response.json()["migrations"]
+    assert migration["id"] == MIG
+    assert migration["rollback_window"]["open"] is True
+    assert migration["preferred_strategy"] == "truncate"
+    assert "backups_error" not in migration, migration
