@@ -372,6 +372,10 @@ class OracleFlashback(PointInTimeRecovery):
             detail={"scn_at_point": scn, "undo_retention_seconds": retention},
         )
 
+    def create_restore_point(self, name: str) -> str | None:
+        """The current SCN: a rollback to the migration's start then flashes back ``TO SCN`` exactly."""
+        return str(int(self.engine.query(_CURRENT_SCN)[0][0]))
+
     def restore(self, plan: PointInTimePlan, target: RecoveryTarget) -> PointInTimeOutcome:
         tables = list(plan.tables)
         self.check(tables, target, self.clock())

@@ -313,6 +313,18 @@ class SnowflakeTimeTravel(PointInTimeRecovery):
                 )
 
     # -- the interface -------------------------------------------------------------------------
+    def create_restore_point(self, name: str) -> str | None:
+        """The id of a query run now: ``BEFORE(STATEMENT => id)`` is then exactly the migration's start."""
+        with self.engine.connect() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute("SELECT %s AS sensei_restore_point", (name,))
+                cur.fetchall()
+                cur.execute("SELECT LAST_QUERY_ID()")
+                return str(cur.fetchall()[0][0])
+            finally:
+                cur.close()
+
     def assess(
         self, tables: Sequence[str], target: RecoveryTarget, *, whole_database: bool
     ) -> PointInTimePlan:

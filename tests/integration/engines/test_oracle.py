@@ -244,3 +244,13 @@ def test_reset_sequences_restarts_identities_past_the_highest_key():
         'ALTER TABLE "SALES"."ORDERS" MODIFY ("ID" GENERATED ALWAYS AS IDENTITY (START WITH 1000))',
     ]
     assert ("autocommit", True) in hook.calls  # DDL: each statement on its own
+
+
+def test_restore_point_is_the_current_scn():
+    fb, _ = flashback()
+    position = fb.create_restore_point("sensei_mig_start")
+    assert position == "4799999"
+    target = RecoveryTarget(time=POINT, restore_point="sensei_mig_start", position=position)
+    assert (
+        fb.flashback_sql(["CRM.CUSTOMERS"], target).sql == 'FLASHBACK TABLE "CRM"."CUSTOMERS" TO SCN 4799999'
+    )

@@ -245,3 +245,13 @@ def test_restore_refuses_a_copy_left_by_an_earlier_rollback_of_a_table_changed_s
     with pytest.raises(PointInTimeRefused, match=r"left from an earlier rollback of CRM\.CUSTOMERS"):
         _time_travel(hook).restore(plan, RecoveryTarget(time=POINT))
     assert hook.sql("CLONE|SWAP|RENAME") == []
+
+
+def test_restore_point_is_a_query_id_used_with_before_statement():
+    hook = RecordingHook(answers={"LAST_QUERY_ID": [("01b2-query-id",)]})
+    tt = _time_travel(hook)
+    assert tt.create_restore_point("sensei_mig_start") == "01b2-query-id"
+    assert hook.executed[:2] == [
+        ("SELECT %s AS sensei_restore_point", ("sensei_mig_start",)),
+        ("SELECT LAST_QUERY_ID()", ()),
+    ]
