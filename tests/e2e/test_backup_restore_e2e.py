@@ -1,0 +1,132 @@
+# ruff: noqa: F811 - the backup fixtures are imported from tests/integration/backups/conftest.py
+"""Pre-migration backup -> demo migration -> changes -> backup_restore through the sensei_rollback DAG.
+
+Real PostgreSQL source, target and state; backups on local disk and on a local S3 (moto);
+Airflow runs the DAGs with dag.test. The target tables hold rows from before the migration,
+so a correct restore is visible (they come back) and a truncate would be wrong (it refuses).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sensei_airflow.backups.catalog import BackupCatalog
+from sensei_airflow.state import StateStore
+from tests.fixtures import run_dag, write_demo_manifest
+from tests.integration.backups.conftest import (  # noqa: F401 - fixtures
+    MIGRATED,
+    backup_dir,
+    checksums,
+    fill_target,
+    next_ids,
+    s3_bucket,
+    s3_server,
+    structure,
+)
+
+pytestmark = pytest.mark.e2e
+ROLLBACK = "sensei_rollback"
+
+
+def change_after_migration(databases) -> None:
+    """What happens on the target after the cutover: inserts, updates, deletes in every table."""
+    with databases.connect("target") as conn, conn.transaction():
+        conn.execute("INSERT INTO crm.customers (id, name, email_address, balance_cents, created_at) "
+                     "VALUES (5000, 'late', 'late@example.com', 1, now())")  # fmt: skip
+        conn.execute("UPDATE sales.orders SET status = 'refunded' WHERE id % 7 = 0")
+        conn.execute("DELETE FROM sales.order_items WHERE line_no = 1 AND order_id < 50")
+        conn.execute("UPDATE crm.customers SET name = 'renamed' WHERE id = 900003")
+
+
+def migrate_with_backup(databases, migrations_dir, location: str) -> tuple[dict, str]:
+    """Fill the target, write the manifest, run the demo migration DAG; the pre-migration state and backup id."""
+    fill_target(databases)
+    write_demo_manifest(migrations_dir, pre_migration_backup=location, backup_retention_days=2)
+    before = {"sums": checksums(databases), "structure": structure(databases)}
+    outcome = run_dag("sensei_demo_migration")
+    assert outcome.state == "success", outcome.task_states
+    [backup] = outcome.xcoms["pre_migration_backup"]["backups"]
+    assert backup["status"] == "verified" and backup["backup_id"].startswith("bkp_")
+    assert checksums(databases) != before["sums"]  # the migration added rows
+    return before, backup["backup_id"]
+
+
+def sequences_follow_the_keys(databases) -> bool:
+    """Each identity hands out an id above the table's highest key (the runbook's sequence step)."""
+    ids = next_ids(databases)
+    with databases.connect("target") as conn:
+        highest = {t: conn.execute(f"SELECT max(id) FROM {t}").fetchone()[0] for t in ids}  # noqa: S608
+    return all(ids[t] > highest[t] for t in ids)
+
+
+def campaigns(databases) -> list:
+    with databases.connect("target") as conn:
+        return conn.execute("SELECT * FROM crm.campaigns ORDER BY id").fetchall()
+
+
+def test_full_restore_with_the_seed_payload(databases, migrations_dir, airflow_db, backup_dir):
+    before, backup_id = migrate_with_backup(databases, migrations_dir, str(backup_dir))
+    change_after_migration(databases)
+    outside = campaigns(databases)
+
+    # The truncate strategy sees in the backup that the tables held rows before: it refuses.
+    refused = run_dag(ROLLBACK, {"migration_id": "mig_shop_2026", "strategy": "truncate"})
+    assert refused.state == "failed" and refused.task_states["assess"] == "failed"
+
+    outcome = run_dag(
+        ROLLBACK, {"migration_id": "mig_shop_2026", "strategy": "backup_restore", "backup_id": backup_id}
+    )
+    assert outcome.state == "success", outcome.task_states
+    status = outcome.xcoms["document"]
+    assert status["rollback_status"] == "completed" and status["strategy_used"] == "backup_restore"
+    assert status["verification"]["record_counts_match"] is True
+    assert status["verification"]["sample_verification"] == "passed"
+    assert sorted(status["scope"]["tables"]) == sorted(MIGRATED)
+    assert checksums(databases) == before["sums"]
+    assert structure(databases) == before["structure"]
+    assert sequences_follow_the_keys(databases)
+    assert campaigns(databases) == outside
+    executed = outcome.xcoms["execute_backup_restore"]
+    assert executed["detail"]["backup_id"] == backup_id
+    assert executed["rows_affected"] == {t: before["sums"][t][0] for t in MIGRATED}
+
+
+def test_restore_by_phase_then_by_tables(databases, migrations_dir, airflow_db, backup_dir):
+    before, _ = migrate_with_backup(databases, migrations_dir, backup_dir.as_uri())
+    change_after_migration(databases)
+    changed = checksums(databases)
+
+    # Phase 3 (order_items) only; the newest pre-migration backup is found without an id.
+    outcome = run_dag(ROLLBACK, {"migration_id": "mig_shop_2026", "strategy": "backup_restore",
+                                 "scope": "phase", "phase": 3})  # fmt: skip
+    assert outcome.state == "success", outcome.task_states
+    now = checksums(databases)
+    assert now["sales.order_items"] == before["sums"]["sales.order_items"]
+    assert now["sales.orders"] == changed["sales.orders"] and now["crm.customers"] == changed["crm.customers"]
+
+    # Phase 1 alone would orphan the orders that reference the migrated customers: refused, nothing changed.
+    refused = run_dag(ROLLBACK, {"migration_id": "mig_shop_2026", "strategy": "backup_restore",
+                                 "scope": "phase", "phase": 1})  # fmt: skip
+    assert refused.state == "failed" and refused.task_states["assess"] == "failed"
+    assert checksums(databases) == now
+
+    # Tables by their unqualified names, as in the seed's examples.
+    outcome = run_dag(ROLLBACK, {"migration_id": "mig_shop_2026", "strategy": "backup_restore",
+                                 "scope": "tables", "tables": ["orders", "order_items"]})  # fmt: skip
+    assert outcome.state == "success", outcome.task_states
+    now = checksums(databases)
+    assert now["sales.orders"] == before["sums"]["sales.orders"]
+    assert now["sales.order_items"] == before["sums"]["sales.order_items"]
+    assert now["crm.customers"] == changed["crm.customers"]
+    assert structure(databases) == before["structure"]
+
+
+def test_restore_from_s3(databases, migrations_dir, airflow_db, s3_bucket):
+    before, backup_id = migrate_with_backup(databases, migrations_dir, f"s3://{s3_bucket}/pre-migration/")
+    entry = BackupCatalog(StateStore("sensei_state")).require(backup_id)
+    assert entry.location == f"s3://{s3_bucket}/pre-migration/mig_shop_2026/{backup_id}"
+    change_after_migration(databases)
+    outcome = run_dag(ROLLBACK, {"migration_id": "mig_shop_2026", "strategy": "backup_restore"})
+    assert outcome.state == "success", outcome.task_states
+    assert checksums(databases) == before["sums"]
+    assert sequences_follow_the_keys(databases)
