@@ -217,7 +217,7 @@ class PointInTimeSettings(_Frozen):
     target_holds_only_this_migration: bool = False
     #: prefer the restore point the migration tool recorded when restore_to is the migration's start.
     prefer_restore_point: bool = True
-    #: name of that restore point (default ``sensei_<migration id>``).
+    #: name prefix of that restore point (default ``sensei_<migration id>``; a UTC time is appended).
     restore_point: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,63}$")] | None = None
     #: the scheduled window check warns this long before a rollback window closes.
     warn_before_hours: Annotated[float, Field(gt=0)] = 24

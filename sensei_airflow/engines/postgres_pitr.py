@@ -34,7 +34,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,13 +99,42 @@ def _label_time(text: str) -> datetime:
     return parsed.astimezone(UTC)  # unknown abbreviation: the local zone is the best guess
 
 
-def read_base_backup(path: Path) -> BaseBackup | None:
-    """Describe a base backup folder, or None if it is not one (no ``backup_label``)."""
+def _tar_member(path: Path, pattern: str) -> Path | None:
+    found = sorted(path.glob(pattern))
+    return found[0] if found else None
+
+
+def _backup_label(path: Path) -> str | None:
+    """The ``backup_label`` of a plain backup folder, or of a tar-format one (``base.tar[.gz]``)."""
     label_file = path / "backup_label"
-    if not label_file.is_file():
+    if label_file.is_file():
+        return label_file.read_text(encoding="utf-8", errors="replace")
+    base_tar = _tar_member(path, "base.tar*")
+    if base_tar is None:
+        return None
+    import tarfile
+
+    with suppress(tarfile.TarError, OSError), tarfile.open(base_tar) as archive:
+        for name in ("backup_label", "./backup_label"):
+            with suppress(KeyError):
+                member = archive.extractfile(name)
+                if member is not None:
+                    return member.read().decode("utf-8", errors="replace")
+    return None
+
+
+def read_base_backup(path: Path) -> BaseBackup | None:
+    """Describe a base backup folder, or None if it is not one (no ``backup_label``).
+
+    Both layouts of ``pg_basebackup`` are read: plain (``-Fp``: the data directory itself) and
+    tar (``-Ft``: ``base.tar`` and ``pg_wal.tar``, as the physical backups of
+    :mod:`sensei_airflow.engines.postgres_dump` write them).
+    """
+    label = _backup_label(path)
+    if label is None:
         return None
     fields: dict[str, str] = {}
-    for line in label_file.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in label.splitlines():
         key, _, value = line.partition(":")
         fields[key.strip()] = value.strip()
     location = fields.get("START WAL LOCATION", "")  # "0/2000028 (file 000000010000000000000002)"
@@ -137,6 +166,31 @@ def read_base_backup(path: Path) -> BaseBackup | None:
         timeline=int(wal_file[:8], 16),
         start_wal_file=wal_file,
     )
+
+
+def with_archived_stop_time(backup: BaseBackup, wal_archive: str | os.PathLike[str]) -> BaseBackup:
+    """Use the backup history file PostgreSQL archives (``<segment>.<offset>.backup``) for the end time.
+
+    Its ``STOP TIME`` is authoritative but has whole seconds: one second is added, so a target in
+    the backup's last second is never taken for a consistent point. A time recorded beside the
+    backup by :func:`take_base_backup` wins.
+    """
+    if (backup.path.parent / f"{backup.name}.{BACKUP_INFO}").is_file():
+        return backup
+    for history in sorted(Path(wal_archive).glob(f"{backup.start_wal_file}.*.backup")):
+        fields = dict(
+            (key.strip(), value.strip())
+            for key, _, value in (
+                line.partition(":") for line in history.read_text(errors="replace").splitlines()
+            )
+        )
+        if (
+            fields.get("START WAL LOCATION", "").startswith(format_lsn(backup.start_lsn))
+            and "STOP TIME" in fields
+        ):
+            stop = _label_time(fields["STOP TIME"]) + timedelta(seconds=1)
+            return replace(backup, end_time=stop)
+    return backup
 
 
 def list_base_backups(folder: str | os.PathLike[str]) -> list[BaseBackup]:
@@ -308,7 +362,15 @@ def recover(
     base_dir.mkdir(parents=True)
     os.chmod(base_dir, 0o755)
     data = base_dir / "data"
-    subprocess.run(["cp", "-a", str(backup.path), str(data)], check=True)
+    base_tar = _tar_member(backup.path, "base.tar*")
+    if base_tar is None:
+        subprocess.run(["cp", "-a", str(backup.path), str(data)], check=True)
+    else:
+        data.mkdir()
+        subprocess.run(["tar", "-xf", str(base_tar), "-C", str(data)], check=True)
+        wal_tar = _tar_member(backup.path, "pg_wal.tar*")
+        if wal_tar is not None:
+            subprocess.run(["tar", "-xf", str(wal_tar), "-C", str(data / "pg_wal")], check=True)
     for leftover in ("postmaster.pid", "postmaster.opts", "standby.signal"):
         (data / leftover).unlink(missing_ok=True)
     # The scratch cluster listens on 127.0.0.1 only and its socket folder is private to it.
@@ -409,7 +471,10 @@ class PostgresWalRecovery(PointInTimeRecovery):
         return dict(zip(names, rows[0], strict=True))
 
     def backups(self) -> list[BaseBackup]:
-        return list_base_backups(self.config.base_backups)
+        return [
+            with_archived_stop_time(b, self.config.wal_archive)
+            for b in list_base_backups(self.config.base_backups)
+        ]
 
     def choose_backup(self, target: RecoveryTarget, restore_point_lsn: int | None) -> BaseBackup:
         backups = self.backups()

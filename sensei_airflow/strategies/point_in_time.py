@@ -10,7 +10,7 @@ the migration's ``started_at`` uses that mark instead of a timestamp.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
@@ -50,8 +50,11 @@ class RestorePoint:
     recorded_at: datetime
 
 
-def restore_point_name(manifest: Manifest) -> str:
-    return manifest.rollback.point_in_time.restore_point or f"sensei_{manifest.id}"[:63]
+def restore_point_name(manifest: Manifest, at: datetime) -> str:
+    """``<prefix>_<UTC time>``: unique, since recovery stops at the *first* mark of a name in the WAL."""
+    prefix = manifest.rollback.point_in_time.restore_point or f"sensei_{manifest.id}"
+    stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{prefix[: 62 - len(stamp)]}_{stamp}"
 
 
 def record_restore_point(
@@ -95,12 +98,17 @@ def mark_migration_start(manifest: Manifest, target: Engine, state: StateStore) 
         recovery = target.point_in_time(manifest.rollback.point_in_time)
     except PointInTimeRefused:
         return None
-    name = restore_point_name(manifest)
+    identity = target.identity()
+    earlier = recorded_restore_point(state, manifest, identity)
+    if earlier is not None:  # a re-run of the migration: its start is the first mark, keep it
+        return earlier
+    now = utcnow()
+    name = restore_point_name(manifest, now)
     position = recovery.create_restore_point(name)
     if position is None:
         return None
-    point = RestorePoint(name=name, position=position, recorded_at=utcnow())
-    record_restore_point(state, manifest, target.identity(), point)
+    point = RestorePoint(name=name, position=position, recorded_at=now)
+    record_restore_point(state, manifest, identity, point)
     return point
 
 

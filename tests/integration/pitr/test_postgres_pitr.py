@@ -208,3 +208,31 @@ def test_windows_follow_backup_and_wal_retention(archiving, shop_db):
     [before_backup] = pitr.windows(["crm.orders"], backup.end_time - timedelta(hours=1))
     assert before_backup.closes_at == backup.end_time - timedelta(hours=1)
     assert "no base backup" in before_backup.limit
+
+
+def test_tar_format_base_backup_is_usable(archiving, shop_db, changed_after_point, tmp_path):
+    """Physical backups in pg_basebackup's tar format (as the backup DAG writes them) serve PITR too."""
+    import subprocess
+
+    from sensei_airflow.local_postgres import find_bindir
+
+    point, before, after = changed_after_point
+    tar_backups = archiving.root / "tar-backups"
+    plain = list_base_backups(archiving.backups)[0]
+    dest = tar_backups / "physical-1"
+    dest.mkdir(parents=True)
+    for member, source in (("base.tar", plain.path), ("pg_wal.tar", plain.path / "pg_wal")):
+        entries = sorted(p.name for p in source.iterdir())
+        subprocess.run(["tar", "-cf", str(dest / member), "-C", str(source), *entries], check=True)
+    (dest / "backup_manifest").write_text((plain.path / "backup_manifest").read_text())
+    [described] = list_base_backups(tar_backups)
+    assert (described.start_lsn, described.start_wal_file) == (plain.start_lsn, plain.start_wal_file)
+    assert find_bindir()  # the server binaries the recovery uses
+
+    pitr = recovery(archiving, base_backups=str(tar_backups))
+    target = RecoveryTarget(time=point)
+    plan = pitr.assess(["crm.customers", "crm.orders"], target, whole_database=False)
+    pitr.restore(plan, target)
+    assert content(archiving, shop_db, "crm.orders") == before["crm.orders"]
+    assert content(archiving, shop_db, "crm.campaigns") == after["crm.campaigns"]
+    shutil.rmtree(tar_backups)
