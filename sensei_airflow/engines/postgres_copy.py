@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -297,9 +299,10 @@ class TableApplied:
     sequences: dict[str, int] = field(default_factory=dict)
 
 
-def stage_name(rollback_id: str, source_table: str) -> str:
+def stage_name(rollback_id: str, source_table: str, chunk: int) -> str:
+    """The staging table of one chunk (a short, stable name: identifiers stop at 63 bytes)."""
     digest = hashlib.sha1(f"{rollback_id}\0{source_table}".encode()).hexdigest()[:20]
-    return f"rev_{digest}"
+    return f"rev_{digest}_{chunk}"
 
 
 class PostgresReverseWriter:
@@ -372,6 +375,9 @@ class PostgresReverseWriter:
 
     # -- staging -----------------------------------------------------------------------------
     def ensure_staging(self, conn: Any) -> None:
+        """Create the staging schema and checkpoint tables (in a short transaction of their own)."""
+        if self._has_staging():
+            return
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         conn.execute(_STAGING_DDL)
 
@@ -416,15 +422,8 @@ class PostgresReverseWriter:
         total = reader.count_rows(KeyRange())
         parts = max(1, math.ceil(total / self.chunk_rows))
         ranges = [KeyRange()] if parts == 1 else _ranges(reader.boundaries(KeyRange(), parts))
-        stage = f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source))}"
-        columns = ", ".join(self.q(c) for c in table.columns)
         with session(self.engine) as conn, conn.transaction():
             self.ensure_staging(conn)
-            conn.execute(f"DROP TABLE IF EXISTS {stage}")
-            conn.execute(
-                f"CREATE UNLOGGED TABLE {stage} AS SELECT {columns} "  # noqa: S608 - quoted identifiers
-                f"FROM {self.engine.quote_table(table.source)} WITH NO DATA"
-            )
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO sensei_staging.reverse_chunks (rollback_id, source_table, chunk, lo, hi) "
@@ -457,22 +456,62 @@ class PostgresReverseWriter:
         quoted = self.engine.quote_table(table.source)
         return bool(self.engine.query(f"SELECT EXISTS (SELECT 1 FROM {quoted})")[0][0])  # noqa: S608
 
-    def stage_table(
-        self, rollback_id: str, table: ReverseTable, reader: Any, *, skip_unchanged: bool = True
-    ) -> dict[str, int]:
-        """Stage every chunk not yet done; returns chunk counts by outcome (this try and earlier ones).
+    def stage_path(self, rollback_id: str, table: ReverseTable, chunk: int) -> str:
+        return f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source, chunk))}"
 
-        A chunk whose rows already agree on both sides (count and checksum) is marked ``same``
-        and not moved. Each chunk commits on its own: the checkpoint a retry resumes from.
+    def migrate(
+        self,
+        rollback_id: str,
+        tables: Sequence[ReverseTable],
+        readers: dict[str, Any],
+        *,
+        skip_unchanged: bool = True,
+    ) -> tuple[dict[str, TableApplied], dict[str, dict[str, int]]]:
+        """Stage every table chunk by chunk while one transaction applies the staged chunks.
+
+        ``tables`` are parents first. The stager (this thread) commits each chunk with its
+        checkpoint; the applier (a second connection) holds the source tables' locks and one
+        open transaction, upserts each chunk as soon as it is staged, then deletes the rows gone
+        from the target (children first), sets the sequences, records the outcome, drops the
+        staging and commits. Moving and applying overlap; a failure anywhere rolls the apply back
+        and keeps the staged chunks for the retry, which re-applies them from the staging tables.
+
+        Returns the applied rows per source table and the chunk outcomes per target table.
         """
+        with session(self.engine) as conn, conn.transaction():
+            self.ensure_staging(conn)
+        applier = _Applier(self, rollback_id, list(tables))
+        applier.start()
+        outcomes: dict[str, dict[str, int]] = {}
+        try:
+            for table in tables:
+                outcomes[table.target] = self._stage_table(
+                    rollback_id, table, readers[table.source], applier, skip_unchanged=skip_unchanged
+                )
+        except BaseException as exc:
+            applier.abort()
+            applier.join()
+            if isinstance(exc, _Aborted) and applier.error is not None:
+                raise applier.error from None
+            raise
+        applier.finish()
+        applier.join()
+        if applier.error is not None:
+            raise applier.error
+        return applier.results, outcomes
+
+    def _stage_table(
+        self, rollback_id: str, table: ReverseTable, reader: Any, applier: _Applier, *, skip_unchanged: bool
+    ) -> dict[str, int]:
         chunks = self.plan_chunks(rollback_id, table, reader)
         compare = skip_unchanged and isinstance(reader, PostgresRowSource) and self.source_has_rows(table)
         source_side = self.source_reader(table)
-        stage = f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source))}"
         outcome = {"staged": 0, "same": 0, "resumed": 0}
         for number, key_range, state, _rows in chunks:
+            applier.check()
             if state != "pending":
                 outcome["resumed"] += 1
+                applier.put(table, number, key_range, state)
                 continue
             if compare:
                 from sensei_airflow.verify import both
@@ -483,8 +522,16 @@ class PostgresReverseWriter:
                 if left == right:
                     self._mark(rollback_id, table, number, "same", left[0])
                     outcome["same"] += 1
+                    applier.put(table, number, key_range, "same")
                     continue
+            stage = self.stage_path(rollback_id, table, number)
+            columns = ", ".join(self.q(c) for c in table.columns)
             with session(self.engine) as conn, conn.transaction():
+                conn.execute(f"DROP TABLE IF EXISTS {stage}")
+                conn.execute(
+                    f"CREATE UNLOGGED TABLE {stage} AS SELECT {columns} "  # noqa: S608 - quoted identifiers
+                    f"FROM {self.engine.quote_table(table.source)} WITH NO DATA"
+                )
                 moved = self._copy_range(conn, stage, table, reader, key_range)
                 conn.execute(
                     "UPDATE sensei_staging.reverse_chunks SET state = 'staged', rows = %s, "
@@ -492,6 +539,7 @@ class PostgresReverseWriter:
                     (moved, rollback_id, table.source, number),
                 )
             outcome["staged"] += 1
+            applier.put(table, number, key_range, "staged")
         return outcome
 
     def _mark(self, rollback_id: str, table: ReverseTable, chunk: int, state: str, rows: int) -> None:
@@ -512,79 +560,20 @@ class PostgresReverseWriter:
                 reader.engine, select, params, conn, f"COPY {stage} ({columns}) FROM STDIN (FORMAT binary)"
             )
         moved = 0
-        with conn.cursor().copy(f"COPY {stage} ({columns}) FROM STDIN") as copy_in:
+        with conn.cursor() as cur, cur.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy_in:
             for batch in reader.batches(key_range):
                 for row in batch:
                     copy_in.write_row(row)
                 moved += len(batch)
         return moved
 
-    # -- apply ---------------------------------------------------------------------------------
-    def apply(
-        self, rollback_id: str, tables: Sequence[ReverseTable], parents_first: Sequence[str]
-    ) -> dict[str, TableApplied]:
-        """Make each source table equal to its staged rows, in one transaction, and drop the staging.
-
-        Upserts run parents first, deletions children first, so foreign keys hold at every
-        statement. Sequences owned by the tables are set past their highest values.
-        """
-        by_name = {t.source: t for t in tables}
-        ordered = [by_name[n] for n in parents_first]
-        results = {t.source: TableApplied() for t in ordered}
-        with session(self.engine) as conn, conn.transaction():
-            self.ensure_staging(conn)
-            conn.execute(f"SET LOCAL lock_timeout = '{self.lock_timeout}'")
-            quoted = ", ".join(self.engine.quote_table(t.source) for t in ordered)
-            conn.execute(f"LOCK TABLE {quoted} IN EXCLUSIVE MODE")
-            states: dict[str, list[tuple[KeyRange, str]]] = {}
-            empty: dict[str, bool] = {}
-            for table in ordered:
-                rows = conn.execute(
-                    "SELECT lo, hi, state FROM sensei_staging.reverse_chunks "
-                    "WHERE rollback_id = %s AND source_table = %s ORDER BY chunk",
-                    (rollback_id, table.source),
-                ).fetchall()
-                if not rows or any(s == "pending" for _, _, s in rows):
-                    raise RuntimeError(f"{table.source} is not fully staged: cannot apply yet")
-                states[table.source] = [
-                    (KeyRange(tuple(lo) if lo else None, tuple(hi) if hi else None), s) for lo, hi, s in rows
-                ]
-                results[table.source].staged_chunks = sum(s == "staged" for _, _, s in rows)
-                results[table.source].unchanged_chunks = sum(s == "same" for _, _, s in rows)
-                source = self.engine.quote_table(table.source)
-                exists = f"SELECT EXISTS (SELECT 1 FROM {source})"  # noqa: S608
-                empty[table.source] = not conn.execute(exists).fetchone()[0]
-            for table in ordered:
-                inserted, updated = self._upsert(conn, rollback_id, table, empty[table.source])
-                results[table.source].inserted, results[table.source].updated = inserted, updated
-            for table in reversed(ordered):
-                if not empty[table.source]:
-                    results[table.source].deleted = self._delete_missing(
-                        conn, rollback_id, table, states[table.source]
-                    )
-            for table in ordered:
-                results[table.source].sequences = self._advance_sequences(conn, table)
-            summary = {name: vars(r) for name, r in results.items()}
-            conn.execute(
-                "INSERT INTO sensei_staging.reverse_applied (rollback_id, result) VALUES (%s, %s) "
-                "ON CONFLICT (rollback_id) DO NOTHING",
-                (rollback_id, json.dumps(summary)),
-            )
-            for table in ordered:
-                conn.execute(
-                    f"DROP TABLE IF EXISTS {STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source))}"
-                )
-            conn.execute("DELETE FROM sensei_staging.reverse_chunks WHERE rollback_id = %s", (rollback_id,))
-        return results
-
-    def _upsert(self, conn: Any, rollback_id: str, table: ReverseTable, empty: bool) -> tuple[int, int]:
+    def upsert_chunk(self, conn: Any, stage: str, table: ReverseTable, empty: bool) -> tuple[int, int]:
+        """Insert or update the source rows from one staged chunk: (inserted, updated)."""
         source = self.engine.quote_table(table.source)
-        stage = f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source))}"
         columns = ", ".join(self.q(c) for c in table.columns)
         if empty:
             insert = f"INSERT INTO {source} ({columns}) SELECT {columns} FROM {stage}"  # noqa: S608
-            inserted = conn.execute(insert).rowcount
-            return max(inserted, 0), 0
+            return max(conn.execute(insert).rowcount, 0), 0
         keys = ", ".join(self.q(k) for k in table.source_key)
         others = [c for c in table.columns if c not in table.source_key]
         if others:
@@ -601,23 +590,17 @@ class PostgresReverseWriter:
         ).fetchone()
         return int(row[0]), int(row[1])
 
-    def _delete_missing(
-        self, conn: Any, rollback_id: str, table: ReverseTable, chunks: list[tuple[KeyRange, str]]
-    ) -> int:
+    def delete_missing(self, conn: Any, stage: str, table: ReverseTable, key_range: KeyRange) -> int:
+        """Delete the source rows of the chunk's key range that its staged rows do not hold."""
         source = self.engine.quote_table(table.source)
-        stage = f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source))}"
         match = " AND ".join(f"st.{self.q(k)} = s.{self.q(k)}" for k in table.source_key)
         keys = [f"s.{self.q(k)}" for k in table.source_key]
-        base = f"DELETE FROM {source} s WHERE NOT EXISTS (SELECT 1 FROM {stage} st WHERE {match})"  # noqa: S608
-        if all(state == "staged" for _, state in chunks):
-            return max(conn.execute(base).rowcount, 0)
-        deleted = 0
-        for key_range, state in chunks:
-            if state != "staged":
-                continue
-            where, params = range_predicate(keys, table.key_types, key_range)
-            deleted += max(conn.execute(f"{base} AND {where}", params).rowcount, 0)
-        return deleted
+        where, params = range_predicate(keys, table.key_types, key_range)
+        sql = (
+            f"DELETE FROM {source} s WHERE {where} "  # noqa: S608
+            f"AND NOT EXISTS (SELECT 1 FROM {stage} st WHERE {match})"
+        )
+        return max(conn.execute(sql, params).rowcount, 0)
 
     def _advance_sequences(self, conn: Any, table: ReverseTable) -> dict[str, int]:
         """Set each sequence owned by a column of the table past the column's highest value."""
@@ -659,16 +642,108 @@ class PostgresReverseWriter:
         return found
 
     def discard(self, rollback_id: str) -> None:
-        """Drop a rollback's staging tables and checkpoints (after a refusal or to start over)."""
+        """Drop a rollback's staging tables and checkpoints (to start over)."""
         if not self._has_staging():
             return
         with session(self.engine) as conn, conn.transaction():
-            for (name,) in conn.execute(
-                "SELECT DISTINCT source_table FROM sensei_staging.reverse_chunks WHERE rollback_id = %s",
-                (rollback_id,),
-            ).fetchall():
-                conn.execute(f"DROP TABLE IF EXISTS {STAGING_SCHEMA}.{self.q(stage_name(rollback_id, name))}")
-            conn.execute("DELETE FROM sensei_staging.reverse_chunks WHERE rollback_id = %s", (rollback_id,))
+            self._drop_staging(conn, rollback_id)
+
+    def _drop_staging(self, conn: Any, rollback_id: str) -> None:
+        for name, chunk in conn.execute(
+            "SELECT source_table, chunk FROM sensei_staging.reverse_chunks WHERE rollback_id = %s",
+            (rollback_id,),
+        ).fetchall():
+            conn.execute(f"DROP TABLE IF EXISTS {STAGING_SCHEMA}.{self.q(stage_name(rollback_id, name, chunk))}")
+        conn.execute("DELETE FROM sensei_staging.reverse_chunks WHERE rollback_id = %s", (rollback_id,))
+
+
+_DONE = object()
+_ABORT = object()
+
+
+class _Aborted(Exception):
+    """The stager failed: the apply transaction is rolled back."""
+
+
+class _Applier(threading.Thread):
+    """The apply transaction of :meth:`PostgresReverseWriter.migrate`, fed chunk by chunk."""
+
+    def __init__(self, writer: PostgresReverseWriter, rollback_id: str, tables: list[ReverseTable]) -> None:
+        super().__init__(name="sensei-reverse-apply", daemon=True)
+        self.writer = writer
+        self.rollback_id = rollback_id
+        self.tables = tables
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.error: BaseException | None = None
+        self.results: dict[str, TableApplied] = {t.source: TableApplied() for t in tables}
+
+    def put(self, table: ReverseTable, chunk: int, key_range: KeyRange, state: str) -> None:
+        self.queue.put((table, chunk, key_range, state))
+
+    def check(self) -> None:
+        """Stop staging as soon as the apply failed (its error is raised by ``migrate``)."""
+        if self.error is not None:
+            raise _Aborted("the apply transaction failed") from self.error
+
+    def finish(self) -> None:
+        self.queue.put(_DONE)
+
+    def abort(self) -> None:
+        self.queue.put(_ABORT)
+
+    def run(self) -> None:
+        try:
+            self._apply()
+        except _Aborted:
+            pass
+        except BaseException as exc:  # handed to the stager's thread
+            self.error = exc
+
+    def _apply(self) -> None:
+        writer, engine = self.writer, self.writer.engine
+        staged: list[tuple[ReverseTable, int, KeyRange]] = []
+        with session(engine) as conn, conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{writer.lock_timeout}'")
+            quoted = ", ".join(engine.quote_table(t.source) for t in self.tables)
+            conn.execute(f"LOCK TABLE {quoted} IN EXCLUSIVE MODE")
+            empty = {
+                t.source: not conn.execute(
+                    f"SELECT EXISTS (SELECT 1 FROM {engine.quote_table(t.source)})"  # noqa: S608
+                ).fetchone()[0]
+                for t in self.tables
+            }
+            while True:
+                item = self.queue.get()
+                if item is _DONE:
+                    break
+                if item is _ABORT:
+                    raise _Aborted
+                table, chunk, key_range, state = item
+                result = self.results[table.source]
+                if state != "staged":
+                    result.unchanged_chunks += 1
+                    continue
+                result.staged_chunks += 1
+                stage = writer.stage_path(self.rollback_id, table, chunk)
+                inserted, updated = writer.upsert_chunk(conn, stage, table, empty[table.source])
+                result.inserted += inserted
+                result.updated += updated
+                staged.append((table, chunk, key_range))
+            for table in reversed(self.tables):  # children first
+                if empty[table.source]:
+                    continue
+                for chunk_table, chunk, key_range in staged:
+                    if chunk_table.source == table.source:
+                        stage = writer.stage_path(self.rollback_id, table, chunk)
+                        self.results[table.source].deleted += writer.delete_missing(conn, stage, table, key_range)
+            for table in self.tables:
+                self.results[table.source].sequences = writer._advance_sequences(conn, table)
+            conn.execute(
+                "INSERT INTO sensei_staging.reverse_applied (rollback_id, result) VALUES (%s, %s) "
+                "ON CONFLICT (rollback_id) DO NOTHING",
+                (self.rollback_id, json.dumps({name: vars(r) for name, r in self.results.items()})),
+            )
+            writer._drop_staging(conn, self.rollback_id)
 
 
 def _ranges(boundaries: Sequence[KeyValues]) -> list[KeyRange]:

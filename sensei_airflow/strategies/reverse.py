@@ -185,12 +185,8 @@ class ReverseMigrationStrategy(RollbackStrategy):
         if done is not None:
             return self._execution(done, {"resumed": "the apply had already committed"})
         specs = self._specs(plan)
-        staging: dict[str, dict[str, int]] = {}
-        for spec in specs:
-            staging[spec.target] = writer.stage_table(
-                plan.rollback_id, spec, self.target.reverse_reader(spec)
-            )
-        applied = writer.apply(plan.rollback_id, specs, [s.source for s in specs])
+        readers = {spec.source: self.target.reverse_reader(spec) for spec in specs}
+        applied, staging = writer.migrate(plan.rollback_id, specs, readers)
         result = {name: vars(r) for name, r in applied.items()}
         return self._execution(result, {"chunks": staging})
 
