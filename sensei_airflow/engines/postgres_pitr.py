@@ -60,6 +60,8 @@ MECHANISM = "PostgreSQL WAL archive + base backups"
 BACKUP_INFO = "sensei-base-backup.json"
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _COPY_CHUNK = 1 << 17
+#: configuration the cluster-level path carries over from the live data directory.
+LIVE_CONFIG_FILES = ("pg_hba.conf", "pg_ident.conf", "postgresql.conf", "postgresql.auto.conf")
 _STOP_LINE = re.compile(r"recovery stopping .*|recovery has paused.*|consistent recovery state reached.*")
 
 
@@ -809,6 +811,11 @@ class PostgresWalRecovery(PointInTimeRecovery):
                     for t, q in zip(plan.tables, quoted, strict=True)
                 }
             recovered.cluster.stop("fast")
+            # the live cluster's own configuration (the scratch one trusted local connections)
+            for name in LIVE_CONFIG_FILES:
+                if (live_dir / name).is_file():
+                    shutil.copy2(live_dir / name, base / "data" / name)
+            _chown_to_postgres(base / "data")
         except BaseException:
             _remove_cluster(base)
             raise
