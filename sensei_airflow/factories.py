@@ -278,3 +278,41 @@ def build_backup_dag(manifests: ManifestSet | None = None) -> DAG:
         verify >> prune >> outcome
     return dag
 
+
+
+WINDOW_CHECK_DAG_ID = "sensei_window_check"
+
+
+def build_window_check_dag() -> DAG:
+    """``sensei_window_check``: warn before a migration's rollback windows close.
+
+    Runs on ``[sensei] window_check_schedule`` (default hourly). For each manifest it computes,
+    per strategy, until when a rollback stays possible (:mod:`sensei_airflow.windows`) and warns
+    once per window closing within ``rollback.point_in_time.warn_before_hours``: through the
+    manifest's notify channels, the audit trail and the task log.
+    """
+    from airflow.configuration import conf
+    from airflow.sdk import task
+
+    with DAG(
+        dag_id=WINDOW_CHECK_DAG_ID,
+        description="Warn before a migration's rollback windows close",
+        schedule=conf.get("sensei", "window_check_schedule", fallback="@hourly"),
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(),
+        tags=["sensei", "rollback"],
+        doc_md="Until when each migration can still be rolled back, by each strategy (WAL and base backup "
+        "retention, Time Travel, undo, backup expiry, rollback_window_hours). Warns before a window closes.",
+    ) as dag:
+
+        @task
+        def check_windows(run_id: str | None = None) -> list[dict[str, Any]]:
+            from sensei_airflow.state import utcnow
+            from sensei_airflow.windows import check_all
+
+            return check_all(load_manifests(), now=utcnow(), run_id=run_id or "manual")
+
+        check_windows()
+    return dag
