@@ -22,7 +22,7 @@ def webhook(monkeypatch) -> Iterator[list[dict[str, Any]]]:
     received: list[dict[str, Any]] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(204)
             self.end_headers()
@@ -57,7 +57,11 @@ def test_window_check_warns_once_before_a_window_closes(databases, migrations_di
     assert windows["point_in_time"]["closes_at"] is None
     assert "does not say where" in windows["point_in_time"]["error"]
     assert {body["event"] for body in webhook} == {"rollback.window_closing"}
-    assert {body["detail"]["strategy"] for body in webhook} == {"truncate", "reverse_migration", "backup_restore"}
+    assert {body["detail"]["strategy"] for body in webhook} == {
+        "truncate",
+        "reverse_migration",
+        "backup_restore",
+    }
 
     with databases.connect("state") as conn:
         events = conn.execute(
