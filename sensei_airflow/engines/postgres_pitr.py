@@ -47,6 +47,7 @@ from sensei_airflow.engines.base import (
     RecoveryTarget,
     RecoveryWindow,
 )
+from sensei_airflow.engines.postgres import _OWNED_SEQUENCES
 from sensei_airflow.local_postgres import LocalCluster, PostgresUnavailable, _as_postgres_user, find_bindir
 
 if TYPE_CHECKING:
@@ -445,6 +446,64 @@ def relay_copy(src_cur: Any, dst_cur: Any, select_sql: str, copy_in_sql: str) ->
     return int(dst_cur.rowcount)
 
 
+_COLUMNS = (
+    "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+    "AND NOT attisdropped ORDER BY attnum"
+)
+
+
+def replace_tables_from(
+    engine: PostgresEngine, source: Any, ordered: Sequence[str], statements: Sequence[Any]
+) -> tuple[list[str], dict[str, int]]:
+    """Replace ``ordered`` (parents first) on the live target with their content in ``source``.
+
+    One transaction on the live target: ``statements`` (lock, empty), then a binary COPY relay
+    per table and its sequences set to the recovered values. Checked before anything changes:
+    every table exists in ``source`` with the same columns.
+
+    :param source: a psycopg connection to the recovered copy (scratch cluster, restored instance).
+    :returns: the statements run and the rows copied per table.
+    """
+    run: list[str] = [s.sql for s in statements]
+    rows: dict[str, int] = {}
+    source.read_only = True
+    with source.cursor() as src, engine.connect() as live, live.cursor() as check:
+        for table in ordered:
+            name = engine.quote_table(table)
+            src.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
+            if not src.fetchone()[0]:
+                raise PointInTimeRefused(f"{table} did not exist at the recovery target; nothing was changed")
+            src.execute(_COLUMNS, (name,))
+            recovered = [r[0] for r in src.fetchall()]
+            check.execute(_COLUMNS, (name,))
+            current = [r[0] for r in check.fetchall()]
+            if recovered != current:
+                raise PointInTimeRefused(
+                    f"{table} has columns {current} now but had {recovered} at the target: nothing was changed"
+                )
+        live.rollback()
+        with live.transaction(), live.cursor() as dst:
+            for statement in statements:
+                dst.execute(statement.sql, statement.params or None)
+            for table in ordered:
+                name = engine.quote_table(table)
+                dst.execute(_COLUMNS, (name,))
+                quoted = ", ".join(engine.quote_identifier(r[0]) for r in dst.fetchall())
+                copy_in = f"COPY {name} ({quoted}) FROM STDIN (FORMAT binary)"
+                rows[table] = relay_copy(
+                    src, dst, f"COPY {name} ({quoted}) TO STDOUT (FORMAT binary)", copy_in
+                )
+                run.append(copy_in)
+                dst.execute(_OWNED_SEQUENCES, (name,))
+                for (sequence,) in dst.fetchall():
+                    src.execute(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 - regclass text
+                    last_value, is_called = src.fetchone()
+                    dst.execute("SELECT setval(%s::regclass, %s, %s)", (sequence, last_value, is_called))
+                    run.append(f"SELECT setval('{sequence}', {last_value}, {is_called})")
+    source.rollback()
+    return run, rows
+
+
 # -- the mechanism -----------------------------------------------------------------------
 class PostgresWalRecovery(PointInTimeRecovery):
     """Table-level (default) or cluster-level PITR of a self-managed PostgreSQL target."""
@@ -727,53 +786,11 @@ class PostgresWalRecovery(PointInTimeRecovery):
         """Replace the plan's tables on the live target with their recovered content, in one transaction."""
         import psycopg
 
-        database = plan.detail["database"]
-        ordered = plan.tables
-        statements = self.replace_statements(ordered, referenced)
-        run: list[str] = [s.sql for s in statements]
-        rows: dict[str, int] = {}
-        with (
-            closing(psycopg.connect(recovered.dsn(database, self.config.scratch_user))) as scratch,
-            self.engine.connect() as live,
-        ):
-            scratch.read_only = True
-            with scratch.cursor() as cur:
-                for table in ordered:
-                    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (self.engine.quote_table(table),))
-                    if not cur.fetchone()[0]:
-                        raise PointInTimeRefused(
-                            f"{table} did not exist at the recovery target; nothing was changed"
-                        )
-            with live.transaction(), live.cursor() as dst, scratch.cursor() as src:
-                for statement in statements:
-                    dst.execute(statement.sql, statement.params or None)
-                for table in ordered:
-                    columns = self.engine.columns(table)
-                    src.execute(
-                        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-                        "AND NOT attisdropped ORDER BY attnum",
-                        (self.engine.quote_table(table),),
-                    )
-                    recovered_columns = [r[0] for r in src.fetchall()]
-                    if recovered_columns != columns:
-                        raise PointInTimeRefused(
-                            f"{table} has columns {columns} now but had {recovered_columns} at the target: "
-                            "nothing was changed"
-                        )
-                    quoted = ", ".join(self.engine.quote_identifier(c) for c in columns)
-                    name = self.engine.quote_table(table)
-                    copy_in = f"COPY {name} ({quoted}) FROM STDIN (FORMAT binary)"
-                    rows[table] = relay_copy(
-                        src, dst, f"COPY {name} ({quoted}) TO STDOUT (FORMAT binary)", copy_in
-                    )
-                    run.append(copy_in)
-                    for sequence in self.engine.owned_sequences(table):
-                        src.execute(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 - regclass text
-                        last_value, is_called = src.fetchone()
-                        dst.execute("SELECT setval(%s::regclass, %s, %s)", (sequence, last_value, is_called))
-                        run.append(f"SELECT setval('{sequence}', {last_value}, {is_called})")
-            scratch.rollback()
-        return run, rows
+        dsn = recovered.dsn(plan.detail["database"], self.config.scratch_user)
+        with closing(psycopg.connect(dsn)) as source:
+            return replace_tables_from(
+                self.engine, source, plan.tables, self.replace_statements(plan.tables, referenced)
+            )
 
     # -- the cluster-level path ------------------------------------------------------------
     def _restore_cluster(
