@@ -59,6 +59,15 @@ class DbApiEngine(Engine):
         """What opens an explicit transaction (nothing where the driver opens one implicitly)."""
         return []
 
+    def open_transaction(self, conn: Any, cur: Any) -> None:
+        """Make what follows one transaction: autocommit off, or an explicit ``BEGIN`` where the
+        driver works in autocommit mode (Snowflake)."""
+        begin = self.begin_sql()
+        if not begin:
+            self.hook.set_autocommit(conn, False)
+        for statement in begin:
+            cur.execute(statement.sql)
+
     def run_statements(self, statements: Sequence[Statement], *, transaction: bool = True) -> None:
         """Run ``statements`` in order: in one transaction committed at the end, or each on its own
         in autocommit mode (for statements no transaction may hold, e.g. ``RESTORE``)."""
@@ -68,8 +77,7 @@ class DbApiEngine(Engine):
             cur = conn.cursor()
             try:
                 if transaction:
-                    for statement in self.begin_sql():
-                        cur.execute(statement.sql)
+                    self.open_transaction(conn, cur)
                 for statement in statements:
                     if statement.params:
                         cur.execute(statement.sql, tuple(statement.params))

@@ -206,6 +206,7 @@ class MsSqlEngine(DbApiEngine):
         with self.connect() as conn:
             cur = conn.cursor()
             try:
+                self.open_transaction(conn, cur)
                 for statement in locks:
                     cur.execute(statement.sql)
                 cur.execute(counts.sql, tuple(counts.params))

@@ -252,6 +252,7 @@ class OracleEngine(DbApiEngine):
         with self.connect() as conn:
             cur = conn.cursor()
             try:
+                self.open_transaction(conn, cur)
                 for statement in locks:
                     cur.execute(statement.sql)
                 cur.execute(counts.sql, tuple(counts.params))

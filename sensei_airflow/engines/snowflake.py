@@ -133,7 +133,7 @@ class SnowflakeEngine(DbApiEngine):
         with self.connect() as conn:
             cur = conn.cursor()
             try:
-                cur.execute("BEGIN")
+                self.open_transaction(conn, cur)
                 if tables:
                     counts = self.counts_sql(tables)
                     cur.execute(counts.sql, tuple(counts.params))

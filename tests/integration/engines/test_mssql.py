@@ -88,6 +88,7 @@ def test_referenced_tables_are_deleted_and_reseeded_the_rest_truncated_in_one_tr
     # one connection, one commit at the very end, nothing committed between statements
     work = events[events.index("execute SET LOCK_TIMEOUT 30000") :]
     assert work.count("commit") == 1 and work[-2:] == ["commit", "close"]
+    assert events.index("autocommit False") < events.index("execute SET LOCK_TIMEOUT 30000")
 
 
 def test_unreferenced_scope_is_only_truncated():

@@ -114,6 +114,7 @@ def test_referenced_tables_are_deleted_in_one_transaction_children_first():
     # the deletes commit together before the identity DDL (which commits on its own)
     events = hook.events()
     assert events.index("commit") == events.index('execute DELETE FROM "CRM"."CUSTOMERS"') + 1
+    assert events.index("autocommit False") < events.index('execute DELETE FROM "SALES"."ORDER_ITEMS"')
     assert removed == dict.fromkeys(tables, 7)
 
 
