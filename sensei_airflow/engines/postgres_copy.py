@@ -28,7 +28,7 @@ import math
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -313,7 +313,7 @@ class PostgresReverseWriter:
 
     lock_timeout = "30s"
 
-    def __init__(self, engine: PostgresEngine, *, chunk_rows: int = 250_000) -> None:
+    def __init__(self, engine: PostgresEngine, *, chunk_rows: int = 100_000) -> None:
         self.engine = engine
         self.chunk_rows = chunk_rows
         self.q = engine.quote_identifier
@@ -507,40 +507,76 @@ class PostgresReverseWriter:
         compare = skip_unchanged and isinstance(reader, PostgresRowSource) and self.source_has_rows(table)
         source_side = self.source_reader(table)
         outcome = {"staged": 0, "same": 0, "resumed": 0}
-        for number, key_range, state, _rows in chunks:
-            applier.check()
-            if state != "pending":
-                outcome["resumed"] += 1
-                applier.put(table, number, key_range, state)
-                continue
-            if compare:
-                from sensei_airflow.verify import both
-
-                left, right = both(
-                    lambda r=key_range: source_side.checksum(r), lambda r=key_range: reader.checksum(r)
+        with ExitStack() as stack:
+            conn = stack.enter_context(session(self.engine))
+            source_conn = (
+                stack.enter_context(reader.engine.connect())
+                if isinstance(reader, PostgresRowSource)
+                else None
+            )
+            for number, key_range, state, _rows in chunks:
+                self._stage_chunk(
+                    rollback_id,
+                    table,
+                    reader,
+                    applier,
+                    outcome,
+                    conn,
+                    source_conn,
+                    number,
+                    key_range,
+                    state,
+                    compare,
+                    source_side,
                 )
-                if left == right:
-                    self._mark(rollback_id, table, number, "same", left[0])
-                    outcome["same"] += 1
-                    applier.put(table, number, key_range, "same")
-                    continue
-            stage = self.stage_path(rollback_id, table, number)
-            columns = ", ".join(self.q(c) for c in table.columns)
-            with session(self.engine) as conn, conn.transaction():
-                conn.execute(f"DROP TABLE IF EXISTS {stage}")
-                conn.execute(
-                    f"CREATE UNLOGGED TABLE {stage} AS SELECT {columns} "  # noqa: S608 - quoted identifiers
-                    f"FROM {self.engine.quote_table(table.source)} WITH NO DATA"
-                )
-                moved = self._copy_range(conn, stage, table, reader, key_range)
-                conn.execute(
-                    "UPDATE sensei_staging.reverse_chunks SET state = 'staged', rows = %s, "
-                    "updated_at = now() WHERE rollback_id = %s AND source_table = %s AND chunk = %s",
-                    (moved, rollback_id, table.source, number),
-                )
-            outcome["staged"] += 1
-            applier.put(table, number, key_range, "staged")
         return outcome
+
+    def _stage_chunk(
+        self,
+        rollback_id: str,
+        table: ReverseTable,
+        reader: Any,
+        applier: _Applier,
+        outcome: dict[str, int],
+        conn: Any,
+        source_conn: Any,
+        number: int,
+        key_range: KeyRange,
+        state: str,
+        compare: bool,
+        source_side: PostgresRowSource,
+    ) -> None:
+        """Stage one chunk (or mark it unchanged) and hand it to the applier."""
+        applier.check()
+        if state != "pending":
+            outcome["resumed"] += 1
+            applier.put(table, number, key_range, state)
+            return
+        if compare:
+            from sensei_airflow.verify import both
+
+            left, right = both(lambda: source_side.checksum(key_range), lambda: reader.checksum(key_range))
+            if left == right:
+                self._mark(rollback_id, table, number, "same", left[0])
+                outcome["same"] += 1
+                applier.put(table, number, key_range, "same")
+                return
+        stage = self.stage_path(rollback_id, table, number)
+        columns = ", ".join(self.q(c) for c in table.columns)
+        with conn.transaction():
+            conn.execute(f"DROP TABLE IF EXISTS {stage}")
+            conn.execute(
+                f"CREATE UNLOGGED TABLE {stage} AS SELECT {columns} "  # noqa: S608 - quoted identifiers
+                f"FROM {self.engine.quote_table(table.source)} WITH NO DATA"
+            )
+            moved = self._copy_range(conn, stage, table, reader, key_range, source_conn)
+            conn.execute(
+                "UPDATE sensei_staging.reverse_chunks SET state = 'staged', rows = %s, "
+                "updated_at = now() WHERE rollback_id = %s AND source_table = %s AND chunk = %s",
+                (moved, rollback_id, table.source, number),
+            )
+        outcome["staged"] += 1
+        applier.put(table, number, key_range, "staged")
 
     def _mark(self, rollback_id: str, table: ReverseTable, chunk: int, state: str, rows: int) -> None:
         with session(self.engine) as conn, conn.transaction():
@@ -551,13 +587,13 @@ class PostgresReverseWriter:
             )
 
     def _copy_range(
-        self, conn: Any, stage: str, table: ReverseTable, reader: Any, key_range: KeyRange
+        self, conn: Any, stage: str, table: ReverseTable, reader: Any, key_range: KeyRange, source_conn: Any
     ) -> int:
         columns = ", ".join(self.q(c) for c in table.columns)
         if isinstance(reader, PostgresRowSource):
             select, params = reader.copy_select(key_range)
             return relay_copy(
-                reader.engine, select, params, conn, f"COPY {stage} ({columns}) FROM STDIN (FORMAT binary)"
+                source_conn, select, params, conn, f"COPY {stage} ({columns}) FROM STDIN (FORMAT binary)"
             )
         moved = 0
         with conn.cursor() as cur, cur.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy_in:
@@ -653,7 +689,9 @@ class PostgresReverseWriter:
             "SELECT source_table, chunk FROM sensei_staging.reverse_chunks WHERE rollback_id = %s",
             (rollback_id,),
         ).fetchall():
-            conn.execute(f"DROP TABLE IF EXISTS {STAGING_SCHEMA}.{self.q(stage_name(rollback_id, name, chunk))}")
+            conn.execute(
+                f"DROP TABLE IF EXISTS {STAGING_SCHEMA}.{self.q(stage_name(rollback_id, name, chunk))}"
+            )
         conn.execute("DELETE FROM sensei_staging.reverse_chunks WHERE rollback_id = %s", (rollback_id,))
 
 
@@ -735,7 +773,9 @@ class _Applier(threading.Thread):
                 for chunk_table, chunk, key_range in staged:
                     if chunk_table.source == table.source:
                         stage = writer.stage_path(self.rollback_id, table, chunk)
-                        self.results[table.source].deleted += writer.delete_missing(conn, stage, table, key_range)
+                        self.results[table.source].deleted += writer.delete_missing(
+                            conn, stage, table, key_range
+                        )
             for table in self.tables:
                 self.results[table.source].sequences = writer._advance_sequences(conn, table)
             conn.execute(
@@ -753,29 +793,33 @@ def _ranges(boundaries: Sequence[KeyValues]) -> list[KeyRange]:
 
 
 def relay_copy(
-    source: PostgresEngine, select: str, params: Sequence[Any], dest_conn: Any, copy_in_sql: str
+    source: PostgresEngine | Any, select: str, params: Sequence[Any], dest_conn: Any, copy_in_sql: str
 ) -> int:
     """Binary ``COPY (select) TO STDOUT`` on ``source`` into ``copy_in_sql`` on ``dest_conn``.
 
+    ``source`` is an engine (a connection is opened for the copy) or an open connection.
     Blocks are merged into writes of about :data:`WRITE_BYTES`; rows are never decoded, so
     memory stays flat whatever the table's size. Returns the rows copied (as the server counts).
     """
+    if hasattr(source, "connect") and not hasattr(source, "cursor"):
+        with source.connect() as src:
+            return relay_copy(src, select, params, dest_conn, copy_in_sql)
+    src = source
     copy_out_sql = f"COPY ({select}) TO STDOUT (FORMAT binary)"
-    with source.connect() as src:
-        with (
-            dest_conn.cursor() as dest_cur,
-            dest_cur.copy(copy_in_sql) as copy_in,
-            src.cursor().copy(copy_out_sql, params or None) as copy_out,
-        ):
-            pending: list[bytes] = []
-            size = 0
-            for block in copy_out:
-                pending.append(bytes(block))
-                size += len(block)
-                if size >= WRITE_BYTES:
-                    copy_in.write(b"".join(pending))
-                    pending, size = [], 0
-            if pending:
+    with (
+        dest_conn.cursor() as dest_cur,
+        dest_cur.copy(copy_in_sql) as copy_in,
+        src.cursor().copy(copy_out_sql, params or None) as copy_out,
+    ):
+        pending: list[bytes] = []
+        size = 0
+        for block in copy_out:
+            pending.append(bytes(block))
+            size += len(block)
+            if size >= WRITE_BYTES:
                 copy_in.write(b"".join(pending))
-        src.rollback()
-        return max(dest_cur.rowcount, 0)
+                pending, size = [], 0
+        if pending:
+            copy_in.write(b"".join(pending))
+    src.rollback()
+    return max(dest_cur.rowcount, 0)

@@ -49,7 +49,7 @@ class ReverseMigrationStrategy(RollbackStrategy):
 
     @cached_property
     def writer(self) -> Any:
-        return self.source.reverse_writer(chunk_rows=_setting("reverse_chunk_rows", 250_000))
+        return self.source.reverse_writer(chunk_rows=_setting("reverse_chunk_rows", 100_000))
 
     # -- resolving tables --------------------------------------------------------------------
     def resolve(self, table: TableMapping) -> Any:
