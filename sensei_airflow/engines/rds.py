@@ -1,0 +1,383 @@
+"""Point-in-time recovery of a PostgreSQL target on AWS RDS or Aurora, through the amazon provider.
+
+RDS restores a point in time only into a *new* instance (or Aurora cluster). Two ways back:
+
+- ``copy_back`` (default): restore into a new instance, copy the tables in scope from it into
+  the live target in one transaction (the same copy as the self-managed table-level path), then
+  delete the new instance. Every other table and database of the target is untouched.
+- ``swap``: for scope ``all`` of an instance that holds only this migration: rename the live
+  instance aside and the restored one into its name, so the endpoint clients use now serves
+  the restored data. The old instance is kept (renamed) for the DBA to delete.
+
+The restored instance's name is derived from the source and the point, so a retried task finds
+and reuses the instance a previous try started instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import closing, suppress
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from sensei_airflow.engines.base import (
+    PointInTimeOutcome,
+    PointInTimePlan,
+    PointInTimeRecovery,
+    PointInTimeRefused,
+    RecoveryTarget,
+    RecoveryWindow,
+)
+
+if TYPE_CHECKING:
+    from sensei_airflow.engines.postgres import PostgresEngine
+    from sensei_airflow.manifest import PointInTimeSettings, RdsPointInTime
+
+MECHANISM = "AWS RDS point-in-time restore"
+TAG_KEY = "sensei:rollback-of"
+
+
+def restored_identifier(source: str, target: RecoveryTarget) -> str:
+    """``<source>-pitr-<UTC time of the point>``, within RDS's 63 characters (letters, digits, hyphens)."""
+    stamp = target.time.astimezone(UTC).strftime("%Y%m%d%H%M%S")
+    return f"{source[: 63 - len(stamp) - 6].rstrip('-')}-pitr-{stamp}"
+
+
+class RdsRecovery(PointInTimeRecovery):
+    """RDS / Aurora PostgreSQL: restore into a new instance, then copy back or swap."""
+
+    mechanism = MECHANISM
+
+    def __init__(self, engine: PostgresEngine, settings: PointInTimeSettings) -> None:
+        assert settings.rds is not None
+        self.engine = engine
+        self.settings = settings
+        self.config: RdsPointInTime = settings.rds
+
+    @cached_property
+    def hook(self) -> Any:
+        try:
+            from airflow.providers.amazon.aws.hooks.rds import RdsHook
+        except ImportError as exc:
+            from airflow.exceptions import AirflowOptionalProviderFeatureException
+
+            raise AirflowOptionalProviderFeatureException(
+                "point-in-time recovery on RDS needs the amazon provider: pip install 'sensei-airflow[amazon]'"
+            ) from exc
+        return RdsHook(aws_conn_id=self.config.aws_conn_id, region_name=self.config.region_name)
+
+    @property
+    def client(self) -> Any:
+        return self.hook.conn
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.config.db_cluster_identifier is not None
+
+    @property
+    def source_id(self) -> str:
+        return self.config.db_cluster_identifier or self.config.db_instance_identifier or ""
+
+    # -- facts -------------------------------------------------------------------------------
+    def describe_source(self) -> dict[str, Any]:
+        try:
+            if self.is_cluster:
+                return dict(
+                    self.client.describe_db_clusters(DBClusterIdentifier=self.source_id)["DBClusters"][0]
+                )
+            return dict(
+                self.client.describe_db_instances(DBInstanceIdentifier=self.source_id)["DBInstances"][0]
+            )
+        except self.client.exceptions.ClientError as exc:
+            raise PointInTimeRefused(f"RDS {self.source_id} cannot be described: {exc}") from None
+
+    def restorable_range(self, source: dict[str, Any], now: datetime) -> tuple[datetime, datetime, int]:
+        """(earliest, latest restorable time, retention days) of the source."""
+        retention = int(source.get("BackupRetentionPeriod") or 0)
+        latest = source.get("LatestRestorableTime") or now
+        created = source.get("InstanceCreateTime") or source.get("ClusterCreateTime") or now
+        earliest = source.get("EarliestRestorableTime") or max(created, now - timedelta(days=retention))
+        return earliest, latest, retention
+
+    def _instance_exists(self, identifier: str) -> bool:
+        try:
+            self.client.describe_db_instances(DBInstanceIdentifier=identifier)
+        except self.client.exceptions.DBInstanceNotFoundFault:
+            return False
+        return True
+
+    def _cluster_exists(self, identifier: str) -> bool:
+        try:
+            self.client.describe_db_clusters(DBClusterIdentifier=identifier)
+        except self.client.exceptions.DBClusterNotFoundFault:
+            return False
+        return True
+
+    # -- PointInTimeRecovery ------------------------------------------------------------------
+    def assess(
+        self, tables: Sequence[str], target: RecoveryTarget, *, whole_database: bool
+    ) -> PointInTimePlan:
+        source = self.describe_source()
+        now = datetime.now(UTC)
+        earliest, latest, retention = self.restorable_range(source, now)
+        if retention == 0:
+            raise PointInTimeRefused(
+                f"RDS {self.source_id} has automated backups turned off (BackupRetentionPeriod 0): "
+                "it cannot be restored to a point in time"
+            )
+        if target.time < earliest:
+            raise PointInTimeRefused(
+                f"restore_to {target.time.isoformat()} is before RDS {self.source_id}'s earliest restorable "
+                f"time {earliest.isoformat()} ({retention} d of automated backups)"
+            )
+        if target.time > latest:
+            raise PointInTimeRefused(
+                f"restore_to {target.time.isoformat()} is after RDS {self.source_id}'s latest restorable time "
+                f"{latest.isoformat()} (RDS uploads transaction logs every few minutes: wait, or choose an "
+                "earlier point)"
+            )
+        existing = set(self.engine.user_tables())
+        missing = [t for t in tables if t not in existing]
+        if missing:
+            raise PointInTimeRefused(f"target table {missing[0]} does not exist on {self.engine.conn_id}")
+        foreign_keys = self.engine.foreign_keys()
+        outside = [fk for fk in foreign_keys if fk.parent in tables and fk.child not in tables]
+        counts = self.engine.row_counts({fk.child for fk in outside})
+        for fk in outside:
+            if counts[fk.child] > 0:
+                raise PointInTimeRefused(
+                    f"{fk.child} (outside the scope) references {fk.parent} through {fk.name} and holds "
+                    f"{counts[fk.child]} rows: replacing {fk.parent} alone could break it; add it to the scope"
+                )
+        from sensei_airflow.plan import dependency_order
+
+        ordered = dependency_order(list(tables), foreign_keys)
+        path, warnings = "table", []
+        if self.config.method == "swap":
+            if whole_database and not self.is_cluster:
+                path = "database"
+            else:
+                warnings.append("copying the tables back instead of swapping: swap needs scope all of an instance "
+                                "that holds only this migration (target_holds_only_this_migration)")  # fmt: skip
+        restored = restored_identifier(self.source_id, target)
+        kind = "cluster" if self.is_cluster else "instance"
+        steps = [
+            f"restore_db_{kind}_to_point_in_time({self.source_id} -> {restored}, {target.time.isoformat()})",
+            f"wait until {restored} is available",
+        ]
+        if path == "table":
+            referenced = {fk.parent for fk in outside}
+            steps += [s.sql for s in self.replace_statements(ordered, referenced)]
+            steps += [
+                "COPY each table from the restored instance, parents first; set its sequences",
+                "COMMIT",
+            ]
+            if not self.config.keep_restored_instance:
+                steps.append(f"delete {restored} (no final snapshot)")
+        else:
+            aside = f"{self.source_id[:50]}-before-pitr"
+            steps += [f"rename {self.source_id} -> {aside}", f"rename {restored} -> {self.source_id}"]
+        database = self.engine.query("SELECT current_database()")[0][0]
+        return PointInTimePlan(
+            tables=ordered,
+            path=path,
+            steps=steps,
+            warnings=warnings,
+            detail={
+                "mechanism": MECHANISM,
+                "source": self.source_id,
+                "restored": restored,
+                "database": database,
+                "referenced_from_outside": sorted({fk.parent for fk in outside}),
+                "earliest_restorable": earliest.isoformat(),
+                "latest_restorable": latest.isoformat(),
+            },
+        )
+
+    def replace_statements(self, ordered: Sequence[str], referenced_from_outside: set[str]) -> list[Any]:
+        children_first = list(reversed(ordered))
+        return [
+            *self.engine.lock_sql(children_first),
+            *self.engine.empty_tables_sql(children_first, referenced_from_outside),
+        ]
+
+    def restore(self, plan: PointInTimePlan, target: RecoveryTarget) -> PointInTimeOutcome:
+        restored = str(plan.detail["restored"])
+        source = self.describe_source()
+        calls = self._start_restore(source, restored, target)
+        try:
+            endpoint = self._wait_available(restored)
+            if plan.path == "database":
+                return self._swap(plan, restored, calls)
+            statements, rows = self._copy_back(plan, endpoint)
+        except BaseException:
+            if not self.config.keep_restored_instance and plan.path != "database":
+                self._delete(restored)
+            raise
+        if not self.config.keep_restored_instance:
+            calls += self._delete(restored)
+        return PointInTimeOutcome(
+            statements=[*calls, *statements],
+            rows_restored=rows,
+            detail={
+                "path": "table",
+                "restored": restored,
+                "endpoint": endpoint,
+                "recovery": f"RDS restore to {target.time.isoformat()}",
+            },
+        )
+
+    def _start_restore(self, source: dict[str, Any], restored: str, target: RecoveryTarget) -> list[str]:
+        """Start the restore (or find the one a previous try started)."""
+        tags = [{"Key": TAG_KEY, "Value": self.source_id}]
+        if self.is_cluster:
+            calls = []
+            if not self._cluster_exists(restored):
+                self.client.restore_db_cluster_to_point_in_time(
+                    SourceDBClusterIdentifier=self.source_id,
+                    DBClusterIdentifier=restored,
+                    RestoreToTime=target.time,
+                    RestoreType="full-copy",
+                    DBSubnetGroupName=source.get("DBSubnetGroup") or None,
+                    VpcSecurityGroupIds=[
+                        g["VpcSecurityGroupId"] for g in source.get("VpcSecurityGroups", [])
+                    ],
+                    Tags=tags,
+                )
+                calls.append(f"restore_db_cluster_to_point_in_time({self.source_id} -> {restored})")
+            writer = f"{restored[:57]}-w1"
+            if not self._instance_exists(writer):
+                self.client.create_db_instance(
+                    DBInstanceIdentifier=writer,
+                    DBClusterIdentifier=restored,
+                    Engine=source.get("Engine", "aurora-postgresql"),
+                    DBInstanceClass=self.config.instance_class or "db.r6g.large",
+                    Tags=tags,
+                )
+                calls.append(f"create_db_instance({writer} in {restored})")
+            return calls
+        if self._instance_exists(restored):
+            return []
+        arguments: dict[str, Any] = {
+            "SourceDBInstanceIdentifier": self.source_id,
+            "TargetDBInstanceIdentifier": restored,
+            "RestoreTime": target.time,
+            "PubliclyAccessible": bool(source.get("PubliclyAccessible", False)),
+            "Tags": tags,
+        }
+        if self.config.instance_class:
+            arguments["DBInstanceClass"] = self.config.instance_class
+        subnet = (source.get("DBSubnetGroup") or {}).get("DBSubnetGroupName")
+        if subnet:
+            arguments["DBSubnetGroupName"] = subnet
+        groups = [g["VpcSecurityGroupId"] for g in source.get("VpcSecurityGroups", [])]
+        if groups:
+            arguments["VpcSecurityGroupIds"] = groups
+        self.client.restore_db_instance_to_point_in_time(**arguments)
+        return [
+            f"restore_db_instance_to_point_in_time({self.source_id} -> {restored}, {target.time.isoformat()})"
+        ]
+
+    def _max_attempts(self) -> int:
+        return max(1, int(self.config.wait_timeout_minutes * 60 / self.config.poll_seconds))
+
+    def _wait_available(self, restored: str) -> dict[str, Any]:
+        """Wait until the restored instance (or cluster) is available; its endpoint."""
+        if self.is_cluster:
+            self.hook.wait_for_db_cluster_state(
+                restored, target_state="available", check_interval=self.config.poll_seconds,
+                max_attempts=self._max_attempts(),
+            )  # fmt: skip
+            self.hook.wait_for_db_instance_state(
+                f"{restored[:57]}-w1", target_state="available", check_interval=self.config.poll_seconds,
+                max_attempts=self._max_attempts(),
+            )  # fmt: skip
+            cluster = self.client.describe_db_clusters(DBClusterIdentifier=restored)["DBClusters"][0]
+            return {"address": cluster["Endpoint"], "port": int(cluster.get("Port") or 5432)}
+        self.hook.wait_for_db_instance_state(
+            restored, target_state="available", check_interval=self.config.poll_seconds,
+            max_attempts=self._max_attempts(),
+        )  # fmt: skip
+        instance = self.client.describe_db_instances(DBInstanceIdentifier=restored)["DBInstances"][0]
+        return {"address": instance["Endpoint"]["Address"], "port": int(instance["Endpoint"]["Port"])}
+
+    def restored_conninfo(self, endpoint: dict[str, Any], database: str) -> dict[str, Any]:
+        """libpq parameters for the restored instance: the live connection's credentials, its endpoint."""
+        conn = self.engine.hook.get_connection(self.engine.conn_id)
+        extra = conn.extra_dejson or {}
+        return {
+            "host": endpoint["address"],
+            "port": endpoint["port"],
+            "dbname": database,
+            "user": conn.login,
+            "password": conn.password,
+            "sslmode": extra.get("sslmode", "prefer"),
+            "connect_timeout": 30,
+        }
+
+    def _copy_back(self, plan: PointInTimePlan, endpoint: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
+        import psycopg
+
+        from sensei_airflow.engines.postgres_pitr import replace_tables_from
+
+        referenced = set(plan.detail.get("referenced_from_outside", []))
+        info = self.restored_conninfo(endpoint, str(plan.detail["database"]))
+        with closing(psycopg.connect(**{k: v for k, v in info.items() if v is not None})) as source:
+            return replace_tables_from(
+                self.engine, source, plan.tables, self.replace_statements(plan.tables, referenced)
+            )
+
+    def _swap(self, plan: PointInTimePlan, restored: str, calls: list[str]) -> PointInTimeOutcome:
+        aside = f"{self.source_id[:50]}-before-pitr"
+        renames = [(self.source_id, aside), (restored, self.source_id)]
+        for old, new in renames:
+            if self._instance_exists(old) and not self._instance_exists(new):
+                self.client.modify_db_instance(
+                    DBInstanceIdentifier=old, NewDBInstanceIdentifier=new, ApplyImmediately=True
+                )
+                self.hook.wait_for_db_instance_state(
+                    new, target_state="available", check_interval=self.config.poll_seconds,
+                    max_attempts=self._max_attempts(),
+                )  # fmt: skip
+                calls.append(f"modify_db_instance({old} -> {new}, ApplyImmediately)")
+        rows = self.engine.row_counts(plan.tables)
+        return PointInTimeOutcome(
+            statements=calls,
+            rows_restored=rows,
+            detail={"path": "database", "restored": restored, "previous_instance": aside},
+        )
+
+    def _delete(self, restored: str) -> list[str]:
+        """Delete the restored instance (and cluster); never raises (the rollback's outcome stands)."""
+        calls = []
+        with suppress(Exception):
+            if self.is_cluster:
+                writer = f"{restored[:57]}-w1"
+                if self._instance_exists(writer):
+                    self.client.delete_db_instance(DBInstanceIdentifier=writer, SkipFinalSnapshot=True)
+                    calls.append(f"delete_db_instance({writer})")
+                if self._cluster_exists(restored):
+                    self.client.delete_db_cluster(DBClusterIdentifier=restored, SkipFinalSnapshot=True)
+                    calls.append(f"delete_db_cluster({restored})")
+            elif self._instance_exists(restored):
+                self.client.delete_db_instance(
+                    DBInstanceIdentifier=restored, SkipFinalSnapshot=True, DeleteAutomatedBackups=True
+                )
+                calls.append(f"delete_db_instance({restored}, SkipFinalSnapshot)")
+        return calls
+
+    def windows(self, tables: Sequence[str], point: datetime) -> list[RecoveryWindow]:
+        source = self.describe_source()
+        now = datetime.now(UTC)
+        earliest, latest, retention = self.restorable_range(source, now)
+        return [
+            RecoveryWindow(
+                mechanism=MECHANISM,
+                table=None,
+                earliest=earliest,
+                latest=latest,
+                closes_at=point + timedelta(days=retention),
+                limit=f"automated backup retention ({retention} d)",
+            )
+        ]

@@ -1,0 +1,254 @@
+"""RDS / Aurora point-in-time recovery: the AWS calls against moto's RDS, the data against real PostgreSQL.
+
+moto keeps the instances' metadata but runs no database, so the restored instance's data is a
+real PostgreSQL database holding the tables as they were at the point; the test points the
+copy at it through :meth:`RdsRecovery.restored_conninfo` after checking the endpoint moto gave.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sensei_airflow.engines.base import PointInTimeRefused, RecoveryTarget
+from sensei_airflow.engines.postgres import PostgresEngine
+from sensei_airflow.engines.rds import RdsRecovery, restored_identifier
+from sensei_airflow.manifest import PointInTimeSettings
+
+SCHEMA = """
+CREATE TABLE public.customers (id bigserial PRIMARY KEY, name text NOT NULL);
+CREATE TABLE public.orders (id bigint PRIMARY KEY, customer_id bigint REFERENCES public.customers (id), total int);
+CREATE TABLE public.audit_notes (id int PRIMARY KEY, note text);
+"""
+AT_POINT = """
+INSERT INTO public.customers (name) SELECT 'c' || g FROM generate_series(1, 50) g;
+INSERT INTO public.orders SELECT g, 1 + g % 50, g FROM generate_series(1, 120) g;
+INSERT INTO public.audit_notes VALUES (1, 'at the point');
+"""
+LATER = """
+INSERT INTO public.customers (name) SELECT 'late' || g FROM generate_series(1, 5) g;
+UPDATE public.orders SET total = -1;
+INSERT INTO public.audit_notes VALUES (2, 'later');
+"""
+
+
+@pytest.fixture(scope="module")
+def moto_rds() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def rds(moto_rds: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A boto3 RDS client on moto, also reachable as Airflow connection ``aws_pitr``."""
+    import boto3
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_PITR",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": moto_rds, "region_name": "us-east-1"},
+            }
+        ),
+    )
+    return boto3.client(
+        "rds", endpoint_url=moto_rds, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+
+
+def create_instance(rds: Any, retention: int = 7) -> str:
+    identifier = f"shop-{uuid.uuid4().hex[:8]}"
+    rds.create_db_instance(
+        DBInstanceIdentifier=identifier, Engine="postgres", DBInstanceClass="db.t3.micro",
+        MasterUsername="postgres", MasterUserPassword="password1", AllocatedStorage=20,
+        BackupRetentionPeriod=retention,
+    )  # fmt: skip
+    return identifier
+
+
+@pytest.fixture
+def live_and_restored(pg_cluster, monkeypatch) -> Iterator[tuple[str, str]]:
+    """The live target (``pitr_target``, changed after the point) and the database playing the restored instance."""
+    import psycopg
+
+    suffix = uuid.uuid4().hex[:8]
+    live, restored = f"rds_live_{suffix}", f"rds_restored_{suffix}"
+    monkeypatch.setenv("AIRFLOW_CONN_PITR_TARGET", pg_cluster.create_database(live))
+    pg_cluster.create_database(restored)
+    for name, statements in ((live, SCHEMA + AT_POINT + LATER), (restored, SCHEMA + AT_POINT)):
+        with psycopg.connect(pg_cluster.dsn(name), autocommit=True) as conn:
+            conn.execute(statements)
+    yield live, restored
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        for name in (live, restored):
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def recovery(instance: str, **rds_settings: Any) -> RdsRecovery:
+    settings = PointInTimeSettings.model_validate(
+        {
+            "target_holds_only_this_migration": rds_settings.pop("whole", False),
+            "rds": {"aws_conn_id": "aws_pitr", "db_instance_identifier": instance, "poll_seconds": 0.1,
+                    "wait_timeout_minutes": 1, **rds_settings},
+        }
+    )  # fmt: skip
+    return RdsRecovery(PostgresEngine("pitr_target"), settings)
+
+
+def point_after_creation() -> RecoveryTarget:
+    time.sleep(0.05)
+    point = datetime.now(UTC) - timedelta(milliseconds=10)
+    return RecoveryTarget(time=point)
+
+
+def rows(pg_cluster, database: str, table: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(pg_cluster.dsn(database)) as conn:
+        return conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()  # noqa: S608
+
+
+def test_copy_back_restores_the_tables_in_scope_and_deletes_the_instance(
+    rds, pg_cluster, live_and_restored, monkeypatch
+):
+    live, restored_db = live_and_restored
+    instance = create_instance(rds)
+    target = point_after_creation()
+    pitr = recovery(instance)
+    endpoints: list[dict[str, Any]] = []
+
+    def conninfo(self: RdsRecovery, endpoint: dict[str, Any], database: str) -> dict[str, Any]:
+        endpoints.append(endpoint)
+        assert database == live
+        return {"host": "127.0.0.1", "port": pg_cluster.port, "dbname": restored_db, "user": "postgres"}
+
+    monkeypatch.setattr(RdsRecovery, "restored_conninfo", conninfo)
+    plan = pitr.assess(["public.orders", "public.customers"], target, whole_database=False)
+    assert plan.path == "table"
+    assert plan.tables == ["public.customers", "public.orders"]
+    assert plan.detail["restored"] == restored_identifier(instance, target)
+    outcome = pitr.restore(plan, target)
+
+    assert rows(pg_cluster, live, "public.orders") == rows(pg_cluster, restored_db, "public.orders")
+    assert rows(pg_cluster, live, "public.customers") == rows(pg_cluster, restored_db, "public.customers")
+    assert len(rows(pg_cluster, live, "public.audit_notes")) == 2  # outside the scope: untouched
+    assert outcome.rows_restored == {"public.customers": 50, "public.orders": 120}
+    # the restored instance was a real moto instance with its own endpoint, and is gone now
+    described = endpoints[0]
+    assert plan.detail["restored"] in described["address"] and described["port"] == 5432
+    assert outcome.statements[0].startswith(f"restore_db_instance_to_point_in_time({instance} -> ")
+    assert any(s.startswith("delete_db_instance(") for s in outcome.statements)
+    with pytest.raises(rds.exceptions.DBInstanceNotFoundFault):
+        rds.describe_db_instances(DBInstanceIdentifier=plan.detail["restored"])
+
+
+def test_retry_reuses_the_instance_a_previous_try_started(rds, pg_cluster, live_and_restored, monkeypatch):
+    live, restored_db = live_and_restored
+    instance = create_instance(rds)
+    target = point_after_creation()
+    pitr = recovery(instance)
+    monkeypatch.setattr(
+        RdsRecovery, "restored_conninfo",
+        lambda self, endpoint, database: {"host": "127.0.0.1", "port": pg_cluster.port, "dbname": restored_db,
+                                          "user": "postgres"},
+    )  # fmt: skip
+    plan = pitr.assess(["public.customers", "public.orders"], target, whole_database=False)
+    rds.restore_db_instance_to_point_in_time(  # what a failed first try left behind
+        SourceDBInstanceIdentifier=instance,
+        TargetDBInstanceIdentifier=plan.detail["restored"],
+        RestoreTime=target.time,
+    )
+    outcome = pitr.restore(plan, target)
+    assert not any(s.startswith("restore_db_instance") for s in outcome.statements)
+    assert rows(pg_cluster, live, "public.orders") == rows(pg_cluster, restored_db, "public.orders")
+
+
+def test_points_outside_the_retention_are_refused(rds, pg_cluster, live_and_restored):
+    instance = create_instance(rds)
+    pitr = recovery(instance)
+    with pytest.raises(PointInTimeRefused, match="before RDS .* earliest restorable time"):
+        pitr.assess(
+            ["public.orders"],
+            RecoveryTarget(time=datetime.now(UTC) - timedelta(days=1)),
+            whole_database=False,
+        )
+    with pytest.raises(PointInTimeRefused, match="after RDS .* latest restorable time"):
+        pitr.assess(
+            ["public.orders"],
+            RecoveryTarget(time=datetime.now(UTC) + timedelta(hours=1)),
+            whole_database=False,
+        )
+    no_backups = create_instance(rds, retention=0)
+    with pytest.raises(PointInTimeRefused, match="automated backups turned off"):
+        recovery(no_backups).assess(["public.orders"], point_after_creation(), whole_database=False)
+    [window] = pitr.windows(["public.orders"], datetime(2026, 3, 1, tzinfo=UTC))
+    assert window.closes_at == datetime(2026, 3, 8, tzinfo=UTC)
+    assert window.limit == "automated backup retention (7 d)"
+
+
+def test_swap_renames_the_restored_instance_into_place(rds, pg_cluster, live_and_restored):
+    instance = create_instance(rds)
+    target = point_after_creation()
+    pitr = recovery(instance, method="swap")
+    plan = pitr.assess(
+        ["public.customers", "public.orders", "public.audit_notes"], target, whole_database=True
+    )
+    assert plan.path == "database"
+    outcome = pitr.restore(plan, target)
+    assert outcome.detail["previous_instance"] == f"{instance}-before-pitr"
+    tags = {
+        t["Key"]: t["Value"]
+        for t in rds.describe_db_instances(DBInstanceIdentifier=instance)["DBInstances"][0]["TagList"]
+    }
+    assert tags["sensei:rollback-of"] == instance  # the instance now under the live name is the restored one
+    rds.describe_db_instances(DBInstanceIdentifier=f"{instance}-before-pitr")
+    with pytest.raises(rds.exceptions.DBInstanceNotFoundFault):
+        rds.describe_db_instances(DBInstanceIdentifier=plan.detail["restored"])
+    # scope other than all: swap is not allowed, the tables are copied back instead
+    narrow = recovery(instance, method="swap").assess(
+        ["public.orders"], point_after_creation(), whole_database=False
+    )
+    assert narrow.path == "table" and "copying the tables back" in narrow.warnings[0]
+
+
+def test_aurora_cluster_restore_copies_back_and_cleans_up(rds, pg_cluster, live_and_restored, monkeypatch):
+    live, restored_db = live_and_restored
+    cluster = f"aurora-{uuid.uuid4().hex[:8]}"
+    rds.create_db_cluster(
+        DBClusterIdentifier=cluster, Engine="aurora-postgresql", MasterUsername="postgres",
+        MasterUserPassword="password1", BackupRetentionPeriod=3,
+    )  # fmt: skip
+    target = point_after_creation()
+    settings = PointInTimeSettings.model_validate(
+        {"rds": {"aws_conn_id": "aws_pitr", "db_cluster_identifier": cluster, "poll_seconds": 0.1,
+                 "instance_class": "db.r6g.large"}}
+    )  # fmt: skip
+    pitr = RdsRecovery(PostgresEngine("pitr_target"), settings)
+    monkeypatch.setattr(
+        RdsRecovery, "restored_conninfo",
+        lambda self, endpoint, database: {"host": "127.0.0.1", "port": pg_cluster.port, "dbname": restored_db,
+                                          "user": "postgres"},
+    )  # fmt: skip
+    plan = pitr.assess(["public.customers", "public.orders"], target, whole_database=False)
+    outcome = pitr.restore(plan, target)
+    assert rows(pg_cluster, live, "public.customers") == rows(pg_cluster, restored_db, "public.customers")
+    calls = outcome.statements
+    assert calls[0] == f"restore_db_cluster_to_point_in_time({cluster} -> {plan.detail['restored']})"
+    assert any(c.startswith("delete_db_cluster(") for c in calls)
+    with pytest.raises(rds.exceptions.DBClusterNotFoundFault):
+        rds.describe_db_clusters(DBClusterIdentifier=plan.detail["restored"])
