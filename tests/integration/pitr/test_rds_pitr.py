@@ -181,13 +181,13 @@ def test_retry_reuses_the_instance_a_previous_try_started(rds, pg_cluster, live_
 def test_points_outside_the_retention_are_refused(rds, pg_cluster, live_and_restored):
     instance = create_instance(rds)
     pitr = recovery(instance)
-    with pytest.raises(PointInTimeRefused, match="before RDS .* earliest restorable time"):
+    with pytest.raises(PointInTimeRefused, match=r"before RDS .* earliest restorable time"):
         pitr.assess(
             ["public.orders"],
             RecoveryTarget(time=datetime.now(UTC) - timedelta(days=1)),
             whole_database=False,
         )
-    with pytest.raises(PointInTimeRefused, match="after RDS .* latest restorable time"):
+    with pytest.raises(PointInTimeRefused, match=r"after RDS .* latest restorable time"):
         pitr.assess(
             ["public.orders"],
             RecoveryTarget(time=datetime.now(UTC) + timedelta(hours=1)),
