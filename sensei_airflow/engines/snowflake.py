@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -70,8 +71,13 @@ def _fold(part: str) -> str:
 
 class SnowflakeEngine(DbApiEngine):
     dialect = "snowflake"
-    default_schema = "PUBLIC"
     paramstyle = "format"
+
+    @cached_property
+    def default_schema(self) -> str:  # type: ignore[override]
+        """The connection's schema (where unqualified names resolve), else ``PUBLIC``."""
+        schema = self.hook.get_connection(self.conn_id).schema
+        return _fold(schema) if schema else "PUBLIC"
 
     def _make_hook(self) -> Any:
         try:

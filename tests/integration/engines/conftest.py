@@ -159,7 +159,7 @@ def fake_snowflake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         "conn_type": "snowflake",
         "login": "sensei",
         "password": "unused",
-        "schema": "PUBLIC",
+        "schema": "CRM",
         "extra": {"account": "sensei-test", "database": "SHOP", "warehouse": "WH"},
     }
     monkeypatch.setenv("AIRFLOW_CONN_SNOW_TARGET", json.dumps(conn))

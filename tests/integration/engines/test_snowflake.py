@@ -27,7 +27,7 @@ def test_registry_and_names(fake_snowflake):
     engine = get_engine(fake_snowflake.conn_id)
     assert isinstance(engine, SnowflakeEngine)
     assert engine.qualify("crm.customers") == "CRM.CUSTOMERS"
-    assert engine.qualify("orders") == "PUBLIC.ORDERS"
+    assert engine.qualify("orders") == "CRM.ORDERS"  # the connection's schema
     assert engine.qualify('crm."MixedCase"') == "CRM.MixedCase"
     assert engine.quote_table("crm.customers") == '"CRM"."CUSTOMERS"'
 
