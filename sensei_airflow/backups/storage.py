@@ -364,14 +364,11 @@ class GCSStorage(Storage):
 
     @contextmanager
     def open_read(self, name: str) -> Iterator[Any]:
-        from google.api_core.exceptions import NotFound
-
-        blob = self.bucket.blob(self._key(name), chunk_size=8 * CHUNK)
-        try:
-            reader = blob.open("rb")
-        except NotFound:
-            raise FileNotFoundError(self.url_of(name)) from None
-        with reader:
+        # get_blob answers None for a missing object (blob.open would only fail on the first read).
+        blob = self.bucket.get_blob(self._key(name))
+        if blob is None:
+            raise FileNotFoundError(self.url_of(name))
+        with blob.open("rb", chunk_size=8 * CHUNK) as reader:
             yield reader
 
     def size(self, name: str) -> int:

@@ -62,6 +62,37 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[str]:
+    """A GCS API emulator (gcp-storage-emulator) for the session; its endpoint URL."""
+    from gcp_storage_emulator.server import create_server
+
+    server = create_server("127.0.0.1", 0, in_memory=True)
+    server.start()
+    yield f"http://127.0.0.1:{server._api._httpd.server_address[1]}"
+    server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the GCS emulator, reachable through ``google_cloud_default`` (anonymous)."""
+    import uuid
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT",
+        json.dumps(
+            {"conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "test"}}
+        ),
+    )
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    name = f"backups-{uuid.uuid4().hex[:10]}"
+    storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(name)
+    return name
+
+
 @pytest.fixture
 def backup_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "backups"

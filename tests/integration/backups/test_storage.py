@@ -143,3 +143,21 @@ def test_s3_unreachable(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None
     os.environ.pop("AWS_ENDPOINT_URL", None)
     with pytest.raises(StorageUnreachable, match=s3_bucket):
         storage_for(f"s3://{s3_bucket}/x").check_reachable()
+
+
+def test_gcs_streaming_round_trip(gcs_bucket: str) -> None:
+    from sensei_airflow.backups.storage import GCSStorage
+
+    storage = storage_for(f"gs://{gcs_bucket}/pre-migration")
+    assert isinstance(storage, GCSStorage)
+    storage.check_reachable()
+    total = 20 << 20  # more than two resumable-upload chunks
+    record = store(storage, "m/bkp_3/t.copy.zst", Chunks(total, b"gcs"), compress=False)
+    assert record.size == total == storage.size("m/bkp_3/t.copy.zst")
+    assert check_file(storage, "m/bkp_3/t.copy.zst", record) is None
+    assert storage.list("m") == ["m/bkp_3/t.copy.zst"]
+    storage.delete(["m/bkp_3/t.copy.zst", "m/bkp_3/gone"])
+    assert storage.list("") == []
+    assert "missing" in check_file(storage, "m/bkp_3/t.copy.zst", record)
+    with pytest.raises(StorageUnreachable, match="does not exist"):
+        storage_for("gs://no-such-bucket-here/x").check_reachable()
