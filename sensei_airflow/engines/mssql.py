@@ -466,7 +466,10 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
             tables=list(tables),
             path="table",
             steps=[s.sql for s in statements],
-            warnings=["triggers on the tables in scope fire for the DELETE and INSERT of the copy back"],
+            warnings=[
+                "triggers on the tables in scope fire for the DELETE and INSERT of the copy back",
+                *self.outside_references(tables),
+            ],
             detail={
                 "copy_database": copy_db,
                 "server_utc_offset_minutes": offset,
@@ -475,6 +478,17 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
                 "log_backups": [list(b.devices) for b in logs],
             },
         )
+
+    def outside_references(self, tables: Sequence[str]) -> list[str]:
+        """Foreign keys from tables outside the scope into it: the copy back fails (and rolls back
+        entirely) if such a table holds rows whose parent did not exist at the point."""
+        scope = set(tables)
+        return [
+            f"{fk.child} (outside the scope) references {fk.parent} through {fk.name}: if it holds rows whose "
+            f"parent did not exist at the point, the copy back fails and changes nothing"
+            for fk in self.engine.foreign_keys()
+            if fk.parent in scope and fk.child not in scope
+        ]
 
     def _columns(self, table: str) -> list[tuple[str, bool]]:
         rows = self.engine.query(_COLUMNS, (self.engine.quote_table(table),))

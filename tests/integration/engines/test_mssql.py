@@ -168,6 +168,9 @@ def test_restore_sql_with_stopat_in_server_time():
         "IF DB_ID(%s) IS NOT NULL DROP DATABASE [shop__sensei_pitr]",
     ]
     assert hook.sql("RESTORE|INSERT|DELETE FROM") == []  # assess changes nothing
+    assert any(
+        w.startswith("sales.order_items (outside the scope) references sales.orders") for w in plan.warnings
+    )
 
 
 def test_restore_runs_restores_in_autocommit_and_drops_the_copy():
