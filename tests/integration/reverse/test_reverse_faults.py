@@ -93,7 +93,7 @@ def test_dropped_connection_mid_table_then_retry_resumes(bigger_demo, databases)
     def run() -> None:
         try:
             _strategy(bigger_demo).execute(plan)
-        except BaseException as exc:  # noqa: BLE001 - the fault under test
+        except BaseException as exc:
             failure.append(exc)
 
     worker = threading.Thread(target=run)
