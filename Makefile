@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean postgres
+.PHONY: install demo test lint bench clean postgres chromium
 
 install: $(STAMP)
 
@@ -22,10 +22,14 @@ $(STAMP): pyproject.toml requirements/lock.txt
 postgres:
 	@bash scripts/ensure-postgres.sh
 
+# Headless Chromium for the browser test of the trigger form (Playwright drives the system browser).
+chromium:
+	@bash scripts/ensure-chromium.sh
+
 demo: install postgres
 	$(BIN)/python -m sensei_airflow.demo
 
-test: install postgres
+test: install postgres chromium
 	$(BIN)/python -m pytest
 
 lint: install
