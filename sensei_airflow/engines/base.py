@@ -179,6 +179,10 @@ class Engine(ABC):
         return None
 
     # -- reverse migration (strategies/reverse.py; defaults: not supported) -------------------
+    def reverse_quote_column(self, name: str) -> str:
+        """A manifest column name as this engine's SQL must spell it (case folding included)."""
+        return self.quote_identifier(name)
+
     def reverse_column_types(self, table: str) -> dict[str, str]:
         """Column name -> type of a table, in column order (empty when the table does not exist)."""
         raise NotImplementedError(f"{type(self).__name__} cannot take part in a reverse migration yet")

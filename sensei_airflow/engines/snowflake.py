@@ -162,6 +162,36 @@ class SnowflakeEngine(DbApiEngine):
             "new rows continue after the old highest value, leaving a gap"
         )
 
+    # -- reverse migration: the target read through the inverse expressions -------------------
+    # (owned by the reverse-migration strategy; the batched reading is engines/batched_read.py)
+    def reverse_quote_column(self, name: str) -> str:
+        return self.quote_identifier(_fold(name))
+
+    def reverse_column_types(self, table: str) -> dict[str, str]:
+        schema, name = self.qualify(table).split(".", 1)
+        rows = self.query(
+            "SELECT column_name, data_type, numeric_precision, numeric_scale FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+            (schema, name),
+        )
+        return {
+            (c.lower() if c == c.upper() else c): (f"{t}({p}, {s})" if t.upper() == "NUMBER" and p else t)
+            for c, t, p, s in rows
+        }
+
+    def reverse_reader(self, table: Any) -> Any:
+        from sensei_airflow.engines.batched_read import BatchedRowSource
+
+        return BatchedRowSource(
+            self,
+            self.quote_table(table.target),
+            list(table.columns),
+            list(table.inverses),
+            list(table.types),
+            [self.reverse_quote_column(k) for k in table.target_key],
+            list(table.key_types),
+        )
+
     # -- point-in-time recovery ----------------------------------------------------------
     def point_in_time(self, settings: Any) -> SnowflakeTimeTravel:
         return SnowflakeTimeTravel(self)

@@ -69,7 +69,7 @@ class ReverseMigrationStrategy(RollbackStrategy):
             raise RefusedError(
                 f"target table {table.target} does not exist on {self.manifest.target.conn_id}"
             )
-        plan = column_plan(table, list(source_types), self.target.quote_identifier)
+        plan = column_plan(table, list(source_types), self.target.reverse_quote_column)
         missing_source = [i.source for i in plan.inverses if i.source not in source_types]
         if missing_source:
             raise RefusedError(f"source table {table.source} has no column {missing_source[0]}")
@@ -176,7 +176,8 @@ class ReverseMigrationStrategy(RollbackStrategy):
 
     # -- execute -----------------------------------------------------------------------------
     def _specs(self, plan: RollbackPlan) -> list[Any]:
-        tables = self._parents_first([self.manifest.resolve_table(name) for name in plan.table_names])
+        by_target = {self.target.qualify(t.target): t for t in self.manifest.tables}
+        tables = self._parents_first([by_target[name] for name in plan.table_names])
         return [self.resolve(t)[0] for t in tables]
 
     def execute(self, plan: RollbackPlan) -> Execution:

@@ -92,6 +92,10 @@ def assert_source_is_inverse_of_target(databases: Databases, tables: list[str] |
         assert actual == expected, f"{table}: {len(actual)} source rows vs {len(expected)} expected"
 
 
+def _source_of(manifest: Any, target: str) -> str:
+    return next(t.source for t in manifest.tables if t.target.lower() == target.lower())
+
+
 def make_plan(manifest: Any, tables: list[str], rollback_id: str = "manual__reverse_test") -> Any:
     from sensei_airflow.manifest import Strategy
     from sensei_airflow.plan import PlannedTable, RollbackPlan
@@ -102,7 +106,7 @@ def make_plan(manifest: Any, tables: list[str], rollback_id: str = "manual__reve
         strategy=Strategy.REVERSE_MIGRATION,
         requested_strategy="reverse_migration",
         scope={"scope": "all"},
-        tables=[PlannedTable(target=t, source=manifest.resolve_table(t).source, phase=1) for t in tables],
+        tables=[PlannedTable(target=t, source=_source_of(manifest, t), phase=1) for t in tables],
         started_at=datetime.now(UTC).isoformat(),
     )
 
