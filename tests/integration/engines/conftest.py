@@ -177,7 +177,22 @@ DUCKDB_VERSION = "v1.5.5"
 
 
 def _bq_python() -> Path:
-    """The emulator's interpreter: its own virtualenv, (re)built when the lock file changed."""
+    """The emulator's interpreter: its own virtualenv, (re)built when the lock file changed.
+
+    Test sessions running side by side share the virtualenv: building it holds a file lock.
+    """
+    import fcntl
+
+    BQ_VENV.parent.mkdir(parents=True, exist_ok=True)
+    with (BQ_VENV.parent / f"{BQ_VENV.name}.lock").open("w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            return _build_bq_venv()
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _build_bq_venv() -> Path:
     python = BQ_VENV / "bin" / "python"
     stamp = BQ_VENV / ".lock-copy"
     lock = BQ_LOCK.read_text()
@@ -187,7 +202,6 @@ def _bq_python() -> Path:
     if not Path(uv).exists() and not shutil.which(uv):
         pytest.fail("bqemulator needs `uv` to build its virtualenv: pip install uv", pytrace=False)
     shutil.rmtree(BQ_VENV, ignore_errors=True)
-    BQ_VENV.parent.mkdir(parents=True, exist_ok=True)
     steps = [
         [uv, "venv", "-q", "--python", f"{sys.version_info.major}.{sys.version_info.minor}", str(BQ_VENV)],
         [uv, "pip", "install", "-q", "--compile-bytecode", "-r", str(BQ_LOCK)],
