@@ -32,8 +32,26 @@ SCOPE_HELP = {
 }
 
 
-def _form(section: str, title: str, description: str, **extra: Any) -> dict[str, Any]:
-    return {"section": section, "title": title, "description": description, **extra}
+#: Fields without a section land in the trigger form's first section, the one Airflow's UI shows
+#: expanded: what a DBA must decide (dry run first). Options for one strategy sit in a folded section.
+MAIN_SECTION: str | None = None
+#: The order of the fields in the trigger form.
+FORM_ORDER = (
+    "dry_run",
+    "migration_id",
+    "strategy",
+    "scope",
+    "phase",
+    "tables",
+    "reason",
+    "restore_to",
+    "backup_id",
+    "verify_after",
+)
+
+
+def _form(section: str | None, title: str, description: str, **extra: Any) -> dict[str, Any]:
+    return {**({"section": section} if section else {}), "title": title, "description": description, **extra}
 
 
 class RollbackRequest(BaseModel):
@@ -45,7 +63,7 @@ class RollbackRequest(BaseModel):
         bool,
         Field(
             json_schema_extra=_form(
-                "Safety",
+                MAIN_SECTION,
                 "Dry run",
                 "Plan and report only: show the tables, the rows each would lose and the exact SQL. "
                 "Nothing is changed.",
@@ -57,7 +75,9 @@ class RollbackRequest(BaseModel):
         Field(
             max_length=2000,
             json_schema_extra=_form(
-                "Safety", "Reason", "Why this rollback is needed; goes into the audit trail and the report."
+                MAIN_SECTION,
+                "Reason",
+                "Why this rollback is needed; goes into the audit trail and the report.",
             ),
         ),
     ] = None
@@ -65,14 +85,14 @@ class RollbackRequest(BaseModel):
         str,
         Field(
             pattern=MIGRATION_ID_PATTERN,
-            json_schema_extra=_form("What to roll back", "Migration", "Which migration manifest."),
+            json_schema_extra=_form(MAIN_SECTION, "Migration", "Which migration manifest."),
         ),
     ]
     strategy: Annotated[
         StrategyChoice,
         Field(
             json_schema_extra=_form(
-                "What to roll back",
+                MAIN_SECTION,
                 "Strategy",
                 "How to undo it. auto: the manifest's preferred strategy, then its fallback.",
                 values_display=STRATEGY_HELP,
@@ -83,7 +103,7 @@ class RollbackRequest(BaseModel):
         ScopeChoice,
         Field(
             json_schema_extra=_form(
-                "What to roll back",
+                MAIN_SECTION,
                 "Scope",
                 "Everything, one phase, or chosen tables (partial rollback).",
                 values_display=SCOPE_HELP,
@@ -94,14 +114,14 @@ class RollbackRequest(BaseModel):
         int | None,
         Field(
             ge=1,
-            json_schema_extra=_form("What to roll back", "Phase", "With scope phase: the phase number."),
+            json_schema_extra=_form(MAIN_SECTION, "Phase", "With scope phase: the phase number."),
         ),
     ] = None
     tables: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=200)]] | None,
         Field(
             json_schema_extra=_form(
-                "What to roll back",
+                MAIN_SECTION,
                 "Tables",
                 "With scope tables: target table names, one per line; unqualified (orders) when unambiguous.",
             )
@@ -223,8 +243,12 @@ def rollback_params(migration_ids: Iterable[str]) -> dict[str, Any]:
     properties = json_schema["properties"]
     ids = sorted(migration_ids)
     params: dict[str, Any] = {}
-    for name, field in RollbackRequest.model_fields.items():
+    fields = RollbackRequest.model_fields
+    for name in [*(f for f in FORM_ORDER if f in fields), *(f for f in fields if f not in FORM_ORDER)]:
+        field = fields[name]
         schema = _field_schema(name, properties[name])
+        if "values_display" in schema:
+            schema["values_display"] = {k: f"{k}: {v}" for k, v in schema["values_display"].items()}
         if name == "migration_id":
             # A dropdown of the manifests known when the DAG was parsed, still open to an id
             # added since: assess then says clearly whether the manifest exists.
