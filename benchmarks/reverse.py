@@ -265,21 +265,19 @@ def run() -> list[str]:
         _empty_source(cluster, dbs)
         _python(OURS, ["bench_fill", "execute"], env)
         recent = max(1, items // 100)
-        _sql(
-            cluster,
-            dbs["target"],
-            f"UPDATE sales.order_items SET qty = qty + 1 WHERE order_id > {orders - recent // 2}",
-        )  # noqa: S608
-        _sql(
-            cluster,
-            dbs["target"],
-            f"UPDATE sales.orders SET status = 'paid' WHERE id > {orders - recent // 4}",
-        )  # noqa: S608
-        _sql(
-            cluster,
-            dbs["target"],
-            f"INSERT INTO sales.orders SELECT id + {orders}, customer_id, status, total, ordered_at FROM sales.orders WHERE id <= {recent // 4}",
-        )  # noqa: S608
+        bounds = {
+            "items_after": orders - recent // 2,
+            "orders_after": orders - recent // 4,
+            "copied": recent // 4,
+            "offset": orders,
+        }
+        for statement in (
+            "UPDATE sales.order_items SET qty = qty + 1 WHERE order_id > %(items_after)s",
+            "UPDATE sales.orders SET status = 'paid' WHERE id > %(orders_after)s",
+            "INSERT INTO sales.orders SELECT id + %(offset)s, customer_id, status, total, ordered_at "
+            "FROM sales.orders WHERE id <= %(copied)s",
+        ):
+            _sql(cluster, dbs["target"], statement, bounds)
         changed = _python(OURS, ["bench_changed", "execute"], env)
         lines.append(
             "source at its pre-migration content, the target's newest ~1% of rows changed or added since:"

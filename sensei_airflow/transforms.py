@@ -128,8 +128,8 @@ class BuiltinTransform(_Frozen):
             raise ValueError("transform: scale 0 cannot be undone")
         if isinstance(self.offset, str) and not _INTERVAL.match(self.offset):
             raise ValueError(f"transform: offset {self.offset!r} is neither a number nor an interval")
-        for names in (self.split.into if self.split else [], self.join.columns if self.join else []):
-            for name in names:
+        for group in (self.split.into if self.split else [], self.join.columns if self.join else []):
+            for name in group:
                 if not _IDENT.match(name):
                     raise ValueError(f"transform: {name!r} is not a plain identifier")
         if self.map is not None and not self.map:

@@ -802,9 +802,9 @@ def relay_copy(
     memory stays flat whatever the table's size. Returns the rows copied (as the server counts).
     """
     if hasattr(source, "connect") and not hasattr(source, "cursor"):
-        with source.connect() as src:
-            return relay_copy(src, select, params, dest_conn, copy_in_sql)
-    src = source
+        with source.connect() as opened:
+            return relay_copy(opened, select, params, dest_conn, copy_in_sql)
+    src: Any = source
     copy_out_sql = f"COPY ({select}) TO STDOUT (FORMAT binary)"
     with (
         dest_conn.cursor() as dest_cur,
