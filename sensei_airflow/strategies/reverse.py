@@ -134,7 +134,9 @@ class ReverseMigrationStrategy(RollbackStrategy):
             raise RefusedError(f"source table {missing[0]} does not exist on {self.manifest.source.conn_id}")
         problems = writer.writability([t.source for t in ordered])
         if problems:
-            raise RefusedError(f"the source is not writable: {problems[0]}; reverse migration writes it back")
+            raise RefusedError(
+                f"the source is not writable: {'; '.join(problems)}; reverse migration writes it back"
+            )
         resolved = []
         proofs: dict[str, int] = {}
         for table in ordered:

@@ -217,3 +217,25 @@ def test_refuses_a_many_to_one_value_map(databases, migrations_dir):
     manifest = parse_manifest(yaml.safe_dump(document), "mig.yaml")
     with pytest.raises(RefusedError, match=r"crm\.customers\.name \(its map sends both 'a' and 'b' to 'x'\)"):
         _strategy(manifest).assess(manifest.tables, _request(manifest))
+
+
+def test_refuses_a_source_login_that_may_only_read(demo, databases, monkeypatch):
+    from sensei_airflow.plan import RefusedError
+
+    role = f"reader_{databases.source}"
+    with databases.connect("source") as conn:
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+        conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+    monkeypatch.setenv("AIRFLOW_CONN_SHOP_SOURCE", databases.cluster.uri(databases.source, user=role))
+    try:
+        with pytest.raises(
+            RefusedError,
+            match=r"may not create the staging schema sensei_staging; the source login lacks INSERT, UPDATE, DELETE on public\.",
+        ):
+            _strategy(demo).assess(demo.tables, _request(demo))
+    finally:
+        with databases.connect("source") as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
