@@ -37,6 +37,7 @@ from sensei_airflow.verify import Verification
 
 RUNBOOK_TASK_IDS = ("assess", "notify", "halt", "verify", "resume", "investigate", "document")
 APPROVE_TASK_ID = "approve"
+APPROVAL_XCOM_KEY = "approval"
 FALLBACK_TASK_ID = "execute_fallback"
 SEQUENCES_TASK_ID = "execute_sequences"
 
@@ -179,6 +180,7 @@ class ApproveOperator(ApprovalOperator):
         if plan.dry_run or not step.manifest.rollback.require_approval:
             why = "dry run" if plan.dry_run else "the manifest does not require approval"
             step.record("not required", detail={"why": why}, finished=True)
+            context["ti"].xcom_push(key=APPROVAL_XCOM_KEY, value={"required": False, "why": why})
             return {"required": False, "why": why}
         self.subject = f"Roll back {plan.migration_id} with {plan.strategy}?"
         self.body = approval_body(plan)
@@ -208,13 +210,11 @@ class ApproveOperator(ApprovalOperator):
             "error": event.get("error"),
         }
         step.record("approved" if approved else "rejected", detail=detail, finished=True)
+        outcome = {"required": True, "approved": approved, **detail}
+        # pushed under its own key too: a task resumed from awaiting input may not push its return value
+        context["ti"].xcom_push(key=APPROVAL_XCOM_KEY, value=outcome)
         result = super().execute_complete(context, event)
-        return {
-            "required": True,
-            "approved": approved,
-            **detail,
-            "response": json.loads(json.dumps(result, default=str)),
-        }
+        return {**outcome, "response": json.loads(json.dumps(result, default=str))}
 
 
 class NotifyOperator(RunbookOperator):
@@ -648,7 +648,7 @@ class DocumentOperator(RunbookOperator):
         verification = Verification.model_validate(raw_verification) if raw_verification else None
         if plan is not None and plan.dry_run:
             verification = None
-        approval = step.pull(APPROVE_TASK_ID) if plan else None
+        approval = step.pull(APPROVE_TASK_ID, key=APPROVAL_XCOM_KEY) if plan else None
         rejected = bool(approval and approval.get("required") and not approval.get("approved"))
         status = "planned" if rejected else rollback_status(plan, execution, verification)
         conf = _conf(step)
