@@ -591,7 +591,7 @@ def timings(events: list[dict[str, Any]]) -> dict[str, float]:
     started: dict[str, datetime] = {}
     took: dict[str, float] = {}
     for event in events:
-        task = event.get("task_id")
+        task = str(event.get("task_id"))
         at = datetime.fromisoformat(event["recorded_at"])
         if event["action"] == "started":
             started[task] = at
@@ -663,7 +663,7 @@ class DocumentOperator(RunbookOperator):
             finished_at=finished_at,
             scope={"scope": conf.get("scope"), "tables": []},
         )
-        if rejected:
+        if rejected and approval is not None:
             document["approval"] = {k: approval.get(k) for k in ("answer", "by", "at")}
         halted = step.pull("halt")
         resumed = step.pull("resume")

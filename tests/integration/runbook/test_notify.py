@@ -85,3 +85,29 @@ def test_webhook_url_from_connection_fields():
     assert notify.webhook_url(Conn()) == "https://hooks.example.com:8443/v1/events"
     Conn.host, Conn.extra_dejson = "https://hooks.example.com/base", {}
     assert notify.webhook_url(Conn()) == "https://hooks.example.com/base"
+
+
+def test_slack_channels_go_through_the_slack_provider(monkeypatch):
+    """No Slack can run here: the message is checked by the calls on the provider's hooks."""
+    from airflow.providers.slack.hooks.slack import SlackHook
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+    sent: list[tuple[str, dict]] = []
+    monkeypatch.setattr(SlackWebhookHook, "send", lambda self, **kw: sent.append(("webhook", kw)))
+
+    class Client:
+        def chat_postMessage(self, **kw):
+            sent.append(("api", kw))
+
+    monkeypatch.setattr(SlackHook, "client", property(lambda self: Client()))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OPS_SLACK_HOOK", json.dumps({"conn_type": "slackwebhook", "password": "T/B/x"})
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_OPS_SLACK_API", json.dumps({"conn_type": "slack", "password": "xoxb-1"}))
+    channels = [NotifyChannel(conn_id="ops_slack_hook"), NotifyChannel(conn_id="ops_slack_api", to=["#dba"])]
+
+    deliveries = notify.notify_all(channels, _event())
+
+    assert [(d.kind, d.ok) for d in deliveries] == [("slack", True), ("slack", True)]
+    assert sent[0][0] == "webhook" and "mig_shop_2026: completed" in sent[0][1]["text"]
+    assert sent[1][0] == "api" and sent[1][1]["channel"] == "#dba"
