@@ -31,7 +31,7 @@ from sensei_airflow.runbook import (
     rollback_status,
     status_document,
 )
-from sensei_airflow.state import utcnow
+from sensei_airflow.state import LockHeld, utcnow
 from sensei_airflow.strategies import strategy_class
 from sensei_airflow.verify import Verification
 
@@ -58,12 +58,24 @@ def _conf(step: StepRun) -> dict[str, Any]:
     return {**dict(step.context["params"]), **dict(step.context["dag_run"].conf or {})}
 
 
-def _renew_lock(step: StepRun) -> None:
-    """Extend this run's lock: a run that still works keeps it, a crashed one loses it."""
+def _renew_lock(step: StepRun, *, strict: bool = False) -> None:
+    """Extend this run's lock: a run that still works keeps it, a crashed one loses it.
+
+    A lock that ran out (a long wait for approval) is taken again if nobody else took it.
+    :param strict: refuse to go on when another rollback of the migration holds it now (the
+        steps that change something).
+    """
     if step.plan is None or step.plan.dry_run or step.state is None:
         return
-    if not step.state.refresh_lock(step.plan.migration_id, step.rollback_id, lock_ttl()):
-        log.warning("rollback %s no longer holds the lock of %s", step.rollback_id, step.plan.migration_id)
+    migration_id = step.plan.migration_id
+    if step.state.refresh_lock(migration_id, step.rollback_id, lock_ttl()):
+        return
+    try:
+        step.state.acquire_lock(migration_id, step.rollback_id, lock_ttl())
+    except LockHeld as exc:
+        if strict:
+            raise RefusedError(f"this rollback's lock ran out and {exc}; nothing more is changed") from None
+        log.warning("rollback %s lost the lock of %s: %s", step.rollback_id, migration_id, exc)
 
 
 def executed(step: StepRun) -> tuple[RollbackPlan | None, dict[str, Any] | None, dict[str, Any] | None]:
@@ -280,7 +292,7 @@ class HaltOperator(_ConsumerStep):
     def run(self, step: StepRun) -> dict[str, Any]:
         plan = self.require_plan(step)
         assert step.manifest is not None and step.state is not None
-        _renew_lock(step)
+        _renew_lock(step, strict=True)
         target = self.target(step)
         result = consumers.halt(
             step.manifest, step.rollback_id, step.state, target, plan.table_names, self.api
@@ -334,7 +346,7 @@ class FallbackOperator(RunbookOperator):
                 f"{plan.strategy} failed ({error['error']}) after changing {', '.join(changed)}: the "
                 f"fallback {plan.fallback} is not run on a half-changed target; investigate first"
             )
-        _renew_lock(step)
+        _renew_lock(step, strict=True)
         request = parse_request(_conf(step)).model_copy(update={"strategy": plan.fallback.value})
         run = RunContext(rollback_id=step.rollback_id, actor=step.actor, now=utcnow())
         fallback_plan = assess(step.manifest, request, run, lock_ttl())
