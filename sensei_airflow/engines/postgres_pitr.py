@@ -410,7 +410,7 @@ def recover(
             with psycopg.connect(
                 RecoveredCluster(cluster, "").dsn("postgres", user), connect_timeout=5
             ) as conn:
-                in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+                in_recovery = _scalar(conn, "SELECT pg_is_in_recovery()")
         except psycopg.OperationalError:
             in_recovery = True
         if not in_recovery:
@@ -422,6 +422,12 @@ def recover(
                 "(rollback.point_in_time.postgres.recovery_timeout_seconds)"
             )
         time.sleep(0.1)
+
+
+def _scalar(conn: Any, sql: str) -> Any:
+    row = conn.execute(sql).fetchone()
+    assert row is not None, sql
+    return row[0]
 
 
 def _remove_cluster(base_dir: Path) -> None:
@@ -824,7 +830,7 @@ class PostgresWalRecovery(PointInTimeRecovery):
             ) as conn:
                 quoted = [self.engine.quote_table(t) for t in plan.tables]
                 rows = {
-                    t: int(conn.execute(f"SELECT count(*) FROM {q}").fetchone()[0])  # noqa: S608
+                    t: int(_scalar(conn, f"SELECT count(*) FROM {q}"))  # noqa: S608
                     for t, q in zip(plan.tables, quoted, strict=True)
                 }
             recovered.cluster.stop("fast")
