@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-#: ``airflow standalone`` answers in 9-30 s on two cores; a cold start compiles a lot.
-START_TIMEOUT = 240.0
+#: ``airflow standalone`` answers in 9-30 s on two idle cores; on a busy machine it can take minutes.
+START_TIMEOUT = 600.0
 STOP_TIMEOUT = 60.0
+#: a busy machine can keep the api-server from answering for tens of seconds.
+HTTP_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ class StandaloneAirflow:
                     f"airflow standalone exited ({self.process.returncode}):\n{self.log_tail()}"
                 )
             try:
-                health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
+                health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=HTTP_TIMEOUT).json()
                 unhealthy = [
                     name
                     for name in ("metadatabase", "scheduler", "dag_processor", "triggerer")
@@ -240,7 +242,7 @@ class StandaloneAirflow:
         response = httpx.get(
             f"{self.url}/api/v2/dags/{dag_id}",
             headers=self.auth_headers(login.username, login.password),
-            timeout=10,
+            timeout=HTTP_TIMEOUT,
         )
         return response.status_code == 200
 
@@ -260,7 +262,7 @@ class StandaloneAirflow:
         import httpx
 
         response = httpx.post(
-            f"{self.url}/auth/token", json={"username": username, "password": password}, timeout=30
+            f"{self.url}/auth/token", json={"username": username, "password": password}, timeout=HTTP_TIMEOUT
         )
         response.raise_for_status()
         return str(response.json()["access_token"])
@@ -268,7 +270,8 @@ class StandaloneAirflow:
     def auth_headers(self, username: str, password: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(username, password)}"}
 
-    def unpause(self, dag_ids: Sequence[str]) -> None:
+    def unpause(self, dag_ids: Sequence[str], paused: bool = False) -> None:
+        """Unpause (or with ``paused=True``, pause) these DAGs through the REST API."""
         import httpx
 
         login = self.admin_login()
@@ -277,9 +280,28 @@ class StandaloneAirflow:
         headers = self.auth_headers(login.username, login.password)
         for dag_id in dag_ids:
             response = httpx.patch(
-                f"{self.url}/api/v2/dags/{dag_id}", json={"is_paused": False}, headers=headers, timeout=30
+                f"{self.url}/api/v2/dags/{dag_id}",
+                json={"is_paused": paused},
+                headers=headers,
+                timeout=HTTP_TIMEOUT,
             )
             response.raise_for_status()
+
+    def dag_ids(self) -> list[str]:
+        """Every DAG the api-server knows."""
+        import httpx
+
+        login = self.admin_login()
+        if login is None:
+            return []
+        response = httpx.get(
+            f"{self.url}/api/v2/dags",
+            params={"limit": 1000},
+            headers=self.auth_headers(login.username, login.password),
+            timeout=HTTP_TIMEOUT,
+        )
+        response.raise_for_status()
+        return [d["dag_id"] for d in response.json()["dags"]]
 
     def log_tail(self, chars: int = 6000) -> str:
         try:

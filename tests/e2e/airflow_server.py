@@ -14,10 +14,11 @@ come up; it is stopped with SIGINT (then terminated) at the end of the session.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ ADMIN = Login("admin", "admin", "admin")
 VIEWER = Login("viewer", "viewer", "viewer")
 CONN_IDS = {"source": "shop_source", "target": "shop_target", "state": "sensei_state"}
 TERMINAL = {"success", "failed"}
+NEEDED_DAGS = ("sensei_rollback", "sensei_demo_migration")
 
 
 @dataclass
@@ -131,8 +133,12 @@ def start_airflow_server(cluster: LocalCluster) -> AirflowServer:
     airflow = StandaloneAirflow(env=env, port=port, log_path=home / "standalone.log").start()
     server = AirflowServer(airflow=airflow, cluster=cluster, databases=databases, migrations_dir=migrations)
     try:
-        airflow.wait_ready(dag_ids=["sensei_rollback", "sensei_demo_migration"])
-    except AirflowNotReady:
+        airflow.wait_ready(dag_ids=list(NEEDED_DAGS))
+        # Scheduled DAGs (backups, window checks) would only compete for the tests' two cores;
+        # pausing them is best effort: a slow api-server must not fail the session for it.
+        with suppress(httpx.HTTPError):
+            airflow.unpause([d for d in airflow.dag_ids() if d not in NEEDED_DAGS], paused=True)
+    except BaseException:
         airflow.stop()
         raise
     return server
@@ -149,3 +155,4 @@ def airflow_server(pg_cluster: LocalCluster) -> Iterator[AirflowServer]:
         yield server
     finally:
         server.airflow.stop()
+        shutil.rmtree(server.migrations_dir.parent, ignore_errors=True)
