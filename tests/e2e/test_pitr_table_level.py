@@ -6,6 +6,7 @@ live on the session's cluster. The demo migration records a restore point as it 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,8 @@ import yaml
 from sensei_airflow.demo import shop
 from sensei_airflow.demo.migration import prepare_target
 from sensei_airflow.engines.postgres import PostgresEngine
+from sensei_airflow.engines.postgres_pitr import PostgresWalRecovery, archived_segments, list_base_backups
+from sensei_airflow.manifest import PointInTimeSettings
 from tests.fixtures import run_dag
 from tests.integration.pitr.clusters import ArchivingCluster, archiving_cluster
 
@@ -41,6 +44,10 @@ def pitr_target(databases, archiving, monkeypatch) -> str:
             "VALUES (900001, 'kept', 'kept@example.com', 5, now())"
         )
     return name
+
+
+def settings_of(archiving: ArchivingCluster) -> PointInTimeSettings:
+    return PointInTimeSettings.model_validate({"postgres": archiving.settings()})
 
 
 def write_manifest(migrations_dir, archiving: ArchivingCluster, started_at: datetime, **pitr: Any) -> None:
@@ -161,6 +168,24 @@ def test_refusals_leave_the_target_unchanged(databases, archiving, pitr_target, 
     assert late.task_states["assess"] == "failed"
     assert "after the newest WAL" in error_of(late)
 
-    for outcome in (early, late):
+    # a segment missing from the archive: refused before anything changes
+    PostgresWalRecovery(PostgresEngine("shop_target"), settings_of(archiving)).switch_and_wait()
+    gapped = archiving.root / f"archive-gap-{pitr_target}"
+    shutil.copytree(archiving.archive, gapped)
+    start = list_base_backups(archiving.backups)[0].start_wal_file
+    missing = next(s for s in archived_segments(gapped) if s > start)
+    (gapped / missing).unlink()
+    started_at = datetime.fromisoformat(
+        yaml.safe_load((migrations_dir / f"{shop.DEMO_MIGRATION_ID}.yaml").read_text())["started_at"]
+    )
+    write_manifest(
+        migrations_dir, archiving, started_at, postgres=archiving.settings(wal_archive=str(gapped))
+    )
+    gap = run_dag("sensei_rollback", base)
+    assert gap.task_states["assess"] == "failed"
+    assert f"WAL segment {missing} is missing" in error_of(gap)
+    shutil.rmtree(gapped)
+
+    for outcome in (early, late, gap):
         assert outcome.task_states["execute_point_in_time"] != "success"
     assert state_of(archiving, pitr_target) == unchanged
