@@ -254,11 +254,11 @@ def build_backup_dag(manifests: ManifestSet | None = None) -> DAG:
     ) as dag:
         check = CheckBackupRequestOperator(task_id="check_request", migration_ids=ids)
         backups = [
-            ScheduledBackupOperator(task_id=f"backup_{mid}", migration_id=mid, retries=0) for mid in ids
+            ScheduledBackupOperator(task_id=f"backup_{mid}", migration_id=mid) for mid in ids
         ]
         backup_ids = [b.task_id for b in backups]
         verify = VerifyBackupsOperator(
-            task_id="verify_backups", backup_task_ids=backup_ids, trigger_rule="all_done", retries=0
+            task_id="verify_backups", backup_task_ids=backup_ids, trigger_rule="all_done"
         )
         prune = PruneBackupsOperator(
             task_id="prune_expired",
