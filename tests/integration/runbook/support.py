@@ -255,9 +255,8 @@ def api_server(airflow_db: None) -> Iterator[ApiServer]:
 
 def sync_dags(folder: Path) -> list[str]:
     """Parse the DAG files of ``folder`` and store them (and their Assets) in the metadata DB."""
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
     from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
     from airflow.utils.session import create_session
 
     with create_session() as session:
