@@ -310,6 +310,9 @@ def recovery_settings(
     }
     if use_restore_point and target.restore_point:
         settings["recovery_target_name"] = target.restore_point
+    elif use_restore_point and target.position:
+        settings["recovery_target_lsn"] = target.position
+        settings["recovery_target_inclusive"] = "on" if target.inclusive else "off"
     else:
         # explicit UTC offset: a naive time would be read in the server's time zone
         settings["recovery_target_time"] = target.time.astimezone(UTC).isoformat(sep=" ")
@@ -597,9 +600,7 @@ class PostgresWalRecovery(PointInTimeRecovery):
             )
 
     def _restore_point_lsn(self, target: RecoveryTarget) -> int | None:
-        if target.restore_point and target.position:
-            return parse_lsn(target.position)
-        return None
+        return parse_lsn(target.position) if target.position else None
 
     # -- PointInTimeRecovery ------------------------------------------------------------------
     def create_restore_point(self, name: str) -> str:
@@ -645,11 +646,14 @@ class PostgresWalRecovery(PointInTimeRecovery):
                 path = "database"
             else:
                 warnings.append(f"restoring table by table, not the whole cluster: {reason}")
-        use_point = bool(target.restore_point)
-        stop = (
-            f"recovery_target_name = {target.restore_point!r}"
-            if use_point
-            else (f"recovery_target_time = '{target.time.astimezone(UTC).isoformat(sep=' ')}'")
+        use_point = bool(target.restore_point or target.position)
+        settings = recovery_settings(
+            target, self.config.wal_archive, self.config.recovery_target_timeline, use_restore_point=use_point
+        )
+        stop = next(
+            f"{name} = '{settings[name]}'"
+            for name in ("recovery_target_name", "recovery_target_lsn", "recovery_target_time")
+            if name in settings
         )
         steps = [
             "SELECT pg_switch_wal()  -- then wait until the segment is in the archive",

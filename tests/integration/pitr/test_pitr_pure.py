@@ -45,6 +45,14 @@ def test_restore_point_replaces_the_time():
     assert settings["recovery_target_timeline"] == "current"
 
 
+def test_an_lsn_alone_recovers_to_that_lsn():
+    target = RecoveryTarget(time=datetime(2026, 2, 2, tzinfo=UTC), position="0/3000028", inclusive=False)
+    settings = recovery_settings(target, "/arch", "latest", use_restore_point=True)
+    assert settings["recovery_target_lsn"] == "0/3000028"
+    assert settings["recovery_target_inclusive"] == "off"
+    assert "recovery_target_time" not in settings and "recovery_target_name" not in settings
+
+
 def test_wal_segment_arithmetic_and_gaps(tmp_path: Path):
     assert parse_lsn("1/2000028") == (1 << 32) + 0x2000028
     assert format_lsn(parse_lsn("A/FF000000")) == "A/FF000000"

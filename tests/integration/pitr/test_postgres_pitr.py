@@ -236,3 +236,19 @@ def test_tar_format_base_backup_is_usable(archiving, shop_db, changed_after_poin
     assert content(archiving, shop_db, "crm.orders") == before["crm.orders"]
     assert content(archiving, shop_db, "crm.campaigns") == after["crm.campaigns"]
     shutil.rmtree(tar_backups)
+
+
+def test_an_lsn_is_reached_exactly(archiving, shop_db):
+    with archiving.connect(shop_db) as conn:
+        conn.execute(SCHEMA)
+        lsn = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+    marked = snapshot(archiving, shop_db)
+    with archiving.connect(shop_db) as conn:
+        conn.execute(LATER)
+    target = RecoveryTarget(time=datetime.now(UTC), position=lsn)
+    pitr = recovery(archiving)
+    plan = pitr.assess(["crm.customers", "crm.orders"], target, whole_database=False)
+    assert any(f"recovery_target_lsn = '{lsn}'" in step for step in plan.steps)
+    pitr.restore(plan, target)
+    assert content(archiving, shop_db, "crm.orders") == marked["crm.orders"]
+    assert content(archiving, shop_db, "crm.customers") == marked["crm.customers"]
