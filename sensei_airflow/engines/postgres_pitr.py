@@ -115,14 +115,10 @@ def _backup_label(path: Path) -> str | None:
     base_tar = _tar_member(path, "base.tar*")
     if base_tar is None:
         return None
-    import tarfile
-
-    with suppress(tarfile.TarError, OSError), tarfile.open(base_tar) as archive:
-        for name in ("backup_label", "./backup_label"):
-            with suppress(KeyError):
-                member = archive.extractfile(name)
-                if member is not None:
-                    return member.read().decode("utf-8", errors="replace")
+    for member in ("backup_label", "./backup_label"):  # GNU tar reads .tar, .tar.gz, .tar.zst alike
+        found = subprocess.run(["tar", "-xOf", str(base_tar), member], capture_output=True, check=False)
+        if found.returncode == 0:
+            return found.stdout.decode("utf-8", errors="replace")
     return None
 
 
@@ -130,8 +126,8 @@ def read_base_backup(path: Path) -> BaseBackup | None:
     """Describe a base backup folder, or None if it is not one (no ``backup_label``).
 
     Both layouts of ``pg_basebackup`` are read: plain (``-Fp``: the data directory itself) and
-    tar (``-Ft``: ``base.tar`` and ``pg_wal.tar``, as the physical backups of
-    :mod:`sensei_airflow.engines.postgres_dump` write them).
+    tar (``-Ft``: ``base.tar`` and ``pg_wal.tar``, optionally compressed, e.g. the
+    ``base.tar.zst`` + ``pg_wal.tar.zst`` folders :mod:`sensei_airflow.backups.physical` stores).
     """
     label = _backup_label(path)
     if label is None:

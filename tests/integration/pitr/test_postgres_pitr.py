@@ -211,7 +211,7 @@ def test_windows_follow_backup_and_wal_retention(archiving, shop_db):
 
 
 def test_tar_format_base_backup_is_usable(archiving, shop_db, changed_after_point, tmp_path):
-    """Physical backups in pg_basebackup's tar format (as the backup DAG writes them) serve PITR too."""
+    """Physical backups in pg_basebackup's tar format, zstd-compressed as the backup DAG stores them, serve PITR."""
     import subprocess
 
     from sensei_airflow.local_postgres import find_bindir
@@ -224,7 +224,11 @@ def test_tar_format_base_backup_is_usable(archiving, shop_db, changed_after_poin
     for member, source in (("base.tar", plain.path), ("pg_wal.tar", plain.path / "pg_wal")):
         entries = sorted(p.name for p in source.iterdir())
         subprocess.run(["tar", "-cf", str(dest / member), "-C", str(source), *entries], check=True)
+        subprocess.run(
+            ["zstd", "-q", "--rm", "-1", str(dest / member)], check=True
+        )  # the backup DAG's layout
     (dest / "backup_manifest").write_text((plain.path / "backup_manifest").read_text())
+    assert sorted(p.name for p in dest.iterdir()) == ["backup_manifest", "base.tar.zst", "pg_wal.tar.zst"]
     [described] = list_base_backups(tar_backups)
     assert (described.start_lsn, described.start_wal_file) == (plain.start_lsn, plain.start_wal_file)
     assert find_bindir()  # the server binaries the recovery uses
