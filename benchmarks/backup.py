@@ -119,6 +119,7 @@ def _run(cluster: object, home: Path, repeat: int) -> list[str]:
         dump_times.append(_timed(baseline_dump))
         backup_times.append(_timed(ours_backup))
     entry = entries[-1]
+    checksum_times = [_timed(lambda: engine.table_checksums(TABLES)) for _ in range(repeat)]
     expected = engine.table_checksums(TABLES)
 
     def check_restored() -> None:
@@ -157,6 +158,8 @@ def _run(cluster: object, home: Path, repeat: int) -> list[str]:
         f"  sensei logical backup       {_median(backup_times):6.2f} s  "
         f"{total_rows / _median(backup_times):>10,.0f} rows/s  {entry.size_bytes / 2**20:7.1f} MiB   "
         f"{_median(backup_times) / _median(dump_times):.2f}x pg_dump  (includes sha256, zstd, checksums, catalog)",
+        f"    of which in-database row checksums (pg_dump has none; run concurrently on a second "
+        f"connection): {_median(checksum_times):.2f} s when run alone",
         f"  pg_restore -j2 --clean      {_median(clean_times):6.2f} s  "
         f"{total_rows / _median(clean_times):>10,.0f} rows/s              (baseline)",
         f"  TRUNCATE + pg_restore --data-only --disable-triggers (FKs unchecked) {_median(data_times):6.2f} s  "
