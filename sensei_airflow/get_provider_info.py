@@ -45,6 +45,64 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "60",
                         "default": "30",
                     },
+                    "lock_ttl_seconds": {
+                        "description": "How long a rollback's lock on its migration holds without "
+                        "being renewed; a crashed run's lock expires after it.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "3600",
+                        "default": "21600",
+                    },
+                    "airflow_api_conn_id": {
+                        "description": "HTTP connection to Airflow's REST API (base URL, login) used by "
+                        "halt and resume to pause and unpause downstream DAGs.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "sensei_airflow_api",
+                        "default": "sensei_airflow_api",
+                    },
+                    "notify_attempts": {
+                        "description": "Attempts per notification channel before it is recorded as failed.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "3",
+                        "default": "3",
+                    },
+                    "notify_retry_delay_seconds": {
+                        "description": "Delay between notification attempts.",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "2.0",
+                        "default": "2.0",
+                    },
+                    "reverse_chunk_rows": {
+                        "description": "Rows per key range a reverse migration stages and checkpoints.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "100000",
+                        "default": "100000",
+                    },
+                    "window_check_schedule": {
+                        "description": "Schedule of the sensei_window_check DAG.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "@hourly",
+                        "default": "@hourly",
+                    },
+                    "aws_conn_id": {
+                        "description": "AWS connection for s3:// backup and report locations.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "aws_default",
+                        "default": "aws_default",
+                    },
+                    "gcp_conn_id": {
+                        "description": "Google Cloud connection for gs:// backup and report locations.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "google_cloud_default",
+                        "default": "google_cloud_default",
+                    },
                     "migrations_dir": {
                         "description": "Folder of migration manifests; the environment variable "
                         "SENSEI_MIGRATIONS_DIR wins. Default: migrations/ in the dags folder.",
