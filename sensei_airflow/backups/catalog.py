@@ -9,6 +9,7 @@ files never outlive their entry (a prune interrupted half-way is finished by the
 
 from __future__ import annotations
 
+import builtins
 import json
 import secrets
 from collections.abc import Mapping
@@ -259,7 +260,7 @@ class BackupCatalog:
             raise LookupError(f"no backup {backup_id} in the catalog")
         return entry
 
-    def list(self, migration_id: str | None = None) -> list[BackupEntry]:
+    def list(self, migration_id: str | None = None) -> builtins.list[BackupEntry]:
         """Every entry, newest first (of one migration if given)."""
         if migration_id is None:
             return self._select("true", ())
@@ -291,7 +292,7 @@ class BackupCatalog:
         found = self._select(" AND ".join(where), tuple(params), limit=1)
         return found[0] if found else None
 
-    def prunable(self, now: datetime | None = None) -> list[BackupEntry]:
+    def prunable(self, now: datetime | None = None) -> builtins.list[BackupEntry]:
         """Entries past their expiry, and entries whose pruning was interrupted."""
         return self._select("expires_at <= %s OR status = 'pruning'", (now or utcnow(),))
 
@@ -302,7 +303,9 @@ class BackupCatalog:
         )
         return found[0].created_at if found else None
 
-    def _select(self, where: str, params: tuple[Any, ...], limit: int | None = None) -> list[BackupEntry]:
+    def _select(
+        self, where: str, params: tuple[Any, ...], limit: int | None = None
+    ) -> builtins.list[BackupEntry]:
         columns = ", ".join(_COLUMNS)
         sql = f"SELECT {columns} FROM sensei.backups WHERE {where} ORDER BY created_at DESC, backup_id DESC"  # noqa: S608
         if limit is not None:

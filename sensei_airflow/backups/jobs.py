@@ -157,7 +157,7 @@ def fire_times(schedule: str, start: datetime, end: datetime) -> list[datetime]:
     from croniter import croniter
 
     expression = _PRESETS.get(schedule, schedule)
-    found = []
+    found: list[datetime] = []
     iterator = croniter(expression, start)
     while len(found) < 1000:
         moment = iterator.get_next(datetime)

@@ -103,11 +103,10 @@ def fetch_base_backup(entry: BackupEntry, data_dir: Path) -> Path:
     storage = storage_for(entry.location)
     for name, destination in (("base.tar.zst", data_dir), ("pg_wal.tar.zst", data_dir / "pg_wal")):
         destination.mkdir(exist_ok=True)
-        with (
-            open_stored(storage, name, entry.files[name]) as reader,
-            tarfile.open(fileobj=reader, mode="r|") as tar,
-        ):
-            tar.extractall(destination, filter="data")
+        with open_stored(storage, name, entry.files[name]) as reader:
+            stream: Any = reader
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                tar.extractall(destination, filter="data")
     with (
         open_stored(storage, MANIFEST_FILE, entry.files[MANIFEST_FILE], compressed=False) as reader,
         open(data_dir / MANIFEST_FILE, "wb") as out,
