@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cache
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, status
@@ -297,7 +298,7 @@ def create_app() -> FastAPI:
             "rollback_status": "running",
             "dag_id": ROLLBACK_DAG_ID,
             "request": request.conf(),
-            "status_url": f"{status_url}?rollback_id={dag_run.run_id}",
+            "status_url": f"{status_url}?{urlencode({'rollback_id': dag_run.run_id})}",
         }
 
     @app.get("/v1/migrations/{migration_id}/rollback/status", dependencies=[Depends(_requires("GET"))])
