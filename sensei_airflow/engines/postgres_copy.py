@@ -82,11 +82,19 @@ def column_types(engine: PostgresEngine, table: str) -> dict[str, str]:
 
 
 @contextmanager
-def session(engine: PostgresEngine) -> Iterator[Any]:
-    """A connection with :data:`SESSION_SETTINGS` applied."""
+def session(engine: PostgresEngine, *, lock_timeout: str | None = None) -> Iterator[Any]:
+    """A connection with :data:`SESSION_SETTINGS` applied and every lock wait bounded.
+
+    :param lock_timeout: how long any statement may wait for a lock (table, row or advisory);
+        the engine's ``lock_timeout`` when not given. A wait longer than that fails with
+        ``LockNotAvailable`` instead of hanging behind another session's lock.
+    """
+    timeout = lock_timeout or getattr(engine, "lock_timeout", None)
     with engine.connect() as conn:
         for statement in SESSION_SETTINGS:
             conn.execute(statement)
+        if timeout:
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (str(timeout),))
         conn.commit()
         yield conn
 
@@ -308,15 +316,31 @@ def stage_name(rollback_id: str, source_table: str, chunk: int) -> str:
 class PostgresReverseWriter:
     """Writes reverse-migrated rows into a PostgreSQL source: staging, checkpoints, one apply.
 
+    Every connection it opens (and the target connections of the COPY relay) runs with a
+    ``lock_timeout``: a lock held elsewhere (a target table, the staging DDL's advisory lock)
+    fails the try with ``LockNotAvailable`` instead of leaving the apply transaction idle with
+    the source tables locked; the retry resumes from the checkpoints (ADR 0204).
+
     :param chunk_rows: rows per key range (the unit a retry resumes from).
     """
 
+    #: how long any of the writer's statements waits for a lock before the try fails.
     lock_timeout = "30s"
 
     def __init__(self, engine: PostgresEngine, *, chunk_rows: int = 100_000) -> None:
         self.engine = engine
         self.chunk_rows = chunk_rows
         self.q = engine.quote_identifier
+
+    def _session(self) -> Any:
+        """A source session whose lock waits end after :attr:`lock_timeout`."""
+        return session(self.engine, lock_timeout=self.lock_timeout)
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._session() as conn:
+            rows = conn.execute(sql, params or None).fetchall()
+            conn.rollback()
+            return rows
 
     # -- catalog and checks ----------------------------------------------------------------
     def column_types(self, table: str) -> dict[str, str]:
@@ -340,7 +364,7 @@ class PostgresReverseWriter:
         write the tables and to create the staging schema.
         """
         problems: list[str] = []
-        with session(self.engine) as conn:
+        with self._session() as conn:
             if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                 return ["the source server is a standby in recovery (read-only)"]
             if conn.execute("SELECT current_setting('transaction_read_only')").fetchone()[0] == "on":
@@ -375,8 +399,14 @@ class PostgresReverseWriter:
 
     # -- staging -----------------------------------------------------------------------------
     def ensure_staging(self, conn: Any) -> None:
-        """Create the staging schema and checkpoint tables (in a short transaction of their own)."""
-        if self._has_staging():
+        """Create the staging schema and checkpoint tables, in the caller's transaction on ``conn``.
+
+        The check runs on ``conn`` itself (not on a second connection that could race with the
+        DDL); only when the tables are missing is the advisory lock taken, and its wait is
+        bounded by the session's ``lock_timeout`` like any other lock.
+        """
+        present = "SELECT to_regclass('sensei_staging.reverse_applied') IS NOT NULL"
+        if conn.execute(present).fetchone()[0]:
             return
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         conn.execute(_STAGING_DDL)
@@ -384,7 +414,7 @@ class PostgresReverseWriter:
     def applied_result(self, rollback_id: str) -> dict[str, Any] | None:
         """The recorded outcome if this rollback's apply already committed (a retry after it)."""
         rows = (
-            self.engine.query(
+            self._query(
                 "SELECT result FROM sensei_staging.reverse_applied WHERE rollback_id = %s "
                 "AND to_regclass('sensei_staging.reverse_applied') IS NOT NULL",
                 (rollback_id,),
@@ -395,14 +425,12 @@ class PostgresReverseWriter:
         return rows[0][0] if rows else None
 
     def _has_staging(self) -> bool:
-        return bool(
-            self.engine.query("SELECT to_regclass('sensei_staging.reverse_applied') IS NOT NULL")[0][0]
-        )
+        return bool(self._query("SELECT to_regclass('sensei_staging.reverse_applied') IS NOT NULL")[0][0])
 
     def chunks(self, rollback_id: str, table: ReverseTable) -> list[tuple[int, KeyRange, str, int | None]]:
         if not self._has_staging():
             return []
-        rows = self.engine.query(
+        rows = self._query(
             "SELECT chunk, lo, hi, state, rows FROM sensei_staging.reverse_chunks "
             "WHERE rollback_id = %s AND source_table = %s ORDER BY chunk",
             (rollback_id, table.source),
@@ -422,7 +450,7 @@ class PostgresReverseWriter:
         total = reader.count_rows(KeyRange())
         parts = max(1, math.ceil(total / self.chunk_rows))
         ranges = [KeyRange()] if parts == 1 else _ranges(reader.boundaries(KeyRange(), parts))
-        with session(self.engine) as conn, conn.transaction():
+        with self._session() as conn, conn.transaction():
             self.ensure_staging(conn)
             with conn.cursor() as cur:
                 cur.executemany(
@@ -454,7 +482,7 @@ class PostgresReverseWriter:
 
     def source_has_rows(self, table: ReverseTable) -> bool:
         quoted = self.engine.quote_table(table.source)
-        return bool(self.engine.query(f"SELECT EXISTS (SELECT 1 FROM {quoted})")[0][0])  # noqa: S608
+        return bool(self._query(f"SELECT EXISTS (SELECT 1 FROM {quoted})")[0][0])  # noqa: S608
 
     def stage_path(self, rollback_id: str, table: ReverseTable, chunk: int) -> str:
         return f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source, chunk))}"
@@ -478,7 +506,7 @@ class PostgresReverseWriter:
 
         Returns the applied rows per source table and the chunk outcomes per target table.
         """
-        with session(self.engine) as conn, conn.transaction():
+        with self._session() as conn, conn.transaction():
             self.ensure_staging(conn)
         applier = _Applier(self, rollback_id, list(tables))
         applier.start()
@@ -508,11 +536,9 @@ class PostgresReverseWriter:
         source_side = self.source_reader(table)
         outcome = {"staged": 0, "same": 0, "resumed": 0}
         with ExitStack() as stack:
-            conn = stack.enter_context(session(self.engine))
+            conn = stack.enter_context(self._session())
             source_conn = (
-                stack.enter_context(reader.engine.connect())
-                if isinstance(reader, PostgresRowSource)
-                else None
+                stack.enter_context(session(reader.engine)) if isinstance(reader, PostgresRowSource) else None
             )
             for number, key_range, state, _rows in chunks:
                 self._stage_chunk(
@@ -579,7 +605,7 @@ class PostgresReverseWriter:
         applier.put(table, number, key_range, "staged")
 
     def _mark(self, rollback_id: str, table: ReverseTable, chunk: int, state: str, rows: int) -> None:
-        with session(self.engine) as conn, conn.transaction():
+        with self._session() as conn, conn.transaction():
             conn.execute(
                 "UPDATE sensei_staging.reverse_chunks SET state = %s, rows = %s, updated_at = now() "
                 "WHERE rollback_id = %s AND source_table = %s AND chunk = %s",
@@ -661,7 +687,7 @@ class PostgresReverseWriter:
     def sequence_positions(self, table: ReverseTable) -> list[tuple[str, int, int]]:
         """``(sequence, its last value, the column's highest value)`` for each sequence the table owns."""
         quoted = self.engine.quote_table(table.source)
-        owned = self.engine.query(
+        owned = self._query(
             "SELECT attname, pg_get_serial_sequence(%s, attname) FROM pg_attribute "
             "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
             "AND pg_get_serial_sequence(%s, attname) IS NOT NULL",
@@ -669,7 +695,7 @@ class PostgresReverseWriter:
         )
         found = []
         for column, sequence in owned:
-            last, highest = self.engine.query(
+            last, highest = self._query(
                 f"SELECT coalesce(pg_sequence_last_value(%s::regclass), 0), "  # noqa: S608
                 f"(SELECT coalesce(max({self.q(column)}), 0) FROM {quoted})",
                 (sequence,),
@@ -681,7 +707,7 @@ class PostgresReverseWriter:
         """Drop a rollback's staging tables and checkpoints (to start over)."""
         if not self._has_staging():
             return
-        with session(self.engine) as conn, conn.transaction():
+        with self._session() as conn, conn.transaction():
             self._drop_staging(conn, rollback_id)
 
     def _drop_staging(self, conn: Any, rollback_id: str) -> None:
@@ -740,8 +766,7 @@ class _Applier(threading.Thread):
     def _apply(self) -> None:
         writer, engine = self.writer, self.writer.engine
         staged: list[tuple[ReverseTable, int, KeyRange]] = []
-        with session(engine) as conn, conn.transaction():
-            conn.execute(f"SET LOCAL lock_timeout = '{writer.lock_timeout}'")
+        with writer._session() as conn, conn.transaction():
             quoted = ", ".join(engine.quote_table(t.source) for t in self.tables)
             conn.execute(f"LOCK TABLE {quoted} IN EXCLUSIVE MODE")
             empty = {
