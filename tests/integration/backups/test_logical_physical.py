@@ -164,3 +164,31 @@ def test_physical_base_backup_and_fetch(databases, target, catalog, backup_dir):
         result = subprocess.run([str(find_tool("pg_verifybackup")), "-n", str(data_dir)],
                                 capture_output=True, text=True, check=False)  # fmt: skip
         assert result.returncode == 0, result.stderr
+
+
+def test_restore_rebuilds_indexes_and_keeps_what_others_rely_on(databases, target, catalog, backup_dir):
+    with databases.connect("target") as conn:
+        conn.execute("CREATE INDEX orders_by_status ON sales.orders (status) WHERE status <> 'archived'")
+        conn.execute("COMMENT ON INDEX sales.orders_by_status IS 'for the status board'")
+        conn.execute("COMMENT ON CONSTRAINT orders_pkey ON sales.orders IS 'order number'")
+        conn.execute("CREATE TABLE crm.notes (customer_id bigint REFERENCES crm.customers (id), note text)")
+    entry = backup(target, catalog, str(backup_dir))
+    before, shape = checksums(databases), structure(databases)
+    with databases.connect("target") as conn:
+        conn.execute("UPDATE sales.orders SET status = 'x' WHERE id % 2 = 0")
+        customers_pkey = conn.execute("SELECT 'crm.customers_pkey'::regclass::oid").fetchone()[0]
+
+    statements, _, _ = target.restore_tables(
+        MIGRATED, entry.table_stats, logical.opener(entry), referenced_from_outside=["crm.customers"]
+    )
+    assert checksums(databases) == before
+    assert structure(databases) == shape
+    assert any(s.startswith("DROP INDEX sales.orders_by_status") for s in statements)
+    with databases.connect("target") as conn:
+        comments = conn.execute(
+            "SELECT obj_description('sales.orders_by_status'::regclass, 'pg_class'), obj_description("
+            "(SELECT oid FROM pg_constraint WHERE conname = 'orders_pkey'), 'pg_constraint')"
+        ).fetchone()
+        kept = conn.execute("SELECT 'crm.customers_pkey'::regclass::oid").fetchone()[0]
+    assert comments == ("for the status board", "order number")
+    assert kept == customers_pkey  # crm.notes' foreign key relies on it: left in place
