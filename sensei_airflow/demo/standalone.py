@@ -28,7 +28,11 @@ from typing import IO, Any
 
 #: ``airflow standalone`` answers in 9-30 s on two idle cores; on a busy machine it can take minutes.
 START_TIMEOUT = 600.0
-STOP_TIMEOUT = 60.0
+#: SIGINT stops the api-server, dag processor and triggerer within seconds, but the scheduler waits
+#: on its idle LocalExecutor workers indefinitely; after this long the group is terminated.
+STOP_TIMEOUT = 20.0
+#: how long the rest of the group may take to exit after the leader did.
+GROUP_GRACE = 10.0
 #: a busy machine can keep the api-server from answering for tens of seconds.
 HTTP_TIMEOUT = 120.0
 
@@ -128,7 +132,11 @@ def stop_group(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) 
     if process.poll() is None or _group_alive(process.pid):
         _signal_group(process.pid, signal.SIGINT)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (process.poll() is None or _group_alive(process.pid)):
+        while time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        # the leader is gone (or out of time): stragglers get a short grace, then are terminated
+        deadline = min(deadline, time.monotonic() + GROUP_GRACE)
+        while time.monotonic() < deadline and _group_alive(process.pid):
             time.sleep(0.2)
     for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         if not _group_alive(process.pid) and process.poll() is not None:

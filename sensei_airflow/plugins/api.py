@@ -49,6 +49,11 @@ def _user_dependency() -> Any:
     return GetUserDep
 
 
+def _user_name(user: Any) -> str:
+    """The name Airflow records as the triggering user."""
+    return str(user.get_name())
+
+
 # -- domain helpers (no FastAPI) ------------------------------------------------------------------
 def _manifest(migration_id: str) -> Manifest:
     from sensei_airflow.manifest import load_manifests
@@ -280,7 +285,7 @@ def create_app() -> FastAPI:
             dag_run = trigger_dag(
                 ROLLBACK_DAG_ID,
                 triggered_by=DagRunTriggeredByType.REST_API,
-                triggering_user_name=user.get_name(),
+                triggering_user_name=_user_name(user),
                 conf=request.conf(),
                 note=request.reason,
             )
@@ -360,7 +365,7 @@ def create_app() -> FastAPI:
         request = _request(migration_id, {k: v for k, v in given.items() if v is not None})
         manifest = _manifest(migration_id)
         try:
-            return plan_preview(manifest, request, user.get_name())
+            return plan_preview(manifest, request, _user_name(user))
         except RefusedError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 

@@ -83,6 +83,8 @@ def test_seed_payload_accepted_then_run(api: Any, databases: Any, payload: str) 
 
     queued = api.get(f"{ROLLBACK}/status", headers=_token("viewer"))
     assert queued.status_code == 200, queued.text
+    this_run = api.get(response.json()["status_url"], headers=_token("viewer"))
+    assert this_run.json() == queued.json()
     assert_status_shape(queued.json())
     assert queued.json()["rollback_id"] == run_id
     assert queued.json()["rollback_status"] == "running"
