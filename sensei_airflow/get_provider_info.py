@@ -20,6 +20,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "sensei_airflow.operators.runbook",
                     "sensei_airflow.operators.strategies",
+                    "sensei_airflow.operators.backup",
                 ],
             }
         ],

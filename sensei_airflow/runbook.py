@@ -134,7 +134,7 @@ def assess(
         scope={"scope": request.scope, **({"phase": request.phase} if request.scope == "phase" else {})},
         tables=planned,
         restore_to=restore_to.isoformat() if chosen.name == "point_in_time" else None,
-        backup_id=request.backup_id,
+        backup_id=request.backup_id or assessment.detail.get("backup_id"),
         verify_after=manifest.rollback.verify_rollback if request.verify_after is None else request.verify_after,
         dry_run=request.dry_run,
         statements=assessment.statements,
