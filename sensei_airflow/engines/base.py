@@ -115,6 +115,11 @@ class Engine(ABC):
 
     # -- target truncate -----------------------------------------------------------------
     @abstractmethod
+    def lock_sql(self, tables: Sequence[str]) -> list[Statement]:
+        """Statements that lock ``tables`` against writers for the rest of the transaction
+        (empty where the engine has no table locks)."""
+
+    @abstractmethod
     def empty_tables_sql(self, tables: Sequence[str], referenced_from_outside: Iterable[str]) -> list[Statement]:
         """Statements that empty ``tables`` (children first) and reset their sequences.
 
