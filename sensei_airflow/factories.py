@@ -73,20 +73,26 @@ def build_rollback_dag(manifests: ManifestSet | None = None) -> DAG:
         tags=["sensei", "rollback"],
     ) as dag:
         # halt, execute, verify and resume tell the channels when they fail (document sends the end).
-        alert = {"on_failure_callback": notify_failure}
+        alert = notify_failure
         assess = AssessOperator(task_id="assess")
         approve = ApproveOperator(task_id=APPROVE_TASK_ID)
         notify = NotifyOperator(task_id="notify")
-        halt = HaltOperator(task_id="halt", **alert)
+        halt = HaltOperator(task_id="halt", on_failure_callback=alert)
         executes = [
-            operator(task_id=f"execute_{strategy}", **alert)
+            operator(task_id=f"execute_{strategy}", on_failure_callback=alert)
             for strategy, operator in EXECUTE_OPERATORS.items()
         ]
         # the fallback runs whatever the preferred strategy's outcome and decides itself
-        fallback = FallbackOperator(task_id=FALLBACK_TASK_ID, trigger_rule="all_done", **alert)
-        sequences = ResetSequencesOperator(task_id=SEQUENCES_TASK_ID, trigger_rule="all_done", **alert)
-        verify = VerifyOperator(task_id="verify", trigger_rule="none_failed_min_one_success", **alert)
-        resume = ResumeOperator(task_id="resume", **alert)
+        fallback = FallbackOperator(
+            task_id=FALLBACK_TASK_ID, trigger_rule="all_done", on_failure_callback=alert
+        )
+        sequences = ResetSequencesOperator(
+            task_id=SEQUENCES_TASK_ID, trigger_rule="all_done", on_failure_callback=alert
+        )
+        verify = VerifyOperator(
+            task_id="verify", trigger_rule="none_failed_min_one_success", on_failure_callback=alert
+        )
+        resume = ResumeOperator(task_id="resume", on_failure_callback=alert)
         watched = [
             "assess",
             APPROVE_TASK_ID,
@@ -128,8 +134,11 @@ def build_demo_migration_dag() -> DAG:
         from sensei_airflow.state import StateStore
 
         manifest = load_manifests().get(migration_id)
-        return manifest, get_engine(manifest.source.conn_id), get_engine(manifest.target.conn_id), StateStore(
-            manifest.state.conn_id
+        return (
+            manifest,
+            get_engine(manifest.source.conn_id),
+            get_engine(manifest.target.conn_id),
+            StateStore(manifest.state.conn_id),
         )
 
     with DAG(
@@ -161,7 +170,7 @@ def build_demo_migration_dag() -> DAG:
             restore_point = {"name": point.name, "position": point.position} if point else None
             return {"source_rows": counts, "target_rows_before": baselines, "restore_point": restore_point}
 
-        previous = prepare()
+        previous: Any = prepare()
         # Backs up the target tables when the manifest asks for it (rollback.backup_before_start or
         # pre_migration_backup.enabled); otherwise returns {"enabled": false} and the migration goes on.
         backup = PreMigrationBackupOperator(
@@ -253,9 +262,7 @@ def build_backup_dag(manifests: ManifestSet | None = None) -> DAG:
         tags=["sensei", "backup"],
     ) as dag:
         check = CheckBackupRequestOperator(task_id="check_request", migration_ids=ids)
-        backups = [
-            ScheduledBackupOperator(task_id=f"backup_{mid}", migration_id=mid) for mid in ids
-        ]
+        backups = [ScheduledBackupOperator(task_id=f"backup_{mid}", migration_id=mid) for mid in ids]
         backup_ids = [b.task_id for b in backups]
         verify = VerifyBackupsOperator(
             task_id="verify_backups", backup_task_ids=backup_ids, trigger_rule="all_done"
@@ -277,7 +284,6 @@ def build_backup_dag(manifests: ManifestSet | None = None) -> DAG:
             backups >> verify
         verify >> prune >> outcome
     return dag
-
 
 
 WINDOW_CHECK_DAG_ID = "sensei_window_check"

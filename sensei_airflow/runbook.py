@@ -135,7 +135,9 @@ def assess(
         tables=planned,
         restore_to=restore_to.isoformat() if chosen.name == "point_in_time" else None,
         backup_id=request.backup_id or assessment.detail.get("backup_id"),
-        verify_after=manifest.rollback.verify_rollback if request.verify_after is None else request.verify_after,
+        verify_after=manifest.rollback.verify_rollback
+        if request.verify_after is None
+        else request.verify_after,
         dry_run=request.dry_run,
         statements=assessment.statements,
         warnings=warnings,
@@ -177,7 +179,9 @@ def take_lock(
     return [f"took over the lock of rollback {stale.rollback_id}, which expired at {expired}"]
 
 
-def rollback_status(plan: RollbackPlan | None, execution: Mapping[str, Any] | None, verification: Verification | None) -> str:
+def rollback_status(
+    plan: RollbackPlan | None, execution: Mapping[str, Any] | None, verification: Verification | None
+) -> str:
     """``planned`` for a dry run, ``completed`` when executed and verified, else ``failed``."""
     if plan is None:
         return "failed"
@@ -202,7 +206,11 @@ def status_document(
     """The status document of CONTRACT.md (the seed's response shape)."""
     block = (verification or Verification.skipped()).status_block()
     if verification is None and status == "failed":
-        block = {"source_comparison": "skipped", "record_counts_match": None, "sample_verification": "skipped"}
+        block = {
+            "source_comparison": "skipped",
+            "record_counts_match": None,
+            "sample_verification": "skipped",
+        }
     return {
         "migration_id": migration_id,
         "rollback_id": rollback_id,

@@ -256,7 +256,6 @@ class StateStore:
             )
             return {table: int(rows) for table, rows in cur.fetchall()}
 
-
     # -- one rollback per migration at a time ---------------------------------------------------
     def acquire_lock(self, migration_id: str, rollback_id: str, ttl: timedelta) -> RollbackLock | None:
         """Take the migration's rollback lock for ``ttl``, or raise :class:`LockHeld`.

@@ -52,8 +52,12 @@ class SequenceReset:
     next_value: int | None
 
     def as_json(self) -> dict[str, Any]:
-        return {"table": self.table, "column": self.column, "sequence": self.sequence,
-                "next_value": self.next_value}
+        return {
+            "table": self.table,
+            "column": self.column,
+            "sequence": self.sequence,
+            "next_value": self.next_value,
+        }
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,9 @@ class Engine(ABC):
         (empty where the engine has no table locks)."""
 
     @abstractmethod
-    def empty_tables_sql(self, tables: Sequence[str], referenced_from_outside: Iterable[str]) -> list[Statement]:
+    def empty_tables_sql(
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str]
+    ) -> list[Statement]:
         """Statements that empty ``tables`` (children first) and reset their sequences.
 
         ``referenced_from_outside`` names tables of ``tables`` that an empty table outside the
@@ -224,7 +230,11 @@ class Engine(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot take logical backups yet")
 
     def restore_tables(
-        self, tables: Sequence[str], states: dict[str, Any], open_data: Any, referenced_from_outside: Iterable[str]
+        self,
+        tables: Sequence[str],
+        states: dict[str, Any],
+        open_data: Any,
+        referenced_from_outside: Iterable[str],
     ) -> tuple[list[str], dict[str, int], dict[str, int]]:
         """Replace the rows of ``tables`` (parents first) with a backup's, atomically where the engine allows.
 
@@ -232,7 +242,9 @@ class Engine(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot restore logical backups yet")
 
-    def restore_test(self, tables: Sequence[str], states: dict[str, Any], schema_archive: Any, open_data: Any) -> Any:
+    def restore_test(
+        self, tables: Sequence[str], states: dict[str, Any], schema_archive: Any, open_data: Any
+    ) -> Any:
         """Restore a backup into a scratch database and return the restored tables' checksums."""
         raise NotImplementedError(f"{type(self).__name__} cannot test-restore logical backups yet")
 

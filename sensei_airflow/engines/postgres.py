@@ -152,7 +152,9 @@ class PostgresEngine(Engine):
         return PostgresReverseWriter(self, chunk_rows=chunk_rows)
 
     # -- target truncate -----------------------------------------------------------------
-    def empty_tables_sql(self, tables: Sequence[str], referenced_from_outside: Iterable[str]) -> list[Statement]:
+    def empty_tables_sql(
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str]
+    ) -> list[Statement]:
         if not tables:
             return []
         if not set(referenced_from_outside):
@@ -186,16 +188,15 @@ class PostgresEngine(Engine):
     ) -> tuple[list[Statement], dict[str, int]]:
         """Lock, count and empty the tables in one transaction; the SQL run and rows removed each."""
         statements = [*self.lock_sql(tables), *self.empty_tables_sql(tables, referenced_from_outside)]
-        with self.connect() as conn:
-            with conn.transaction(), conn.cursor() as cur:
-                for statement in statements[:2]:
-                    cur.execute(statement.sql)
-                removed: dict[str, int] = {}
-                for table in tables:
-                    cur.execute(f"SELECT count(*) FROM {self.quote_table(table)}")  # noqa: S608
-                    removed[table] = int(cur.fetchone()[0])
-                for statement in statements[2:]:
-                    cur.execute(statement.sql, statement.params or None)
+        with self.connect() as conn, conn.transaction(), conn.cursor() as cur:
+            for statement in statements[:2]:
+                cur.execute(statement.sql)
+            removed: dict[str, int] = {}
+            for table in tables:
+                cur.execute(f"SELECT count(*) FROM {self.quote_table(table)}")  # noqa: S608
+                removed[table] = int(cur.fetchone()[0])
+            for statement in statements[2:]:
+                cur.execute(statement.sql, statement.params or None)
         return statements, removed
 
     # -- sequences, consumers' privileges, fingerprints -----------------------------------
@@ -356,13 +357,19 @@ class PostgresEngine(Engine):
         postgres_dump.dump_schema(self, tables, path)
 
     def restore_tables(
-        self, tables: Sequence[str], states: dict[str, Any], open_data: Any, referenced_from_outside: Iterable[str]
+        self,
+        tables: Sequence[str],
+        states: dict[str, Any],
+        open_data: Any,
+        referenced_from_outside: Iterable[str],
     ) -> tuple[list[str], dict[str, int], dict[str, int]]:
         from sensei_airflow.engines import postgres_dump
 
         return postgres_dump.restore_tables(self, tables, states, open_data, referenced_from_outside)
 
-    def restore_test(self, tables: Sequence[str], states: dict[str, Any], schema_archive: Any, open_data: Any) -> Any:
+    def restore_test(
+        self, tables: Sequence[str], states: dict[str, Any], schema_archive: Any, open_data: Any
+    ) -> Any:
         from sensei_airflow.engines import postgres_dump
 
         return postgres_dump.restore_test(self, tables, states, schema_archive, open_data)

@@ -22,7 +22,9 @@ def strategy_class(name: Strategy) -> type[RollbackStrategy]:
         module_name, class_name = STRATEGY_CLASSES[name].split(":")
     except KeyError:
         available = ", ".join(sorted(STRATEGY_CLASSES))
-        raise RefusedError(f"strategy {name} is not available in this installation (available: {available})") from None
+        raise RefusedError(
+            f"strategy {name} is not available in this installation (available: {available})"
+        ) from None
     return getattr(import_module(module_name), class_name)
 
 
