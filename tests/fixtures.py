@@ -151,3 +151,39 @@ def migrate_demo(manifest: Any, customers: int = 300) -> dict[str, int]:
 def migrated(databases: Databases, migrations_dir: Path, airflow_db: None) -> dict[str, int]:
     """The demo migration done: source filled, target migrated, baselines recorded. Rows per target table."""
     return migrate_demo(write_demo_manifest(migrations_dir))
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A local moto server (S3, RDS, ...) for the session; its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def aws_client(service: str, endpoint: str) -> Any:
+    """A boto3 client of the local moto server."""
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def use_aws_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, endpoint: str) -> None:
+    """Make Airflow connection ``conn_id`` an AWS connection to the local moto server."""
+    import json
+
+    extra = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{conn_id.upper()}",
+        json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}),
+    )

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures import aws_client, use_aws_connection
+
 #: rows that the target tables hold before the demo migration (ids far above the demo's).
 PRE_EXISTING = {
     "crm.customers": "INSERT INTO crm.customers (id, name, email_address, balance_cents, created_at) "
@@ -25,15 +27,9 @@ MIGRATED = ["crm.customers", "sales.orders", "sales.order_items"]
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """A moto S3 server for the session; its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+def s3_server(moto_endpoint: str) -> str:
+    """The local S3 (the session's moto server); its endpoint URL."""
+    return moto_endpoint
 
 
 @pytest.fixture
@@ -41,24 +37,9 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket on the local S3, reachable through the ``aws_default`` Airflow connection."""
     import uuid
 
-    import boto3
-
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"},
-            }
-        ),
-    )
+    use_aws_connection(monkeypatch, "aws_default", s3_server)
     name = f"backups-{uuid.uuid4().hex[:10]}"
-    boto3.client(
-        "s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=name)  # fmt: skip
+    aws_client("s3", s3_server).create_bucket(Bucket=name)
     return name
 
 

@@ -7,7 +7,6 @@ copy at it through :meth:`RdsRecovery.restored_conninfo` after checking the endp
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from sensei_airflow.engines.base import PointInTimeRefused, RecoveryTarget
 from sensei_airflow.engines.postgres import PostgresEngine
 from sensei_airflow.engines.rds import RdsRecovery, restored_identifier
 from sensei_airflow.manifest import PointInTimeSettings
+from tests.fixtures import aws_client, use_aws_connection
 
 SCHEMA = """
 CREATE TABLE public.customers (id bigserial PRIMARY KEY, name text NOT NULL);
@@ -38,37 +38,11 @@ INSERT INTO public.audit_notes VALUES (2, 'later');
 """
 
 
-@pytest.fixture(scope="module")
-def moto_rds() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def rds(moto_rds: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+def rds(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A boto3 RDS client on moto, also reachable as Airflow connection ``aws_pitr``."""
-    import boto3
-
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_PITR",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {"endpoint_url": moto_rds, "region_name": "us-east-1"},
-            }
-        ),
-    )
-    return boto3.client(
-        "rds", endpoint_url=moto_rds, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-    )  # fmt: skip
+    use_aws_connection(monkeypatch, "aws_pitr", moto_endpoint)
+    return aws_client("rds", moto_endpoint)
 
 
 def create_instance(rds: Any, retention: int = 7) -> str:
