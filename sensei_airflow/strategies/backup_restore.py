@@ -121,15 +121,14 @@ class BackupRestoreStrategy(RollbackStrategy):
 
     def _outside_references(self, tables: list[str]) -> set[str]:
         """Tables in scope referenced from outside it; refuses when such a referencing table holds rows."""
-        outside = [fk for fk in self.target.foreign_keys() if fk.parent in tables and fk.child not in tables]
-        counts = self.target.row_counts({fk.child for fk in outside})
-        for fk in outside:
-            if counts[fk.child] > 0:
+        outside = self.references_from_outside(tables)
+        for fk, rows in outside:
+            if rows > 0:
                 raise RefusedError(
                     f"restoring {fk.parent} would remove rows that {fk.child} (outside the scope, "
-                    f"{counts[fk.child]} rows) references through {fk.name}; add {fk.child} to the scope"
+                    f"{rows} rows) references through {fk.name}; add {fk.child} to the scope"
                 )
-        return {fk.parent for fk in outside}
+        return {fk.parent for fk, _ in outside}
 
     # -- the strategy --------------------------------------------------------------------------------
     def assess(self, scope: list[TableMapping], request: RollbackRequest) -> Assessment:

@@ -8,11 +8,11 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from sensei_airflow.conf import RollbackRequest
-from sensei_airflow.engines import Engine, get_engine
+from sensei_airflow.engines import Engine, ForeignKey, get_engine
 from sensei_airflow.manifest import Manifest, Strategy, TableMapping
 from sensei_airflow.plan import RollbackPlan
 from sensei_airflow.state import StateStore
-from sensei_airflow.verify import Verification
+from sensei_airflow.verify import TableCheck, Verification, count_checks
 
 
 @dataclass
@@ -50,6 +50,25 @@ class RollbackStrategy(ABC):
     @cached_property
     def target(self) -> Engine:
         return get_engine(self.manifest.target.conn_id)
+
+    def references_from_outside(self, tables: list[str]) -> list[tuple[ForeignKey, int]]:
+        """Foreign keys from tables outside ``tables`` into them, each with its referencing table's rows."""
+        outside = [fk for fk in self.target.foreign_keys() if fk.parent in tables and fk.child not in tables]
+        counts = self.target.row_counts({fk.child for fk in outside})
+        return [(fk, counts[fk.child]) for fk in outside]
+
+    def scope_count_checks(
+        self, plan: RollbackPlan, check: str, expected: dict[str, int], *, others: bool = True
+    ) -> list[TableCheck]:
+        """Row counts of the tables in scope against ``expected``, and (``others``) every other table of
+        the target against its count in assess ("untouched outside the scope")."""
+        in_scope = set(plan.table_names)
+        untouched = {t: n for t, n in plan.counts_before.items() if t not in in_scope} if others else {}
+        after = self.target.row_counts([*plan.table_names, *untouched])
+        return [
+            *count_checks(check, expected, after),
+            *count_checks("untouched outside the scope", untouched, after),
+        ]
 
     @abstractmethod
     def assess(self, scope: list[TableMapping], request: RollbackRequest) -> Assessment:

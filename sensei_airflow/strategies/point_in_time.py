@@ -26,7 +26,7 @@ from sensei_airflow.manifest import Manifest, Strategy, TableMapping
 from sensei_airflow.plan import RefusedError, RollbackPlan
 from sensei_airflow.state import StateStore, utcnow
 from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
-from sensei_airflow.verify import TableCheck, Verification, count_checks
+from sensei_airflow.verify import TableCheck, Verification
 
 _MARKS_DDL = """
 CREATE SCHEMA IF NOT EXISTS sensei;
@@ -208,15 +208,10 @@ class PointInTimeStrategy(RollbackStrategy):
             ]
             return Verification(record_counts_match=False, checks=checks)
         restored = {t: int(n) for t, n in executed.get("rows_affected", {}).items()}
-        in_scope = set(plan.table_names)
-        untouched: dict[str, int] = {}
-        if executed.get("path") != "database":  # a whole-cluster restore rewinds every table by design
-            untouched = {t: n for t, n in plan.counts_before.items() if t not in in_scope}
-        after = self.target.row_counts([*plan.table_names, *untouched])
-        checks = [
-            *count_checks("rows as recovered at restore_to", restored, after),
-            *count_checks("untouched outside the scope", untouched, after),
-        ]
+        # a whole-cluster restore rewinds every table by design: only the table path leaves others untouched
+        checks = self.scope_count_checks(
+            plan, "rows as recovered at restore_to", restored, others=executed.get("path") != "database"
+        )
         return Verification(
             record_counts_match=all(c.ok for c in checks),
             source_comparison="skipped",

@@ -10,7 +10,7 @@ from sensei_airflow.conf import RollbackRequest
 from sensei_airflow.manifest import Strategy, TableMapping
 from sensei_airflow.plan import RefusedError, RollbackPlan, dependency_order
 from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
-from sensei_airflow.verify import Verification, count_checks
+from sensei_airflow.verify import Verification
 
 
 class TruncateStrategy(RollbackStrategy):
@@ -22,15 +22,13 @@ class TruncateStrategy(RollbackStrategy):
 
     def _referenced_from_outside(self, tables: list[str]) -> tuple[set[str], list[str]]:
         """Tables in scope that an empty outside table references, and the refusals for non-empty ones."""
-        outside = [fk for fk in self.target.foreign_keys() if fk.parent in tables and fk.child not in tables]
-        counts = self.target.row_counts({fk.child for fk in outside})
+        outside = self.references_from_outside(tables)
         refusals = [
-            f"{fk.child} (outside the scope) references {fk.parent} through {fk.name} and holds "
-            f"{counts[fk.child]} rows"
-            for fk in outside
-            if counts[fk.child] > 0
+            f"{fk.child} (outside the scope) references {fk.parent} through {fk.name} and holds {rows} rows"
+            for fk, rows in outside
+            if rows > 0
         ]
-        return {fk.parent for fk in outside}, refusals
+        return {fk.parent for fk, _ in outside}, refusals
 
     def _pre_migration_backup_rows(self) -> dict[str, int]:
         """Per-table rows in the newest pre-migration backup of the target (more evidence of what was there)."""
@@ -90,13 +88,7 @@ class TruncateStrategy(RollbackStrategy):
         return Execution(statements=[s.sql for s in statements], rows_affected=removed)
 
     def verify(self, plan: RollbackPlan) -> Verification:
-        in_scope = set(plan.table_names)
-        untouched = {t: n for t, n in plan.counts_before.items() if t not in in_scope}
-        after = self.target.row_counts([*plan.table_names, *untouched])
-        checks = [
-            *count_checks("empty after rollback", dict.fromkeys(plan.table_names, 0), after),
-            *count_checks("untouched outside the scope", untouched, after),
-        ]
+        checks = self.scope_count_checks(plan, "empty after rollback", dict.fromkeys(plan.table_names, 0))
         return Verification(
             record_counts_match=all(c.ok for c in checks),
             source_comparison="skipped",
