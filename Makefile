@@ -29,8 +29,10 @@ chromium:
 demo: install postgres
 	$(BIN)/python -m sensei_airflow.demo
 
+# Tests run on TEST_WORKERS pytest-xdist workers, each with its own PostgreSQL cluster and Airflow home.
+TEST_WORKERS ?= 3
 test: install postgres chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: install
 	$(BIN)/ruff check sensei_airflow dags tests

@@ -66,6 +66,10 @@ def _queued_conf(run_id: str) -> dict[str, Any]:
         return dict(run.conf)
 
 
+def _without_duration(document: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k != "duration_seconds"}
+
+
 @pytest.mark.parametrize("payload", list(SEED_PAYLOADS))
 def test_seed_payload_accepted_then_run(api: Any, databases: Any, payload: str) -> None:
     body = SEED_PAYLOADS[payload]
@@ -84,7 +88,8 @@ def test_seed_payload_accepted_then_run(api: Any, databases: Any, payload: str) 
     queued = api.get(f"{ROLLBACK}/status", headers=_token("viewer"))
     assert queued.status_code == 200, queued.text
     this_run = api.get(response.json()["status_url"], headers=_token("viewer"))
-    assert this_run.json() == queued.json()
+    # the same run either way; its duration keeps growing while it runs, so it is left out
+    assert _without_duration(this_run.json()) == _without_duration(queued.json())
     assert_status_shape(queued.json())
     assert queued.json()["rollback_id"] == run_id
     assert queued.json()["rollback_status"] == "running"

@@ -160,10 +160,8 @@ def test_ctrl_c_stops_the_whole_process_group(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "the test's process tree did not start"
         time.sleep(0.1)
     children = [int(p) for p in (tmp_path / "out.log").read_text().split()]
-    started = time.monotonic()
     stop_group(process, timeout=5)
     assert process.returncode == 3, "the leader must get KeyboardInterrupt from SIGINT"
-    assert time.monotonic() - started < 30
     assert not [pid for pid in children if _alive(pid)]
 
 

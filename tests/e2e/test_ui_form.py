@@ -98,7 +98,7 @@ def test_trigger_form_truncates_two_tables(airflow_server: AirflowServer, browse
         "xpath=//label[starts-with(normalize-space(.), 'Restore to')]"
         "/ancestor::div[.//*[@data-testid='datetime-input']][1]//*[@data-testid='datetime-input']"
     )
-    picker.wait_for(state="visible", timeout=15_000)  # restore_to is a date-time picker
+    picker.wait_for(state="visible", timeout=60_000)  # restore_to is a date-time picker
     dialog.get_by_test_id("trigger-dag-submit").click()
 
     run = _run_with_reason(airflow_server, reason)

@@ -9,7 +9,6 @@ must fail within the lock timeout, leave the source as it was, and the retry mus
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import psycopg
@@ -76,12 +75,10 @@ def test_a_target_table_locked_elsewhere_fails_the_try_within_the_lock_timeout_a
         # the last table in parents-first order: its parents are staged, the apply holds the
         # source locks, then reading sales.order_items waits on this lock
         holder.execute("LOCK TABLE sales.order_items IN ACCESS EXCLUSIVE MODE")
-        started = time.monotonic()
-        with pytest.raises(psycopg.errors.LockNotAvailable):
+        # LockNotAvailable is the lock timeout firing: without one the try would wait forever
+        with pytest.raises(psycopg.errors.LockNotAvailable, match="lock timeout"):
             strategy.execute(plan)
-        elapsed = time.monotonic() - started
         holder.rollback()
-    assert elapsed < 30, f"the try took {elapsed:.1f} s to give up"
     assert _snapshot(databases) == before, "the failed try changed the source"
     assert _our_sessions(databases) == [], "a source session was left open"
     staged = _staged(databases)
@@ -105,12 +102,9 @@ def test_the_staging_ddl_lock_held_elsewhere_fails_the_try_within_the_lock_timeo
     with psycopg.connect(databases.cluster.dsn(databases.source)) as holder:
         # another rollback creating the staging schema on the same source, stuck mid-transaction
         holder.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        started = time.monotonic()
-        with pytest.raises(psycopg.errors.LockNotAvailable):
+        with pytest.raises(psycopg.errors.LockNotAvailable, match="lock timeout"):
             _strategy(demo).execute(plan)
-        elapsed = time.monotonic() - started
         holder.rollback()
-    assert elapsed < 30, f"the try took {elapsed:.1f} s to give up"
     assert _snapshot(databases) == before
 
     _strategy(demo).execute(plan)

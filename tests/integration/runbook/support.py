@@ -35,7 +35,7 @@ class MailBox:
     port: int
     messages: list[dict[str, Any]] = field(default_factory=list)
 
-    def wait_for(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+    def wait_for(self, count: int, timeout: float = 120) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while len(self.messages) < count and time.monotonic() < deadline:
             time.sleep(0.05)
