@@ -52,6 +52,20 @@ def shop(databases, migrations_dir, airflow_db, reports) -> Any:
     return manifest
 
 
+def xcom(outcome: DagOutcome, key: str) -> Any:
+    """What the document task pushed under ``key``."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id="sensei_rollback", run_id=outcome.run_id, task_id="document", key=key)
+            .one()
+        )
+        return XComModel.deserialize_value(row)
+
+
 def dry_run(reason: str = REASON) -> DagOutcome:
     outcome = run_dag(
         "sensei_rollback",
@@ -149,13 +163,21 @@ def test_a_clean_trail_verifies_against_every_anchor(shop, reports, databases, m
     assert len(files) == 2
     written = json.loads(files[-1].read_text(encoding="utf-8"))
     in_record = anchored(databases, second.run_id)
+    head_seq, head_hash = documented(databases, second.run_id)
     assert (written["events"], written["head_seq"], written["head_hash"]) == in_record
-    assert in_record[1:] == documented(databases, second.run_id) and written["rollback_id"] == second.run_id
+    assert in_record[1:] == (head_seq, head_hash) and written["rollback_id"] == second.run_id
     assert written["signature"].startswith(f"hmac-sha256:{key.key_id}:")
     assert anchored(databases, first.run_id)[1:] == documented(databases, first.run_id)
     # the report says where the anchor went; the state role here is a superuser: warned at document time
-    report = StateStore("sensei_state").get_run(second.run_id)["report"]
+    run = StateStore("sensei_state").get_run(second.run_id)
+    report = run["report"]
     assert report["audit_chain"]["anchor_written"] == str(files[-1])
+    assert report["audit_chain"]["anchor"] == written == xcom(second, "audit_anchor")
+    assert (
+        f"- Anchored at event {head_seq} ({written['events']} events, hash `{head_hash}`, signed"
+        in (run["report_markdown"])
+    )
+    assert f"- Anchor written to {files[-1]}" in run["report_markdown"]
     assert any("is a superuser" in w for w in report["audit_chain"]["warnings"])
     assert any(line.startswith("warning: the state role postgres is a superuser") for line in lines)
     # the key itself is stored nowhere: not in the events, the run records, the reports or anchors
