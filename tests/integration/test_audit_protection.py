@@ -188,3 +188,23 @@ def test_the_key_comes_from_the_configured_connection(databases, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_VAULT_AUDIT_KEY", json.dumps({"conn_type": "generic"}))
     with pytest.raises(AuditKeyError, match="the audit key connection vault_audit_key has no password"):
         AuditTrail(StateStore("sensei_state")).append(event(2))
+
+
+def test_a_trigger_left_disabled_by_the_owner_is_a_problem(databases, roles, capsys):
+    _, app = roles
+    assert sensei_cli(["audit", "init", "--conn-id", "sensei_state_owner", "--grant-to", app]) == 0
+    AuditTrail(StateStore("sensei_state"), key=None).append(event(1))
+    with databases.connect("state") as conn:
+        conn.execute("ALTER TABLE sensei.audit_events DISABLE TRIGGER audit_events_no_update")
+    capsys.readouterr()
+
+    assert sensei_cli(["audit", "verify", "--conn-id", "sensei_state"]) == 1
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "audit trail BROKEN: the append-only trigger audit_events_no_update of sensei.audit_events is "
+        "disabled: events can be changed or deleted; its owner must restore it (any sensei command run as "
+        "the owner does)"
+    )
+    # any sensei command run as the owner restores it
+    assert sensei_cli(["audit", "verify", "--conn-id", "sensei_state_owner"]) == 0
+    enabled = "SELECT tgenabled FROM pg_trigger WHERE tgname = 'audit_events_no_update'"
+    assert databases.scalar("state", enabled) == "O"
