@@ -170,7 +170,6 @@ def write_anchor(location: str, anchor: Anchor) -> str:
 class _Found:
     anchors: list[Anchor] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 def read_anchor_files(location: str, migration_id: str | None = None) -> _Found:
@@ -293,7 +292,6 @@ def verify_trail(
     for location in dict.fromkeys(locations):
         found = read_anchor_files(location, migration_id)
         read_problems += found.problems
-        warnings += found.warnings
         theirs = [a for a in found.anchors if a.state != identity]
         if theirs:
             warnings.append(

@@ -667,9 +667,8 @@ class DocumentOperator(RunbookOperator):
     event: an anchor file at ``rollback.backup_location`` first (signed with the audit key when
     one is configured), then the run record (``audit_events``, ``audit_head_seq``,
     ``audit_head_hash``), and the XCom ``audit_anchor``. The status document (CONTRACT.md) is the
-    task's XCom. The task
-    fails after documenting a failed rollback, so the DAG run shows the outcome; a rejected
-    approval ends as ``planned`` (nothing was changed) and the run succeeds.
+    task's XCom. The task fails after documenting a failed rollback, so the DAG run shows the
+    outcome; a rejected approval ends as ``planned`` (nothing was changed) and the run succeeds.
     """
 
     step = "document"
