@@ -83,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--conn-id", default="sensei_state", help="Airflow connection of the state store")
     verify.add_argument(
         "--anchors",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="LOCATION",
-        help="another report location to read anchor files from (local path, file://, s3://, gs://); repeatable",
+        help="more report locations to read anchor files from (local path, file://, s3://, gs://)",
     )
     verify.add_argument(
         "--migration-id", default=None, help="only this migration's run records and anchor files"
