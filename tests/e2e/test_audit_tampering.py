@@ -158,6 +158,11 @@ def test_a_clean_trail_verifies_against_every_anchor(shop, reports, databases, m
     assert lines[0].startswith(f"audit chain intact: {total} events, head ")
     assert lines[0].endswith(f"(HMAC-SHA256 from seq 1, key {key.key_id})")
     assert lines[1] == f"anchors: 2 run record(s) and 2 anchor file(s) agree (at {reports})"
+    assert verify(capsys, "--migration-id", "mig_shop_2026")[1][1] == lines[1]
+    assert (
+        verify(capsys, "--migration-id", "mig_other")[1][1]
+        == "anchors: 0 run record(s) and 0 anchor file(s) agree"
+    )
     # one anchor file per run beside the reports, signed, saying what the run record says
     files = sorted((reports / "reports" / "mig_shop_2026" / "anchors").iterdir())
     assert len(files) == 2

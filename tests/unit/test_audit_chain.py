@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from sensei_airflow.anchors import Anchor, _check_signatures, compare
+from sensei_airflow.anchors import Anchor, _check_signatures, compare, read_anchor_files
 from sensei_airflow.audit import (
     _INDEXED,
     GENESIS_HASH,
@@ -136,3 +136,20 @@ def test_anchors_name_what_the_chain_contradicts():
     assert compare([anchor(5, "e" * 64)], tip=7, total=6, at=at) == [
         f"event 5 is missing but run manual__5 anchored seq 5 (hash {'e' * 16}..., s3://b/a.json)"
     ]
+
+
+def test_an_anchor_file_that_cannot_be_read_is_a_problem(tmp_path):
+    folder = tmp_path / "reports ✓" / "reports" / "mig_shop" / "anchors"
+    folder.mkdir(parents=True)
+    (folder / "000000000007-manual__1.json").write_text("{not json", encoding="utf-8")
+    (folder / "000000000009-manual__2.json").write_text(json.dumps({"format": 1, "rollback_id": "x"}))
+    (folder.parent / "manual__1.json").write_text("{}")  # a report, not an anchor
+
+    found = read_anchor_files(str(tmp_path / "reports ✓"))
+
+    assert found.anchors == []
+    assert [p.split(": ", 1)[0] for p in found.problems] == [
+        f"anchor {folder}/000000000007-manual__1.json cannot be read",
+        f"anchor {folder}/000000000009-manual__2.json cannot be read",
+    ]
+    assert found.problems[1].endswith("ValueError: field 'migration_id' is missing or malformed")
