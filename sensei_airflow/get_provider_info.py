@@ -104,6 +104,15 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "google_cloud_default",
                         "default": "google_cloud_default",
                     },
+                    "audit_key_conn_id": {
+                        "description": "Airflow connection whose password is the audit key: audit events "
+                        "are then linked by HMAC-SHA256 and report anchors signed. Without that connection, "
+                        "plain SHA-256 links.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "sensei_audit_key",
+                        "default": "sensei_audit_key",
+                    },
                     "migrations_dir": {
                         "description": "Folder of migration manifests; the environment variable "
                         "SENSEI_MIGRATIONS_DIR wins. Default: migrations/ in the dags folder.",

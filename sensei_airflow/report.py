@@ -89,7 +89,26 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"Audit chain: {'intact' if chain['ok'] else 'BROKEN'}, {chain['events']} events, "
             f"head hash `{chain['head_hash']}`",
         ]
+        lines += _audit_anchor_lines(chain)
     return "\n".join(lines) + "\n"
+
+
+def _audit_anchor_lines(chain: Mapping[str, Any]) -> list[str]:
+    """The chain's problems and warnings, and where this run anchored it."""
+    lines = [f"- PROBLEM: {p}" for p in chain.get("problems") or []]
+    lines += [f"- Warning: {w}" for w in chain.get("warnings") or []]
+    anchor = chain.get("anchor")
+    if anchor:
+        signed = anchor.get("signature")
+        how = f"signed with audit key {signed.split(':')[1]}" if signed else "unsigned: no audit key"
+        lines.append(
+            f"- Anchored at event {anchor['head_seq']} ({anchor['events']} events, hash `{anchor['head_hash']}`, {how})"
+        )
+    if chain.get("anchor_written"):
+        lines.append(f"- Anchor written to {chain['anchor_written']}")
+    if chain.get("anchor_error"):
+        lines.append(f"- Anchor NOT written to the backup location: {chain['anchor_error']}")
+    return lines
 
 
 def _runbook_investigation(investigation: Mapping[str, Any]) -> list[str]:

@@ -15,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-SCHEMA_VERSION = 1
+#: raise it with every change of ``_DDL``: a state role that may not run the DDL itself (it does
+#: not own the schema, see ``sensei audit init``) checks that the owner brought the schema this far.
+SCHEMA_VERSION = 2
 
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS sensei;
@@ -69,6 +71,22 @@ CREATE OR REPLACE TRIGGER audit_events_no_update BEFORE UPDATE OR DELETE ON sens
 CREATE OR REPLACE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON sensei.audit_events
     FOR EACH STATEMENT EXECUTE FUNCTION sensei.audit_events_append_only();
 CREATE TABLE IF NOT EXISTS sensei.schema_version (version integer NOT NULL);
+-- version 2: the link kind of each audit event, and each run's anchor of the chain (audit.py, anchors.py).
+-- Only when missing: ALTER TABLE locks the table exclusively, and appends hold a share lock on it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'sensei.audit_events'::regclass
+                   AND attname = 'hash_kind' AND NOT attisdropped) THEN
+        ALTER TABLE sensei.audit_events ADD COLUMN hash_kind text NOT NULL DEFAULT 'sha256';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'sensei.rollback_runs'::regclass
+                   AND attname = 'audit_head_hash' AND NOT attisdropped) THEN
+        ALTER TABLE sensei.rollback_runs
+            ADD COLUMN IF NOT EXISTS audit_events bigint,
+            ADD COLUMN IF NOT EXISTS audit_head_seq bigint,
+            ADD COLUMN IF NOT EXISTS audit_head_hash text;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS sensei.rollback_locks (
     migration_id     text PRIMARY KEY,
     rollback_id      text NOT NULL,
@@ -144,16 +162,53 @@ class StateStore:
             yield conn
 
     def ensure_schema(self) -> None:
-        """Create the ``sensei`` schema's tables if missing (idempotent, safe concurrently)."""
+        """Create or upgrade the ``sensei`` schema's tables (idempotent, safe concurrently).
+
+        A state role that does not own them (the audit trail's protection, ``sensei audit init``)
+        may not run the DDL: it then only checks that their owner brought them to this version.
+        """
         if self._schema_ready:
             return
-        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            cur.execute(_DDL)
-            cur.execute("SELECT max(version) FROM sensei.schema_version")
-            if cur.fetchone()[0] is None:
-                cur.execute("INSERT INTO sensei.schema_version VALUES (%s)", (SCHEMA_VERSION,))
+        from psycopg.errors import InsufficientPrivilege
+
+        with self._connect() as conn:
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                    cur.execute(_DDL)
+                    cur.execute("SELECT max(version) FROM sensei.schema_version")
+                    version = cur.fetchone()[0]
+                    if version is None or version < SCHEMA_VERSION:
+                        cur.execute("INSERT INTO sensei.schema_version VALUES (%s)", (SCHEMA_VERSION,))
+            except InsufficientPrivilege as exc:
+                self._check_schema_made_by_owner(conn, exc)
         self._schema_ready = True
+
+    def _check_schema_made_by_owner(self, conn: Any, refused: Exception) -> None:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT current_user, to_regclass('sensei.schema_version') IS NOT NULL")
+            role, exists = cur.fetchone()
+            version = None
+            if exists:
+                cur.execute("SELECT max(version) FROM sensei.schema_version")
+                version = cur.fetchone()[0]
+        if version is None or version < SCHEMA_VERSION:
+            found = "missing" if version is None else f"at version {version}"
+            first_line = str(refused).splitlines()[0]
+            raise StateSchemaMissing(
+                f"the sensei schema of state store {self.conn_id} is {found} (this sensei-airflow needs "
+                f"version {SCHEMA_VERSION}) and the state role {role} may not create it ({first_line}): "
+                f"have its owner run: sensei audit init --conn-id <owner connection> --grant-to {role}"
+            ) from None
+
+    def record_audit_anchor(self, rollback_id: str, *, events: int, head_seq: int, head_hash: str) -> None:
+        """Store in the run record the audit chain's event count and head as of its document step."""
+        with self.transaction() as cur:
+            cur.execute(
+                "UPDATE sensei.rollback_runs SET audit_events = %s, audit_head_seq = %s, "
+                "audit_head_hash = %s, updated_at = now() WHERE rollback_id = %s",
+                (events, head_seq, head_hash, rollback_id),
+            )
 
     def identity(self) -> str:
         """Same form as :meth:`PostgresEngine.identity`, to compare with the target's."""
@@ -417,6 +472,10 @@ class RollbackLock:
     rollback_id: str
     acquired_at: datetime
     expires_at: datetime
+
+
+class StateSchemaMissing(RuntimeError):
+    """The state store's tables are missing or outdated and the state role may not create them."""
 
 
 class LockHeld(Exception):

@@ -18,6 +18,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from sensei_airflow import consumers, notify
+from sensei_airflow.anchors import Anchor, make_anchor, verify_trail, write_anchor
 from sensei_airflow.manifest import Strategy, load_manifests
 from sensei_airflow.operators.base import ERROR_XCOM_KEY, RunbookOperator, StepRun, log
 from sensei_airflow.plan import RefusedError, RollbackPlan
@@ -38,6 +39,8 @@ from sensei_airflow.verify import Verification
 RUNBOOK_TASK_IDS = ("assess", "notify", "halt", "verify", "resume", "investigate", "document")
 APPROVE_TASK_ID = "approve"
 APPROVAL_XCOM_KEY = "approval"
+#: the document step's anchor of the audit chain, also kept in Airflow's metadata database.
+AUDIT_ANCHOR_XCOM_KEY = "audit_anchor"
 FALLBACK_TASK_ID = "execute_fallback"
 SEQUENCES_TASK_ID = "execute_sequences"
 
@@ -634,15 +637,38 @@ def publish_report(
     return written
 
 
+def _check_and_anchor(
+    step: StepRun, migration_id: str | None, events: list[dict[str, Any]]
+) -> tuple[Anchor, dict[str, Any]]:
+    """Verify the chain against the run records' anchors, and anchor it at this run's documented event.
+
+    Problems and warnings (no audit key, a state role that could disable the append-only trigger)
+    go into the report and the task log; they do not fail the step.
+    """
+    assert step.audit is not None
+    check = verify_trail(step.audit)
+    documented = next(e for e in reversed(events) if e["action"] == "documented")
+    anchor = make_anchor(step.audit, migration_id, step.rollback_id, documented["seq"], documented["hash"])
+    for problem in check.problems:
+        log.error("audit trail: %s", problem)
+    for warning in check.warnings:
+        log.warning("audit trail: %s", warning)
+    step.ti.xcom_push(key=AUDIT_ANCHOR_XCOM_KEY, value=anchor.as_json())
+    return anchor, {**check.as_json(), "anchor": anchor.as_json()}
+
+
 class DocumentOperator(RunbookOperator):
     """Step 8, document: write the final report, tell the channels, release the lock, return the status.
 
     The report (JSON and Markdown: who, why, when, the plan, the SQL executed, rows affected,
     verification, timings, halted and resumed consumers, the investigation, the timeline and the
-    verified audit chain's head hash) goes to the state store and to the manifest's
-    ``rollback.backup_location``. The status document (CONTRACT.md) is the task's XCom. The task
-    fails after documenting a failed rollback, so the DAG run shows the outcome; a rejected
-    approval ends as ``planned`` (nothing was changed) and the run succeeds.
+    audit chain, verified against the run records' anchors) goes to the state store and to the
+    manifest's ``rollback.backup_location``. The chain is anchored at this run's ``documented``
+    event: an anchor file at ``rollback.backup_location`` first (signed with the audit key when
+    one is configured), then the run record (``audit_events``, ``audit_head_seq``,
+    ``audit_head_hash``), and the XCom ``audit_anchor``. The status document (CONTRACT.md) is the
+    task's XCom. The task fails after documenting a failed rollback, so the DAG run shows the
+    outcome; a rejected approval ends as ``planned`` (nothing was changed) and the run succeeds.
     """
 
     step = "document"
@@ -713,15 +739,21 @@ class DocumentOperator(RunbookOperator):
                 report["lock_released"] = step.state.release_lock(step.manifest.id, step.rollback_id)
         if step.manifest is not None and step.manifest.notify:
             report["notifications"]["end"] = self._notify_end(step, document, report)
+        anchor: Anchor | None = None
         if step.audit is not None and step.state is not None:
             step.record("documented", detail={"status": document})
             events = step.audit.events(step.rollback_id)
             report["timeline"] = events
             report["timings"] = timings(events)
-            chain = step.audit.verify()
-            report["audit_chain"] = {"ok": chain.ok, "events": chain.events, "head_hash": chain.head_hash}
-        markdown = render_markdown(report)
+            anchor, report["audit_chain"] = _check_and_anchor(step, document["migration_id"], events)
         location = step.manifest.rollback.backup_location if step.manifest else None
+        if location and anchor is not None:
+            try:  # before the report and the run record: the anchor outside the state store comes first
+                report["audit_chain"]["anchor_written"] = write_anchor(location, anchor)
+            except Exception as exc:
+                report["audit_chain"]["anchor_error"] = f"{location}: {type(exc).__name__}: {exc}"
+                log.exception("the audit anchor could not be written to %s", location)
+        markdown = render_markdown(report)
         if location:
             try:
                 report["published"] = publish_report(
@@ -732,6 +764,13 @@ class DocumentOperator(RunbookOperator):
                 log.exception("the report could not be written to %s", location)
             markdown = render_markdown(report)
         if step.state is not None and step.state.get_run(step.rollback_id) is not None:
+            if anchor is not None:
+                step.state.record_audit_anchor(
+                    step.rollback_id,
+                    events=anchor.events,
+                    head_seq=anchor.head_seq,
+                    head_hash=anchor.head_hash,
+                )
             step.state.finish_run(
                 step.rollback_id,
                 status=status,
