@@ -90,14 +90,25 @@ notify:
         (lambda m: m.update(bogus=1), "bogus", "Extra inputs are not permitted"),
         (lambda m: m["phases"][1]["tables"][0].update(key=[]), "phases.1.tables.0.key", "at least 1"),
         (
-            lambda m: m["phases"][1]["tables"][0].update(target="sales.orders; DROP TABLE x"),
+            lambda m: m["phases"][1]["tables"][0].update(target="sales.orders.archive"),
             "phases.1.tables.0.target",
-            "not a plain identifier",
+            'has 3 dot-separated parts, but a table name is table or schema.table: a part holding a dot must '
+            'be quoted ("sales.orders".archive or sales."orders.archive")',
         ),
         (
-            lambda m: m["phases"][1]["tables"][0].update(target='sales."orders"'),
+            lambda m: m["phases"][1]["tables"][0].update(target='sales.say "hi"'),
             "phases.1.tables.0.target",
-            "not a plain identifier",
+            'holds a double quote: quote the part and write the quote twice: "say ""hi"""',
+        ),
+        (
+            lambda m: m["phases"][1]["tables"][0].update(key=['"id']),
+            "phases.1.tables.0.key.0",
+            "has an unterminated quote",
+        ),
+        (
+            lambda m: m["phases"][0]["tables"][0]["columns"][0].update(target=" id"),
+            "phases.0.tables.0.columns.0.target",
+            """starts or ends with whitespace: quote it to keep the spaces (" id"), or remove them""",
         ),
         (
             lambda m: m["rollback"].update(preferred_strategy="magic"),
