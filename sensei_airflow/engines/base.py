@@ -173,10 +173,13 @@ class Engine(ABC):
         """Why this engine cannot hold a written table name or its written columns: one line each."""
         problems: list[str] = []
         try:
-            for part in self._written_parts(table):
+            parts = self._written_parts(table)
+            labels = ["project", "schema", "table name"][-len(parts) :] if len(parts) > 1 else ["table name"]
+            for label, part in zip(labels, parts, strict=True):
                 problem = self.identifier_problem(part)
                 if problem:
-                    problems.append(f"table {table}: name {self.table_name(part)} {problem}")
+                    shown = "" if label == "table name" else f" {self.table_name(part)}"
+                    problems.append(f"table {table}: the {label}{shown} {problem}")
             for column in columns:
                 exact = self.identifier(column)
                 problem = self.identifier_problem(exact)

@@ -92,7 +92,7 @@ notify:
         (
             lambda m: m["phases"][1]["tables"][0].update(target="sales.orders.archive"),
             "phases.1.tables.0.target",
-            'has 3 dot-separated parts, but a table name is table or schema.table: a part holding a dot must '
+            "has 3 dot-separated parts, but a table name is table or schema.table: a part holding a dot must "
             'be quoted ("sales.orders".archive or sales."orders.archive")',
         ),
         (
