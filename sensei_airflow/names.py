@@ -73,11 +73,12 @@ def _too_many(text: str, parts: Sequence[Part], max_parts: int) -> str:
             f"quote it to keep the dot: {quote_part('.'.join(p.text for p in parts))}"
         )
     example = 'schema."Order.Items"'
-    if len(parts) == max_parts + 1:
+    if len(parts) == 3:
         a, b, c = (p.text for p in parts)
         example = f"{quote_part(f'{a}.{b}')}.{write_part(c)} or {write_part(a)}.{quote_part(f'{b}.{c}')}"
+    shape = "table or schema.table" if max_parts == 2 else "at most project.dataset.table"
     return (
-        f"{text!r} has {len(parts)} dot-separated parts, but a table name is table or schema.table: "
+        f"{text!r} has {len(parts)} dot-separated parts, but a table name is {shape}: "
         f"a part holding a dot must be quoted ({example})"
     )
 

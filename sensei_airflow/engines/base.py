@@ -74,6 +74,8 @@ class Engine(ABC):
 
     #: sqlglot dialect used for quoting identifiers.
     dialect: str
+    #: the database's name in messages.
+    engine_title: str = "the database"
     #: schema assumed for an unqualified table name.
     default_schema: str = "public"
 
@@ -188,16 +190,6 @@ class Engine(ABC):
         except ValueError as exc:
             problems.append(f"table {table}: {exc}")
         return problems
-
-    @property
-    def engine_title(self) -> str:
-        return {
-            "postgres": "PostgreSQL",
-            "snowflake": "Snowflake",
-            "oracle": "Oracle",
-            "tsql": "SQL Server",
-            "bigquery": "BigQuery",
-        }.get(self.dialect, self.dialect)
 
     def transpile(self, sql: str) -> str:
         """Render a PostgreSQL-flavoured expression in this engine's dialect."""

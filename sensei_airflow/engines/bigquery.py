@@ -39,6 +39,7 @@ WINDOW_MARGIN = timedelta(minutes=30)
 
 class BigQueryEngine(Engine):
     dialect = "bigquery"
+    engine_title = "BigQuery"
     default_schema = ""
     max_name_parts = 3
     max_identifier_chars = 1024

@@ -106,6 +106,7 @@ def string_literal(text: str) -> str:
 
 class MsSqlEngine(DbApiEngine):
     dialect = "tsql"
+    engine_title = "SQL Server"
     default_schema = "dbo"
     paramstyle = "format"
     #: sysname is nvarchar(128).

@@ -93,6 +93,7 @@ def timestamp_literal(moment: datetime) -> str:
 
 class OracleEngine(DbApiEngine):
     dialect = "oracle"
+    engine_title = "Oracle"
     paramstyle = "numeric"
     folds_unquoted = True
     max_identifier_bytes = 128

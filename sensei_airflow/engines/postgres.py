@@ -60,6 +60,7 @@ ORDER BY 1, 2, 3, 4
 
 class PostgresEngine(Engine):
     dialect = "postgres"
+    engine_title = "PostgreSQL"
     default_schema = "public"
     #: PostgreSQL silently truncates a longer name (NAMEDATALEN - 1).
     max_identifier_bytes = 63

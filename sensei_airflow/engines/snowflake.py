@@ -65,6 +65,7 @@ RETENTION_MARGIN = timedelta(minutes=30)
 
 class SnowflakeEngine(DbApiEngine):
     dialect = "snowflake"
+    engine_title = "Snowflake"
     paramstyle = "format"
     folds_unquoted = True
     max_identifier_chars = 255
