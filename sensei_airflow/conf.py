@@ -11,9 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from sensei_airflow.manifest import MIGRATION_ID_PATTERN
+from sensei_airflow.names import parse_name
 
 StrategyChoice = Literal["auto", "truncate", "reverse_migration", "point_in_time", "backup_restore"]
 ScopeChoice = Literal["all", "phase", "tables"]
@@ -48,6 +57,23 @@ FORM_ORDER = (
     "backup_id",
     "verify_after",
 )
+
+
+def _table_name(value: Any) -> Any:
+    """A table name as written (qualified or not, quoted or not), surrounding whitespace removed.
+
+    :raises ValueError: naming what is wrong with it (sensei_airflow/names.py's grammar).
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text:
+        parse_name(text)
+    return text
+
+
+#: one entry of ``tables``: ``orders``, ``sales.orders``, ``"Sales Data"."Order.Items"``.
+TableName = Annotated[str, BeforeValidator(_table_name), Field(min_length=1, max_length=600)]
 
 
 def _form(section: str | None, title: str, description: str, **extra: Any) -> dict[str, Any]:
@@ -118,12 +144,14 @@ class RollbackRequest(BaseModel):
         ),
     ] = None
     tables: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=200)]] | None,
+        list[TableName] | None,
         Field(
             json_schema_extra=_form(
                 MAIN_SECTION,
                 "Tables",
-                "With scope tables: target table names, one per line; unqualified (orders) when unambiguous.",
+                "With scope tables: target table names, one per line; unqualified (orders) when unambiguous. "
+                'A name is written as the database holds it (Order Items); a part holding a dot or a " '
+                'is quoted ("Sales Data"."Order.Items").',
             )
         ),
     ] = None

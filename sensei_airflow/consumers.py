@@ -166,14 +166,17 @@ class HaltResult:
 def asset_scheduled_dags(api: AirflowApi, target: Engine, tables: Sequence[str]) -> dict[str, str]:
     """DAGs scheduled on Assets that are target tables of the scope: dag id -> the asset's URI.
 
-    An asset matches a table when its URI is the engine's Asset URI of the table, or its name
-    is the qualified table name.
+    An asset matches a table when its URI is the engine's Asset URI of the table (its names
+    percent-encoded, or as they are), or its name is the qualified table name.
     """
+    from urllib.parse import unquote
+
     wanted: dict[str, str] = {}
     for table in tables:
         uri = target.asset_uri(table)
         if uri:
             wanted[uri] = table
+            wanted[unquote(uri)] = table
         wanted[target.qualify(table)] = table
     found: dict[str, str] = {}
     for asset in api.assets():
@@ -238,7 +241,7 @@ def halt(
                 "halted_by": hold.rollback_id,
             }
         )
-    roles = list(manifest.downstream.db_roles)
+    roles = [target.identifier(r) for r in manifest.downstream.db_roles]  # exact role names
     if roles:
         missing = [r for r in roles if not target.role_exists(r)]
         if missing:

@@ -9,7 +9,6 @@ other files.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,10 +27,10 @@ from pydantic import (
     model_validator,
 )
 
+from sensei_airflow import names as naming
 from sensei_airflow.transforms import BuiltinTransform
 
 MIGRATION_ID_PATTERN = r"^[a-z0-9_]+$"
-_IDENTIFIER = re.compile(r"^[^\W\d]\w{0,62}$")
 
 
 class Strategy(StrEnum):
@@ -44,22 +43,16 @@ class Strategy(StrEnum):
 
 
 def check_identifier(name: str) -> str:
-    """Accept a plain SQL identifier: letters (any script), digits and underscores, not leading digit."""
-    if not _IDENTIFIER.match(name):
-        raise ValueError(
-            f"{name!r} is not a plain identifier (letters, digits and _, at most 63, not starting with a digit)"
-        )
-    return name
+    """Accept a one-part name (column, key, role) as names.py writes it; return its canonical form.
+
+    ``Display Name`` and ``"Display Name"`` are both ``Display Name``; ``"a.b"`` keeps its quotes.
+    """
+    return naming.canonical_part(name)
 
 
 def check_table_name(name: str) -> str:
-    """Accept ``table`` or ``schema.table`` made of plain identifiers."""
-    parts = name.split(".")
-    if len(parts) > 2:
-        raise ValueError(f"{name!r} is not a table name: use table or schema.table")
-    for part in parts:
-        check_identifier(part)
-    return name
+    """Accept ``table`` or ``schema.table`` as names.py writes it; return its canonical form."""
+    return naming.canonical_table(name)
 
 
 Identifier = Annotated[str, AfterValidator(check_identifier)]
@@ -126,13 +119,15 @@ class TableMapping(_Frozen):
             targets = {c.target for c in self.columns}
             missing = [k for k in self.key if k not in targets]
             if missing:
-                raise ValueError(f"key column {missing[0]!r} is not among the mapped target columns")
+                alike = [t for t in targets if naming.texts(t, 1) == naming.texts(missing[0], 1)]
+                hint = f" (a column is written {alike[0]}: spell the key the same way)" if alike else ""
+                raise ValueError(f"key column {missing[0]!r} is not among the mapped target columns{hint}")
         return self
 
     @property
     def target_name(self) -> str:
-        """The unqualified target table name (``orders`` for ``sales.orders``)."""
-        return self.target.rsplit(".", 1)[-1]
+        """The unqualified target table name (``orders`` for ``sales.orders``), in canonical form."""
+        return naming.last_part(self.target)
 
 
 class Phase(_Frozen):
@@ -302,18 +297,36 @@ class Manifest(_Frozen):
     def resolve_table(self, name: str) -> TableMapping:
         """Find a migrated table by its target name, qualified or (when unambiguous) not.
 
+        Any written form works: ``sales.orders``, ``orders``, ``"Sales Data"."Order Items"``,
+        ``Order Items``. A name matches as written (quotes that change nothing on any engine
+        ignored); failing that, ignoring how its parts are quoted, when only one table matches.
+
         :raises LookupError: with a message naming the table and what is known.
         """
-        exact = [t for t in self.tables if t.target == name]
-        if exact:
-            return exact[0]
-        short = [t for t in self.tables if t.target_name == name]
-        if len(short) == 1:
-            return short[0]
-        if len(short) > 1:
-            choices = ", ".join(t.target for t in short)
-            raise LookupError(f"table {name!r} is ambiguous in migration {self.id}: use one of {choices}")
+        try:
+            parts = naming.parse_name(name)
+        except ValueError as exc:
+            raise LookupError(f"table {name!r} is not a table name: {exc}") from None
+        written = naming.canonical_table(name)
         known = ", ".join(t.target for t in self.tables)
+        texts = tuple(p.text for p in parts)
+
+        def matches(exact: bool) -> list[TableMapping]:
+            if len(parts) == 2:
+                if exact:
+                    return [t for t in self.tables if t.target == written]
+                return [t for t in self.tables if naming.texts(t.target) == texts]
+            if exact:
+                return [t for t in self.tables if t.target_name == written]
+            return [t for t in self.tables if naming.texts(t.target)[-1:] == texts]
+
+        for exact in (True, False):
+            found = matches(exact)
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                choices = ", ".join(t.target for t in found)
+                raise LookupError(f"table {name!r} is ambiguous in migration {self.id}: use one of {choices}")
         raise LookupError(f"table {name!r} is not part of migration {self.id} (its tables: {known})")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sensei_airflow.conf import RollbackRequest
-from sensei_airflow.engines.base import ForeignKey
+from sensei_airflow.engines.base import Engine, ForeignKey
 from sensei_airflow.manifest import Manifest, Strategy, TableMapping
 
 
@@ -45,6 +45,28 @@ def resolve_scope(manifest: Manifest, request: RollbackRequest) -> list[TableMap
         if table not in chosen:
             chosen.append(table)
     return [t for t in manifest.tables if t in chosen]
+
+
+def check_names(engine: Engine, scope: Sequence[TableMapping], side: str = "target") -> None:
+    """Refuse, in one line, a table or column name of the scope that the engine cannot hold.
+
+    PostgreSQL, for one, would silently cut a name longer than 63 bytes and then act on another
+    table. ``side`` is ``target`` (target tables, keys and target columns) or ``source``.
+
+    :raises RefusedError: naming the table, the name and the limit.
+    """
+    from sensei_airflow.transforms import source_columns, target_columns
+
+    for table in scope:
+        if side == "target":
+            name = table.target
+            columns = [*table.key, *(c for m in table.columns or [] for c in target_columns(m))]
+        else:
+            name = table.source
+            columns = [c for m in table.columns or [] for c in source_columns(m)]
+        problems = engine.name_problems(name, columns)
+        if problems:
+            raise RefusedError(f"{side} {problems[0]}: the database cannot hold it; correct the manifest")
 
 
 def dependency_order(tables: Sequence[str], foreign_keys: Iterable[ForeignKey]) -> list[str]:

@@ -6,10 +6,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from sensei_airflow.names import markdown_cell
+
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table; a ``|`` or a line break inside a value (a table name may hold one) is escaped."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(markdown_cell(v) for v in row) + " |" for row in rows]
     return lines
 
 

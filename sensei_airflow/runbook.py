@@ -17,6 +17,7 @@ from sensei_airflow.plan import (
     PlannedTable,
     RefusedError,
     RollbackPlan,
+    check_names,
     resolve_scope,
     strategy_candidates,
 )
@@ -82,6 +83,7 @@ def assess(
         )
     check_window(manifest, run.now)
     scope = resolve_scope(manifest, request)
+    check_names(target, scope)
 
     refusals: list[str] = []
     notes: list[str] = []

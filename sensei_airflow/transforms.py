@@ -29,7 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from sensei_airflow.names import canonical_part, parse_name, quote_part
 
 if TYPE_CHECKING:
     from sensei_airflow.manifest import ColumnMapping, TableMapping
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
 Quote = Callable[[str], str]
 
 _TYPE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_ ]*(\(\s*\d+\s*(,\s*\d+\s*)?\))?(\[\])?$")
-_IDENT = re.compile(r"^[^\W\d]\w{0,62}$")
 _ZONE = re.compile(r"^[A-Za-z0-9_+\-/:]{1,64}$")
 _INTERVAL = re.compile(r"^[0-9A-Za-z .:+\-]{1,64}$")
 
@@ -52,7 +53,12 @@ def sql_literal(value: str | int | float | bool) -> str:
 
 
 def _plain_quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    """A written column name quoted as PostgreSQL spells it (the engine-neutral default)."""
+    return quote_part(parse_name(name, 1)[0].text)
+
+
+#: a column name as a manifest writes it (sensei_airflow/names.py), kept in canonical form.
+ColumnName = Annotated[str, AfterValidator(canonical_part)]
 
 
 class _Frozen(BaseModel):
@@ -83,14 +89,14 @@ class SplitSpec(_Frozen):
     """One source column split on ``delimiter`` into the target columns ``into`` (the last takes the rest)."""
 
     delimiter: Annotated[str, Field(min_length=1)]
-    into: Annotated[list[str], Field(min_length=2)]
+    into: Annotated[list[ColumnName], Field(min_length=2)]
 
 
 class JoinSpec(_Frozen):
     """The source ``columns`` joined with ``delimiter`` into one target column."""
 
     delimiter: Annotated[str, Field(min_length=1)]
-    columns: Annotated[list[str], Field(min_length=2)]
+    columns: Annotated[list[ColumnName], Field(min_length=2)]
 
 
 class TimezoneSpec(_Frozen):
@@ -128,10 +134,6 @@ class BuiltinTransform(_Frozen):
             raise ValueError("transform: scale 0 cannot be undone")
         if isinstance(self.offset, str) and not _INTERVAL.match(self.offset):
             raise ValueError(f"transform: offset {self.offset!r} is neither a number nor an interval")
-        for group in (self.split.into if self.split else [], self.join.columns if self.join else []):
-            for name in group:
-                if not _IDENT.match(name):
-                    raise ValueError(f"transform: {name!r} is not a plain identifier")
         if self.map is not None and not self.map:
             raise ValueError("transform: map needs at least one value")
         return self

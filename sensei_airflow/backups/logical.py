@@ -2,12 +2,13 @@
 
 Layout below the backup's own folder (``<location>/<migration_id>/<backup_id>/``)::
 
-    data/<schema>.<table>.copy.zst   one per table, all read from one snapshot
+    data/<name>-<hash>.copy.zst      one per table, all read from one snapshot (names.file_stem)
     schema.archive                   the engine's definition archive (pg_dump custom format)
     backup.json                      the catalog entry, so the folder explains itself
 
 The catalog entry holds the sha256 and size of every file and the rows and checksum of every
-table, taken in the same snapshot as the data.
+table, taken in the same snapshot as the data, and the file of each table (``table_stats[t]["file"]``):
+a restore reads that, never a name derived again, so backups of any naming stay readable.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from sensei_airflow.backups.catalog import BackupCatalog, BackupEntry, BackupKind, FileRecord, new_backup_id
 from sensei_airflow.backups.files import CorruptBackup, check_file, open_stored, store
 from sensei_airflow.backups.storage import Readable, Storage, storage_for
+from sensei_airflow.names import file_stem
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,12 @@ META_FILE = "backup.json"
 
 
 def data_file(table: str) -> str:
-    return f"data/{table}.copy.zst"
+    """The data file of a (qualified) table: a sanitised name plus a short hash of the exact name.
+
+    Never the raw name: a table named ``../x`` or ``a/b`` stays inside ``data/``, and two names that
+    sanitise alike (``a b`` and ``a_b``) get two files.
+    """
+    return f"data/{file_stem(table)}.copy.zst"
 
 
 def backup_folder(location: str, migration_id: str, backup_id: str) -> str:

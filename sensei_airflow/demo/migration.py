@@ -49,9 +49,11 @@ def record_baselines(manifest: Manifest, target: PostgresEngine, state: StateSto
 
 
 def select_forward(table: TableMapping, source: PostgresEngine) -> tuple[str, list[str]]:
-    """The SELECT that reads the source table as the target expects it, and the target columns."""
+    """The SELECT that reads the source table as the target expects it, and the (exact) target columns."""
     if table.columns:
-        pairs = [(c.forward or source.quote_identifier(c.source), c.target) for c in table.columns]
+        pairs = [
+            (c.forward or source.quote_column(c.source), source.column_name(c.target)) for c in table.columns
+        ]
     else:
         pairs = [(source.quote_identifier(c), c) for c in source.columns(table.source)]
     select = ", ".join(f"{expr} AS {source.quote_identifier(target)}" for expr, target in pairs)
@@ -62,7 +64,7 @@ def copy_table(table: TableMapping, source: PostgresEngine, target: PostgresEngi
     """Copy one table forward; returns the rows inserted (rows already there by key are kept)."""
     select, columns = select_forward(table, source)
     quoted_columns = ", ".join(target.quote_identifier(c) for c in columns)
-    keys = ", ".join(target.quote_identifier(k) for k in table.key)
+    keys = ", ".join(target.quote_column(k) for k in table.key)
     destination = target.quote_table(table.target)
     with source.connect() as src, target.connect() as dst, dst.transaction():
         dst.execute(

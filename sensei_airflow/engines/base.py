@@ -74,6 +74,8 @@ class Engine(ABC):
 
     #: sqlglot dialect used for quoting identifiers.
     dialect: str
+    #: the database's name in messages.
+    engine_title: str = "the database"
     #: schema assumed for an unqualified table name.
     default_schema: str = "public"
 
@@ -81,18 +83,113 @@ class Engine(ABC):
         self.conn_id = conn_id
 
     # -- names ---------------------------------------------------------------------------
+    # Table names travel as their canonical written form (sensei_airflow/names.py): every
+    # name given to or returned by an engine goes through these methods, never through a
+    # split on ".", so a name read from the catalog compares equal to a qualified manifest name.
+
+    #: Snowflake and Oracle fold an unquoted plain identifier to upper case (see names.py).
+    folds_unquoted: bool = False
+    #: how many parts a table name may have here (BigQuery: project.dataset.table).
+    max_name_parts: int = 2
+    #: longest name the engine holds, in bytes (UTF-8) and in characters (None: no known limit).
+    max_identifier_bytes: int | None = None
+    max_identifier_chars: int | None = None
+    #: characters no name may hold here, with why (e.g. Oracle: a double quote).
+    forbidden_name_chars: dict[str, str] = {"\0": "NUL"}
+
+    def _written_parts(self, table: str) -> tuple[str, ...]:
+        """The exact parts of a written table name, as written (no default schema added)."""
+        from sensei_airflow.names import exact_part, parse_name
+
+        return tuple(exact_part(p, folds=self.folds_unquoted) for p in parse_name(table, self.max_name_parts))
+
+    def name_parts(self, table: str) -> tuple[str, ...]:
+        """The exact parts of a (possibly unqualified) written table name, schema first.
+
+        ``orders`` -> ``("public", "orders")``; ``"Sales Data"."Order.Items"`` ->
+        ``("Sales Data", "Order.Items")``; case folded as the engine folds (Snowflake, Oracle).
+
+        :raises ValueError: for a name that does not follow the grammar of names.py.
+        """
+        parts = self._written_parts(table)
+        if len(parts) == 1 and self.default_schema:
+            return (self.default_schema, *parts)
+        return parts
+
+    def table_name(self, *parts: str) -> str:
+        """The canonical written form of exact name parts (what catalog methods return)."""
+        from sensei_airflow.names import format_name
+
+        return format_name(parts, folds=self.folds_unquoted)
+
     def qualify(self, table: str) -> str:
-        """``orders`` -> ``public.orders``; qualified names are returned unchanged."""
-        return table if "." in table else f"{self.default_schema}.{table}"
+        """The canonical written form of the fully qualified exact name: ``orders`` -> ``public.orders``.
+
+        Idempotent: ``qualify(qualify(x)) == qualify(x)``; plain names keep their form.
+        """
+        return self.table_name(*self.name_parts(table))
+
+    def identifier(self, written: str) -> str:
+        """The exact name of a one-part written name (a column, a key, a role), folded as the engine folds."""
+        from sensei_airflow.names import exact_part, parse_name
+
+        return exact_part(parse_name(written, 1)[0], folds=self.folds_unquoted)
+
+    def column_name(self, written: str) -> str:
+        """The exact name of a manifest column (``"Display Name"`` and ``Display Name`` alike)."""
+        return self.identifier(written)
+
+    def quote_column(self, written: str) -> str:
+        """A manifest column name as this engine's SQL spells it: exact, folded where the engine folds, quoted."""
+        return self.quote_identifier(self.identifier(written))
 
     def quote_identifier(self, name: str) -> str:
+        """Quote an exact name (nothing is parsed or folded)."""
         from sqlglot import exp  # imported on use: sqlglot costs ~0.25 s, too much for DAG parsing
 
         return exp.to_identifier(name, quoted=True).sql(dialect=self.dialect)
 
     def quote_table(self, table: str) -> str:
-        """Quote a (possibly qualified) table name; every part is quoted, nothing is parsed."""
-        return ".".join(self.quote_identifier(part) for part in self.qualify(table).split("."))
+        """Quote a (possibly qualified) written table name: each exact part quoted, nothing pasted."""
+        return ".".join(self.quote_identifier(part) for part in self.name_parts(table))
+
+    def identifier_problem(self, exact: str) -> str | None:
+        """Why this engine cannot hold ``exact`` as a name (None when it can)."""
+        for char, why in self.forbidden_name_chars.items():
+            if char in exact:
+                return f"holds a {why} character, which {self.engine_title} does not allow in a name"
+        size = len(exact.encode("utf-8"))
+        if self.max_identifier_bytes is not None and size > self.max_identifier_bytes:
+            return (
+                f"is {size} bytes long, {self.engine_title} holds at most {self.max_identifier_bytes} "
+                "(a longer name would be cut or refused)"
+            )
+        if self.max_identifier_chars is not None and len(exact) > self.max_identifier_chars:
+            return (
+                f"is {len(exact)} characters long, {self.engine_title} holds at most "
+                f"{self.max_identifier_chars}"
+            )
+        return None
+
+    def name_problems(self, table: str, columns: Iterable[str] = ()) -> list[str]:
+        """Why this engine cannot hold a written table name or its written columns: one line each."""
+        problems: list[str] = []
+        try:
+            parts = self._written_parts(table)
+            labels = ["project", "schema", "table name"][-len(parts) :] if len(parts) > 1 else ["table name"]
+            for label, part in zip(labels, parts, strict=True):
+                problem = self.identifier_problem(part)
+                if problem:
+                    shown = "" if label == "table name" else f" {self.table_name(part)}"
+                    problems.append(f"table {table}: the {label}{shown} {problem}")
+            for column in columns:
+                exact = self.identifier(column)
+                problem = self.identifier_problem(exact)
+                if problem:
+                    problems.append(f"table {table}: column {self.table_name(exact)} {problem}")
+        except ValueError as exc:
+            problems.append(f"table {table}: {exc}")
+        return problems
 
     def transpile(self, sql: str) -> str:
         """Render a PostgreSQL-flavoured expression in this engine's dialect."""
@@ -192,7 +289,7 @@ class Engine(ABC):
     # -- reverse migration (strategies/reverse.py; defaults: not supported) -------------------
     def reverse_quote_column(self, name: str) -> str:
         """A manifest column name as this engine's SQL must spell it (case folding included)."""
-        return self.quote_identifier(name)
+        return self.quote_column(name)
 
     def reverse_column_types(self, table: str) -> dict[str, str]:
         """Column name -> type of a table, in column order (empty when the table does not exist)."""

@@ -1,7 +1,8 @@
 """BigQuery, through the google provider's ``BigQueryHook`` (its ``google.cloud.bigquery`` client).
 
 Names are ``dataset.table`` (or ``project.dataset.table``) in the connection's project, case as
-written. BigQuery's primary and foreign keys are informational (never enforced), so nothing
+written; a part is quoted with backticks in SQL (a table name may hold spaces and letters of any
+script). BigQuery's primary and foreign keys are informational (never enforced), so nothing
 orders or blocks emptying a table: :meth:`BigQueryEngine.foreign_keys` is empty and tables are
 emptied with ``TRUNCATE TABLE`` in one multi-statement transaction. There are no sequences.
 
@@ -38,7 +39,11 @@ WINDOW_MARGIN = timedelta(minutes=30)
 
 class BigQueryEngine(Engine):
     dialect = "bigquery"
+    engine_title = "BigQuery"
     default_schema = ""
+    max_name_parts = 3
+    max_identifier_chars = 1024
+    forbidden_name_chars = {"\0": "NUL", "`": "backtick"}
 
     def _make_hook(self) -> Any:
         try:
@@ -55,9 +60,12 @@ class BigQueryEngine(Engine):
         return self.__dict__["_client"]
 
     # -- names ---------------------------------------------------------------------------
-    def qualify(self, table: str) -> str:
-        """Names are used as written: ``dataset.table`` (no default dataset)."""
-        return table
+    # qualify: names are exact as written, ``dataset.table`` or ``project.dataset.table`` (no
+    # default dataset: default_schema is empty).
+
+    def dotted(self, table: str) -> str:
+        """``dataset.table`` as the BigQuery client library takes a table id (exact parts, dots between)."""
+        return ".".join(self.name_parts(table))
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Rows of one GoogleSQL query (or script), with named ``@parameters``."""
@@ -84,7 +92,7 @@ class BigQueryEngine(Engine):
         for dataset in self.client.list_datasets():
             for table in self.client.list_tables(dataset.dataset_id):
                 if table.table_type == "TABLE":
-                    names.append(f"{dataset.dataset_id}.{table.table_id}")
+                    names.append(self.table_name(dataset.dataset_id, table.table_id))
         return sorted(names)
 
     def foreign_keys(self) -> list[ForeignKey]:
@@ -146,7 +154,7 @@ class BigQueryEngine(Engine):
         from google.api_core.exceptions import NotFound
 
         try:
-            return self.client.get_table(table).created
+            return self.client.get_table(self.dotted(table)).created
         except NotFound:
             return None
 
@@ -169,7 +177,11 @@ def timestamp_literal(moment: datetime) -> str:
 
 
 def _dataset(table: str) -> str:
-    return table.rsplit(".", 2)[-2] if table.count(".") == 1 else ".".join(table.split(".")[:2])
+    """The dataset of a qualified table name (``project.dataset`` for a three-part name)."""
+    from sensei_airflow.names import parse_name
+
+    parts = [p.text for p in parse_name(table, 3)]
+    return ".".join(parts[:-1])
 
 
 class BigQueryTimeTravel(PointInTimeRecovery):
@@ -193,7 +205,11 @@ class BigQueryTimeTravel(PointInTimeRecovery):
 
     @staticmethod
     def staged(table: str, token: str) -> str:
-        return f"{table}__sensei_{token}"
+        """The staged copy of ``table``: its exact name plus a suffix, in its dataset."""
+        from sensei_airflow.names import format_name, parse_name
+
+        *dataset, name = (p.text for p in parse_name(table, 3))
+        return format_name([*dataset, f"{name}__sensei_{token}"])
 
     def stage_sql(self, table: str, token: str, target: RecoveryTarget) -> Statement:
         """The copy of ``table`` as of the point.

@@ -106,8 +106,11 @@ def string_literal(text: str) -> str:
 
 class MsSqlEngine(DbApiEngine):
     dialect = "tsql"
+    engine_title = "SQL Server"
     default_schema = "dbo"
     paramstyle = "format"
+    #: sysname is nvarchar(128).
+    max_identifier_chars = 128
 
     def _make_hook(self) -> Any:
         try:
@@ -122,11 +125,11 @@ class MsSqlEngine(DbApiEngine):
         return f"mssql:{server}/{database}"
 
     def user_tables(self) -> list[str]:
-        return [f"{schema}.{name}" for schema, name in self.query(_USER_TABLES)]
+        return [self.table_name(schema, name) for schema, name in self.query(_USER_TABLES)]
 
     def foreign_keys(self) -> list[ForeignKey]:
         return [
-            ForeignKey(name=con, child=f"{cs}.{cn}", parent=f"{ps}.{pn}")
+            ForeignKey(name=con, child=self.table_name(cs, cn), parent=self.table_name(ps, pn))
             for con, cs, cn, ps, pn in self.query(_FOREIGN_KEYS)
         ]
 
@@ -246,7 +249,9 @@ class MsSqlEngine(DbApiEngine):
                 next_value = int(start) if top is None else int(top) + int(increment)
                 sequence = f"{self.quote_identifier(schema)}.{self.quote_identifier(name)}"
                 statements.append(Statement(f"ALTER SEQUENCE {sequence} RESTART WITH {next_value}"))
-                resets.append(SequenceReset(self.qualify(table), str(column), f"{schema}.{name}", next_value))
+                resets.append(
+                    SequenceReset(self.qualify(table), str(column), self.table_name(schema, name), next_value)
+                )
         self.run_statements(statements)
         return resets
 

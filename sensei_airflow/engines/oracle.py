@@ -1,7 +1,9 @@
 """Oracle, through the oracle provider's ``OracleHook`` (python-oracledb).
 
-Names: unquoted identifiers fold to upper case, so ``crm.customers`` is ``CRM.CUSTOMERS``; an
-unqualified name is in the session's current schema.
+Names: unquoted plain identifiers fold to upper case, so ``crm.customers`` is ``CRM.CUSTOMERS``;
+quoted parts and names that are not plain identifiers are exact (see sensei_airflow/names.py);
+an unqualified name is in the session's current schema. A name holds at most 128 bytes and
+never a double quote.
 
 Emptying tables: ``TRUNCATE`` is DDL in Oracle (it commits, cannot be rolled back) and fails
 with ORA-02266 on a table that an enabled foreign key of another table references, even an
@@ -73,12 +75,6 @@ LOCK_WAIT_SECONDS = 30
 _TS_FORMAT = "YYYY-MM-DD HH24:MI:SS.FF6 TZH:TZM"
 
 
-def _fold(part: str) -> str:
-    if len(part) >= 2 and part[0] == part[-1] == '"':
-        return part[1:-1]
-    return part.upper()
-
-
 def _identity_option(options: Any, name: str, default: int) -> int:
     """One number from ``ALL_TAB_IDENTITY_COLS.IDENTITY_OPTIONS`` (``START WITH: 1, INCREMENT BY: 1, ...``)."""
     match = re.search(rf"{name}:\s*(-?\d+)", str(options or ""))
@@ -97,7 +93,11 @@ def timestamp_literal(moment: datetime) -> str:
 
 class OracleEngine(DbApiEngine):
     dialect = "oracle"
+    engine_title = "Oracle"
     paramstyle = "numeric"
+    folds_unquoted = True
+    max_identifier_bytes = 128
+    forbidden_name_chars = {"\0": "NUL", '"': "double quote"}
 
     def _make_hook(self) -> Any:
         try:
@@ -112,12 +112,6 @@ class OracleEngine(DbApiEngine):
         """The session's current schema (unqualified names resolve there)."""
         return str(self.query("SELECT SYS_CONTEXT('USERENV', 'CURRENT_SCHEMA') FROM dual")[0][0])
 
-    def qualify(self, table: str) -> str:
-        parts = [_fold(p) for p in table.split(".")]
-        if len(parts) == 1:
-            parts.insert(0, self.default_schema)
-        return ".".join(parts)
-
     # -- catalog ---------------------------------------------------------------------------
     def identity(self) -> str:
         row = self.query(
@@ -126,11 +120,14 @@ class OracleEngine(DbApiEngine):
         return f"oracle:{row[0]}/{row[1]}"
 
     def user_tables(self) -> list[str]:
-        return [f"{owner}.{name}" for owner, name in self.query(_USER_TABLES)]
+        return [self.table_name(owner, name) for owner, name in self.query(_USER_TABLES)]
 
     def _foreign_keys(self) -> list[tuple[ForeignKey, bool]]:
         return [
-            (ForeignKey(name=con, child=f"{co}.{ct}", parent=f"{po}.{pt}"), status == "ENABLED")
+            (
+                ForeignKey(name=con, child=self.table_name(co, ct), parent=self.table_name(po, pt)),
+                status == "ENABLED",
+            )
             for con, co, ct, po, pt, status in self.query(_FOREIGN_KEYS)
         ]
 
@@ -219,7 +216,7 @@ class OracleEngine(DbApiEngine):
         return resets
 
     def identity_columns(self, table: str) -> list[tuple[Any, ...]]:
-        owner, _, name = self.qualify(table).rpartition(".")
+        owner, name = self.name_parts(table)
         return self.query(_IDENTITY_COLUMNS, (owner, name))
 
     def empty_tables_sql(
@@ -320,7 +317,7 @@ class OracleFlashback(PointInTimeRecovery):
             )
         warnings: list[str] = []
         for table in tables:
-            owner, _, name = table.rpartition(".")
+            owner, name = self.engine.name_parts(table)
             rows = self.engine.query(_ROW_MOVEMENT, (owner, name))
             if not rows:
                 raise PointInTimeRefused(f"table {table} does not exist on {self.engine.conn_id}")

@@ -47,19 +47,23 @@ ORDER BY a.attnum
 """
 
 _TABLE_GRANTS = """
-SELECT r.rolname, n.nspname || '.' || c.relname, a.privilege_type, a.is_grantable
+SELECT r.rolname, n.nspname, c.relname, a.privilege_type, a.is_grantable
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN LATERAL aclexplode(c.relacl) a
 JOIN pg_roles r ON r.oid = a.grantee
-WHERE r.rolname = ANY(%s) AND n.nspname || '.' || c.relname = ANY(%s) AND a.grantee <> c.relowner
-ORDER BY 1, 2, 3
+WHERE r.rolname = ANY(%s) AND c.oid = ANY(ARRAY(SELECT to_regclass(t) FROM unnest(%s::text[]) t))
+  AND a.grantee <> c.relowner
+ORDER BY 1, 2, 3, 4
 """
 
 
 class PostgresEngine(Engine):
     dialect = "postgres"
+    engine_title = "PostgreSQL"
     default_schema = "public"
+    #: PostgreSQL silently truncates a longer name (NAMEDATALEN - 1).
+    max_identifier_bytes = 63
     #: how long the rollback waits for its table locks before giving up (and retrying).
     lock_timeout = "30s"
 
@@ -97,11 +101,11 @@ class PostgresEngine(Engine):
         return f"postgres:{server}/{database}"
 
     def user_tables(self) -> list[str]:
-        return [f"{schema}.{name}" for schema, name in self.query(_USER_TABLES)]
+        return [self.table_name(schema, name) for schema, name in self.query(_USER_TABLES)]
 
     def foreign_keys(self) -> list[ForeignKey]:
         return [
-            ForeignKey(name=con, child=f"{cs}.{cn}", parent=f"{ps}.{pn}")
+            ForeignKey(name=con, child=self.table_name(cs, cn), parent=self.table_name(ps, pn))
             for con, cs, cn, ps, pn in self.query(_FOREIGN_KEYS)
         ]
 
@@ -142,7 +146,7 @@ class PostgresEngine(Engine):
             self.quote_table(table.target),
             list(table.columns),
             [f"CAST(({e}) AS {t})" for e, t in zip(table.inverses, table.types, strict=True)],
-            [self.quote_identifier(k) for k in table.target_key],
+            [self.quote_column(k) for k in table.target_key],
             list(table.key_types),
         )
 
@@ -225,10 +229,12 @@ class PostgresEngine(Engine):
         return resets
 
     def table_grants(self, roles: Sequence[str], tables: Sequence[str]) -> list[Grant]:
-        names = [self.qualify(t) for t in tables]
+        quoted = [self.quote_table(t) for t in tables]
         return [
-            Grant(role=role, table=table, privilege=privilege, grantable=bool(grantable))
-            for role, table, privilege, grantable in self.query(_TABLE_GRANTS, (list(roles), names))
+            Grant(
+                role=role, table=self.table_name(schema, name), privilege=privilege, grantable=bool(grantable)
+            )
+            for role, schema, name, privilege, grantable in self.query(_TABLE_GRANTS, (list(roles), quoted))
         ]
 
     def _grant_sql(self, grants: Sequence[Grant], revoke: bool) -> list[Statement]:
@@ -278,11 +284,17 @@ class PostgresEngine(Engine):
         return {name: f"rows={count};sum={digest}" for name, count, digest in self.query(union, names)}
 
     def asset_uri(self, table: str) -> str | None:
-        """``postgres://host:port/database/schema/table``, the postgres provider's Asset URI form."""
+        """``postgres://host:port/database/schema/table``, the postgres provider's Asset URI form.
+
+        Each name is percent-encoded (a plain name is unchanged; ``Sales Data`` becomes
+        ``Sales%20Data``, a ``/`` inside a name cannot split the path).
+        """
+        from urllib.parse import quote
+
         conn = self.hook.get_connection(self.conn_id)
         if not conn.host or not conn.schema:
             return None
-        schema, name = self.qualify(table).split(".", 1)
+        schema, name = (quote(part, safe="") for part in self.name_parts(table))
         return f"postgres://{conn.host}:{conn.port or 5432}/{conn.schema}/{schema}/{name}"
 
     def row_source(self, table: str, key: Sequence[str]) -> Any | None:
@@ -298,14 +310,15 @@ class PostgresEngine(Engine):
                 (self.quote_table(table),),
             )
         )
-        quoted = [self.quote_identifier(k) for k in key]
+        exact = [self.column_name(k) for k in key]
+        quoted = [self.quote_identifier(k) for k in exact]
         return PostgresRowSource(
             engine=self,
             table=self.quote_table(table),
-            columns=list(key),
+            columns=exact,
             exprs=quoted,
             keys=quoted,
-            key_types=[types[k] for k in key],
+            key_types=[types[k] for k in exact],
         )
 
     # -- point-in-time recovery -----------------------------------------------------------

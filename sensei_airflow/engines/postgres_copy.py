@@ -224,7 +224,9 @@ class PostgresRowSource:
         """
         q = self.engine.quote_identifier
         inner_cols = [f"{k}::text AS {q(f'__sensei_k{i}')}" for i, k in enumerate(self.keys)]
-        inner_cols += [f"{q(f.target)} AS {q(f'__sensei_t{i}')}" for i, f in enumerate(forwards)]
+        inner_cols += [
+            f"{self.engine.quote_column(f.target)} AS {q(f'__sensei_t{i}')}" for i, f in enumerate(forwards)
+        ]
         inner_cols += [f"{e} AS {q(c)}" for c, e in zip(self.columns, self.exprs, strict=True)]
         estimate = self._query(
             "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = %s::regclass", (self.table,)
@@ -273,7 +275,12 @@ class BatchReader(Protocol):
 
 @dataclass(frozen=True)
 class ReverseTable:
-    """One table of a reverse migration, resolved against both catalogs."""
+    """One table of a reverse migration, resolved against both catalogs.
+
+    ``source`` and ``target`` are qualified written names; ``columns`` and ``source_key`` the
+    source's exact column names; ``target_key`` and ``written_columns`` the manifest's written
+    names (an engine turns them into its own spelling with ``quote_column``).
+    """
 
     source: str
     target: str
@@ -284,6 +291,8 @@ class ReverseTable:
     target_key: list[str]
     key_types: list[str]
     unique_key: bool = True
+    #: the source columns as the manifest writes them (aliases of the inverse expressions on the target).
+    written_columns: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -148,7 +148,7 @@ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
   AND d.refobjid = %s::regclass AND d.deptype IN ('a', 'i') ORDER BY 1
 """
 _FOREIGN_KEYS = """
-SELECT con.conname, pn.nspname || '.' || p.relname FROM pg_constraint con
+SELECT con.conname, pn.nspname, p.relname FROM pg_constraint con
 JOIN pg_class p ON p.oid = con.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
 WHERE con.contype = 'f' AND con.conrelid = %s::regclass ORDER BY 1
 """
@@ -159,7 +159,7 @@ def column_signature(cur: Any, quoted_table: str) -> list[list[str]]:
     return [[name, type_] for name, type_ in cur.fetchall()]
 
 
-def _table_state(cur: Any, quoted_table: str) -> TableState:
+def _table_state(cur: Any, quoted_table: str, table_name: Callable[..., str]) -> TableState:
     columns = column_signature(cur, quoted_table)
     sequences = []
     cur.execute(_SEQUENCES, (quoted_table,))
@@ -168,7 +168,9 @@ def _table_state(cur: Any, quoted_table: str) -> TableState:
         last_value, is_called = cur.fetchone()
         sequences.append({"name": sequence, "last_value": int(last_value), "is_called": bool(is_called)})
     cur.execute(_FOREIGN_KEYS, (quoted_table,))
-    foreign_keys = [{"name": name, "parent": parent} for name, parent in cur.fetchall()]
+    foreign_keys = [
+        {"name": name, "parent": table_name(schema, parent)} for name, schema, parent in cur.fetchall()
+    ]
     return TableState(rows=0, checksum="", columns=columns, sequences=sequences, foreign_keys=foreign_keys)
 
 
@@ -215,7 +217,7 @@ def dump_tables(
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             cur.execute("SELECT pg_export_snapshot()")
             snapshot = cur.fetchone()[0]
-            states = {t: _table_state(cur, quoted[t]) for t in tables}
+            states = {t: _table_state(cur, quoted[t], engine.table_name) for t in tables}
         checksums: dict[str, TableChecksum] = {}
         errors: list[BaseException] = []
 
@@ -279,7 +281,7 @@ def dump_schema(engine: PostgresEngine, tables: Sequence[str], path: Path) -> No
     args = [str(find_tool("pg_dump")), "--schema-only", "--format=custom", "--no-owner", "--no-privileges",
             "-f", str(path), "-d", libpq.conninfo()]  # fmt: skip
     for table in tables:
-        schema, name = engine.qualify(table).split(".")
+        schema, name = engine.name_parts(table)
         args += ["-t", f"{_pattern_quote(schema)}.{_pattern_quote(name)}"]
     _run(args, libpq.env(), "pg_dump --schema-only")
 
@@ -489,15 +491,22 @@ def restore_test(
     libpq = libpq_for(engine.hook.get_connection(engine.conn_id))
     pg_restore = str(find_tool("pg_restore"))
     in_backup = {engine.qualify(t) for t in tables}
+
+    def outside(parent: str) -> bool:
+        try:
+            return engine.qualify(parent) not in in_backup
+        except ValueError:  # recorded by an older version as schema.table, unquoted: not one of ours
+            return True
+
     outside_fks = {
-        (engine.qualify(t), fk["name"]) for t in tables for fk in states[t].get("foreign_keys", [])
-        if fk["parent"] not in in_backup
+        (*engine.name_parts(t), fk["name"]) for t in tables for fk in states[t].get("foreign_keys", [])
+        if outside(fk["parent"])
     }  # fmt: skip
     quoted = {t: engine.quote_table(t) for t in tables}
     with scratch_database(engine) as (name, connect):
         target = libpq.conninfo(dbname=name)
         with connect() as conn, conn.transaction():
-            for schema in sorted({engine.qualify(t).split(".")[0] for t in tables}):
+            for schema in sorted({engine.name_parts(t)[0] for t in tables}):
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {engine.quote_identifier(schema)}")
         _run([pg_restore, "--section=pre-data", "--no-owner", "--no-privileges", "--exit-on-error",
               "-d", target, str(schema_archive)], libpq.env(), "pg_restore (definitions)")  # fmt: skip
@@ -520,12 +529,20 @@ def restore_test(
             return table_checksums(cur, quoted)
 
 
-_TOC_FK = re.compile(r"^\d+; \d+ \d+ FK CONSTRAINT (\S+) (\S+) (\S+) ")
+_TOC_FK = re.compile(r"^\d+; \d+ \d+ FK CONSTRAINT (.*)$")
 
 
-def _is_outside_fk(line: str, outside: set[tuple[str, str]]) -> bool:
+def _is_outside_fk(line: str, outside: set[tuple[str, str, str]]) -> bool:
+    """Whether a ``pg_restore -l`` line is the foreign key ``(schema, table, name)`` of ``outside``.
+
+    The line reads ``<id>; <oid> <oid> FK CONSTRAINT <schema> <table> <name> <owner>`` with the
+    names unquoted (they may hold spaces), so it is matched against each known key, not split.
+    """
     match = _TOC_FK.match(line)
-    return match is not None and (f"{match[1]}.{match[2]}", match[3]) in outside
+    if match is None:
+        return False
+    rest = match[1]
+    return any(rest.startswith(f"{schema} {table} {name} ") for schema, table, name in outside)
 
 
 # -- physical: base backup of the cluster -------------------------------------------------------

@@ -1,7 +1,8 @@
 """Snowflake, through the snowflake provider's ``SnowflakeHook``.
 
-Names: Snowflake folds unquoted identifiers to upper case, so ``crm.customers`` in a manifest
-is ``CRM.CUSTOMERS`` here (and is quoted that way). Foreign keys are recorded but not enforced
+Names: Snowflake folds unquoted plain identifiers to upper case, so ``crm.customers`` in a
+manifest is ``CRM.CUSTOMERS`` here (and is quoted that way); ``crm."Customers"`` and
+``Sales Data.Order Items`` (not plain identifiers) are exact (see sensei_airflow/names.py). Foreign keys are recorded but not enforced
 on standard tables, so ``TRUNCATE`` never fails because of one; tables are still emptied
 children first. ``TRUNCATE`` is DML in Snowflake: all tables are emptied in one transaction.
 
@@ -62,22 +63,23 @@ WHERE table_type = 'BASE TABLE' AND table_schema <> 'INFORMATION_SCHEMA'
 RETENTION_MARGIN = timedelta(minutes=30)
 
 
-def _fold(part: str) -> str:
-    """Snowflake's rule: a double-quoted identifier keeps its case, an unquoted one is upper case."""
-    if len(part) >= 2 and part[0] == part[-1] == '"':
-        return part[1:-1]
-    return part.upper()
-
-
 class SnowflakeEngine(DbApiEngine):
     dialect = "snowflake"
+    engine_title = "Snowflake"
     paramstyle = "format"
+    folds_unquoted = True
+    max_identifier_chars = 255
 
     @cached_property
     def default_schema(self) -> str:  # type: ignore[override]
         """The connection's schema (where unqualified names resolve), else ``PUBLIC``."""
         schema = self.hook.get_connection(self.conn_id).schema
-        return _fold(schema) if schema else "PUBLIC"
+        if not schema:
+            return "PUBLIC"
+        try:
+            return self.identifier(schema)
+        except ValueError:  # not a written name (e.g. holds a dot): taken as it is
+            return str(schema)
 
     def _make_hook(self) -> Any:
         try:
@@ -85,14 +87,6 @@ class SnowflakeEngine(DbApiEngine):
         except ImportError:
             raise missing_extra("snowflake", "Snowflake") from None
         return SnowflakeHook(snowflake_conn_id=self.conn_id)
-
-    # -- names ---------------------------------------------------------------------------
-    def qualify(self, table: str) -> str:
-        """``crm.orders`` -> ``CRM.ORDERS``, ``orders`` -> ``PUBLIC.ORDERS`` (Snowflake's case folding)."""
-        parts = [_fold(p) for p in table.split(".")]
-        if len(parts) == 1:
-            parts.insert(0, self.default_schema)
-        return ".".join(parts)
 
     def begin_sql(self) -> list[Statement]:
         # the connector runs in autocommit mode: a transaction is opened explicitly
@@ -106,11 +100,11 @@ class SnowflakeEngine(DbApiEngine):
         return f"snowflake:{str(account).lower()}/{database}"
 
     def user_tables(self) -> list[str]:
-        return [f"{schema}.{name}" for schema, name in self.query(_USER_TABLES)]
+        return [self.table_name(schema, name) for schema, name in self.query(_USER_TABLES)]
 
     def foreign_keys(self) -> list[ForeignKey]:
         return [
-            ForeignKey(name=con, child=f"{cs}.{cn}", parent=f"{ps}.{pn}")
+            ForeignKey(name=con, child=self.table_name(cs, cn), parent=self.table_name(ps, pn))
             for con, cs, cn, ps, pn in self.query(_FOREIGN_KEYS)
         ]
 
@@ -164,20 +158,15 @@ class SnowflakeEngine(DbApiEngine):
 
     # -- reverse migration: the target read through the inverse expressions -------------------
     # (owned by the reverse-migration strategy; the batched reading is engines/batched_read.py)
-    def reverse_quote_column(self, name: str) -> str:
-        return self.quote_identifier(_fold(name))
-
     def reverse_column_types(self, table: str) -> dict[str, str]:
-        schema, name = self.qualify(table).split(".", 1)
+        """Exact column name -> type (``ID``: an unquoted ``id`` in a manifest is ``ID`` here)."""
+        schema, name = self.name_parts(table)
         rows = self.query(
             "SELECT column_name, data_type, numeric_precision, numeric_scale FROM information_schema.columns "
             "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
             (schema, name),
         )
-        return {
-            (c.lower() if c == c.upper() else c): (f"{t}({p}, {s})" if t.upper() == "NUMBER" and p else t)
-            for c, t, p, s in rows
-        }
+        return {c: (f"{t}({p}, {s})" if t.upper() == "NUMBER" and p else t) for c, t, p, s in rows}
 
     def reverse_reader(self, table: Any) -> Any:
         from sensei_airflow.engines.batched_read import BatchedRowSource
@@ -185,7 +174,7 @@ class SnowflakeEngine(DbApiEngine):
         return BatchedRowSource(
             self,
             self.quote_table(table.target),
-            list(table.columns),
+            list(table.written_columns or table.columns),
             list(table.inverses),
             list(table.types),
             [self.reverse_quote_column(k) for k in table.target_key],
@@ -199,7 +188,9 @@ class SnowflakeEngine(DbApiEngine):
     def table_retention(self) -> dict[str, TableTimes]:
         """``{table: (DATA_RETENTION_TIME_IN_DAYS, created, last_altered)}`` for every user table."""
         return {
-            f"{row[0]}.{row[1]}": TableTimes(int(row[2] or 0), row[3], row[4] if len(row) > 4 else None)
+            self.table_name(row[0], row[1]): TableTimes(
+                int(row[2] or 0), row[3], row[4] if len(row) > 4 else None
+            )
             for row in self.query(_RETENTION)
         }
 
@@ -250,11 +241,13 @@ class SnowflakeTimeTravel(PointInTimeRecovery):
     # -- pure SQL ------------------------------------------------------------------------
     @staticmethod
     def names(table: str, token: str) -> CloneNames:
-        schema_and_db, _, name = table.rpartition(".")
-        prefix = f"{schema_and_db}." if schema_and_db else ""
+        """The clone and the kept copy of a qualified ``table``: its exact name plus a suffix, in its schema."""
+        from sensei_airflow.names import exact_part, format_name, parse_name
+
+        *schema, name = (exact_part(p, folds=True) for p in parse_name(table))
         return CloneNames(
-            restored=f"{prefix}{name}__SENSEI_{token}_AT",
-            kept=f"{prefix}{name}__SENSEI_{token}_PRE",
+            restored=format_name([*schema, f"{name}__SENSEI_{token}_AT"], folds=True),
+            kept=format_name([*schema, f"{name}__SENSEI_{token}_PRE"], folds=True),
         )
 
     def at_clause(self, target: RecoveryTarget) -> Statement:
@@ -276,7 +269,7 @@ class SnowflakeTimeTravel(PointInTimeRecovery):
     def swap_sql(self, table: str, token: str) -> list[Statement]:
         names = self.names(table, token)
         quote = self.engine.quote_table
-        kept_name = quote(names.kept).rpartition(".")[2]
+        kept_name = self.engine.name_parts(names.kept)[-1]
         return [
             Statement(
                 f"ALTER TABLE {quote(table)} SWAP WITH {quote(names.restored)}",

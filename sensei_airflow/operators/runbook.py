@@ -20,6 +20,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from sensei_airflow import consumers, notify
 from sensei_airflow.anchors import Anchor, make_anchor, verify_trail, write_anchor
 from sensei_airflow.manifest import Strategy, load_manifests
+from sensei_airflow.names import markdown_cell
 from sensei_airflow.operators.base import ERROR_XCOM_KEY, RunbookOperator, StepRun, log
 from sensei_airflow.plan import RefusedError, RollbackPlan
 from sensei_airflow.report import render_markdown
@@ -159,7 +160,7 @@ def approval_body(plan: RollbackPlan) -> str:
         lines.append(f"- Restore to: {plan.restore_to}")
     lines += ["", "| order | table | rows now |", "|---|---|---|"]
     lines += [
-        f"| {i + 1} | {t.target} | {t.rows if t.rows is not None else '?'} |"
+        f"| {i + 1} | {markdown_cell(t.target)} | {t.rows if t.rows is not None else '?'} |"
         for i, t in enumerate(plan.tables)
     ]
     for warning in plan.warnings:

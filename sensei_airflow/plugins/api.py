@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 
 from sensei_airflow.conf import InvalidRequest, RollbackRequest
 from sensei_airflow.manifest import Manifest
+from sensei_airflow.names import split_list
 from sensei_airflow.plan import RefusedError
 
 ROLLBACK_DAG_ID = "sensei_rollback"
@@ -100,6 +101,17 @@ def precheck(manifest: Manifest, request: RollbackRequest, now: datetime) -> Non
         raise RefusedError(
             f"strategy {wanted} is not available in this installation (available: {available})"
         )
+
+
+def tables_parameter(values: list[str]) -> list[str]:
+    """The ``tables`` query parameter as a list of written table names.
+
+    Repeated (``tables=a&tables=b``): each value is one name, as it is (a name may hold a comma).
+    Given once: a comma-separated list, split outside quoted parts (``tables=orders,"Sales, EU".items``).
+    """
+    if len(values) > 1:
+        return [v.strip() for v in values if v.strip()]
+    return split_list(values[0])
 
 
 def plan_preview(manifest: Manifest, request: RollbackRequest, actor: str | None) -> dict[str, Any]:
@@ -343,7 +355,14 @@ def create_app() -> FastAPI:
         strategy: str | None = None,
         scope: str | None = None,
         phase: int | None = None,
-        tables: Annotated[list[str] | None, Query(description="repeat, or comma-separated")] = None,
+        tables: Annotated[
+            list[str] | None,
+            Query(
+                description="one table: repeat the parameter for each (tables=a&tables=b), or give one "
+                'comma-separated list (tables=a,b); a comma inside a quoted part ("Sales, EU".orders) does '
+                "not split, and a name holding a comma needs repeated parameters or quotes"
+            ),
+        ] = None,
         restore_to: str | None = None,
         backup_id: str | None = None,
         verify_after: bool | None = None,
@@ -351,7 +370,7 @@ def create_app() -> FastAPI:
     ) -> dict[str, Any]:
         """The dry-run plan of a rollback (tables in order, rows each would lose, the SQL); starts nothing."""
         if tables:
-            tables = [t.strip() for item in tables for t in item.split(",") if t.strip()]
+            tables = tables_parameter(tables)
         given = {
             "strategy": strategy,
             "scope": scope,

@@ -20,7 +20,8 @@ from typing import Any
 from sensei_airflow.conf import RollbackRequest
 from sensei_airflow.engines import Engine, UnsupportedEngine, get_engine
 from sensei_airflow.manifest import Strategy, TableMapping
-from sensei_airflow.plan import RefusedError, RollbackPlan, dependency_order
+from sensei_airflow.names import format_name
+from sensei_airflow.plan import RefusedError, RollbackPlan, check_names, dependency_order
 from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
 from sensei_airflow.transforms import column_plan, irreversible_columns, key_is_copied
 from sensei_airflow.verify import TableCheck, Verification, compare_table, comparison_verification
@@ -69,14 +70,16 @@ class ReverseMigrationStrategy(RollbackStrategy):
             raise RefusedError(
                 f"target table {table.target} does not exist on {self.manifest.target.conn_id}"
             )
-        plan = column_plan(table, list(source_types), self.target.reverse_quote_column)
-        missing_source = [i.source for i in plan.inverses if i.source not in source_types]
+        # the manifest writes names (names.py); each catalog answers with exact names
+        source_name, target_name = self.source.column_name, self.target.column_name
+        plan = column_plan(table, [format_name([c]) for c in source_types], self.target.reverse_quote_column)
+        missing_source = [i.source for i in plan.inverses if source_name(i.source) not in source_types]
         if missing_source:
             raise RefusedError(f"source table {table.source} has no column {missing_source[0]}")
-        missing_target = [f.target for f in plan.forwards if f.target not in target_types]
+        missing_target = [f.target for f in plan.forwards if target_name(f.target) not in target_types]
         if missing_target:
             raise RefusedError(f"target table {table.target} has no column {missing_target[0]}")
-        missing_key = [k for k in plan.target_key if k not in target_types]
+        missing_key = [k for k in plan.target_key if target_name(k) not in target_types]
         if missing_key:
             raise RefusedError(f"key column {missing_key[0]} is missing from target table {table.target}")
         transformed = key_is_copied(table)
@@ -85,24 +88,27 @@ class ReverseMigrationStrategy(RollbackStrategy):
                 f"key column {table.target}.{transformed[0]} is transformed: reverse migration needs the key "
                 "copied as is (or cast); use backup_restore or point_in_time"
             )
-        if set(plan.source_key) not in self.writer.unique_keys(table.source):
+        source_key = [source_name(k) for k in plan.source_key]
+        if set(source_key) not in self.writer.unique_keys(table.source):
             raise RefusedError(
                 f"source table {table.source} has no primary key or unique index on "
                 f"({', '.join(plan.source_key)}): rows cannot be matched; add one or use backup_restore"
             )
+        columns = [source_name(i.source) for i in plan.inverses]
         return (
             ReverseTable(
                 source=self.source.qualify(table.source),
                 target=self.target.qualify(table.target),
-                columns=[i.source for i in plan.inverses],
-                types=[source_types[i.source] for i in plan.inverses],
+                columns=columns,
+                types=[source_types[c] for c in columns],
                 inverses=[self.target.transpile(i.inverse) for i in plan.inverses],
-                source_key=plan.source_key,
+                source_key=source_key,
                 target_key=plan.target_key,
-                key_types=[source_types[k] for k in plan.source_key],
+                key_types=[source_types[k] for k in source_key],
+                written_columns=tuple(i.source for i in plan.inverses),
             ),
             plan,
-            target_types,
+            {f.target: target_types[target_name(f.target)] for f in plan.forwards},
         )
 
     def _parents_first(self, tables: list[TableMapping]) -> list[TableMapping]:
@@ -126,6 +132,7 @@ class ReverseMigrationStrategy(RollbackStrategy):
             writer = self.writer
         except NotImplementedError as exc:
             raise RefusedError(f"source {self.manifest.source.conn_id}: {exc}") from None
+        check_names(self.source, scope, side="source")
         ordered = self._parents_first(scope)
         missing = [
             t.source for t in ordered if t.source not in writer.existing_tables([t.source for t in ordered])

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from sensei_airflow.backups import jobs
+from sensei_airflow.backups import jobs, logical
 from sensei_airflow.backups.catalog import BackupCatalog
 from sensei_airflow.cli import main as sensei_cli
 from sensei_airflow.demo.shop import TARGET_DDL
@@ -83,7 +83,7 @@ def test_scheduled_run_backs_up_verifies_prunes_and_fails_visibly(
     for entry in new.values():
         assert entry.status == "verified", entry
         assert entry.verification["ok"] and entry.verification["restore_test"]["ok"]
-        assert set(entry.files) == {"schema.archive", *(f"data/{t}.copy.zst" for t in MIGRATED)}
+        assert set(entry.files) == {"schema.archive", *(logical.data_file(t) for t in MIGRATED)}
     assert {t: (s["rows"], s["checksum"]) for t, s in new["mig_shop_2026"].table_stats.items()} == checksums(
         databases
     )

@@ -81,11 +81,13 @@ def test_expired_backup(databases, setup):
 
 def test_corrupted_backup_file(databases, setup, backup_dir):
     _, _, entry = setup
-    path = backup_dir / "mig_shop_2026" / entry.backup_id / "data" / "sales.orders.copy.zst"
+    name = entry.table_stats["sales.orders"]["file"]
+    assert name == logical.data_file("sales.orders")
+    path = backup_dir / "mig_shop_2026" / entry.backup_id / name
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x04
     path.write_bytes(bytes(data))
-    refused(databases, {"backup_id": entry.backup_id}, "failed its checksum", "sales.orders.copy.zst")
+    refused(databases, {"backup_id": entry.backup_id}, "failed its checksum", name)
 
 
 def test_backup_missing_a_table_in_scope(databases, setup, backup_dir):

@@ -197,7 +197,9 @@ REFUSALS = [
         id="hostile-sql",
     ),
     pytest.param(
-        {"scope": "tables", "tables": ['orders" --']}, "is not part of migration", id="hostile-quote"
+        {"scope": "tables", "tables": ['orders" --']},
+        "holds a double quote: quote the part and write the quote twice",
+        id="hostile-quote",
     ),
     pytest.param(
         {"scope": "tables", "tables": ["ordérs"]}, "'ordérs' is not part of migration", id="hostile-unicode"

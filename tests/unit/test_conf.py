@@ -87,3 +87,44 @@ def test_form_schema_accepts_what_the_model_accepts(body):
     params = rollback_params(["mig_shop_2026"])
     for key, value in {"migration_id": "mig_shop_2026", **body}.items():
         assert params[key].resolve(value) == value
+
+
+def test_tables_take_any_written_form():
+    tables = [
+        "orders",
+        "sales.orders",
+        "Sales Data.Order Items",
+        '"Sales Data"."Order.Items"',
+        'public."a""b"',
+        "Straße.Ümlaut",
+        "  user  ",  # surrounding whitespace (a form line) is dropped
+        "Order Items, 2026",
+    ]
+    request = RollbackRequest.parse({"migration_id": "mig", "scope": "tables", "tables": tables})
+    assert request.tables == [*tables[:6], "user", "Order Items, 2026"]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (
+            "a.b.c",
+            "tables.0: 'a.b.c' has 3 dot-separated parts, but a table name is table or schema.table: a part "
+            'holding a dot must be quoted ("a.b".c or a."b.c")',
+        ),
+        ('sales."orders', """tables.0: 'sales."orders' has an unterminated quote"""),
+        ("sales..orders", "tables.0: 'sales..orders' has an empty part"),
+    ],
+)
+def test_a_table_that_is_not_a_name_is_refused_with_how_to_write_it(table, message):
+    with pytest.raises(InvalidRequest) as raised:
+        RollbackRequest.parse({"migration_id": "mig", "scope": "tables", "tables": [table]})
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_the_api_tables_parameter_repeated_or_comma_separated():
+    from sensei_airflow.plugins.api import tables_parameter
+
+    assert tables_parameter(["Order Items, 2026", " orders "]) == ["Order Items, 2026", "orders"]
+    assert tables_parameter(['"Sales, EU".orders, order_items']) == ['"Sales, EU".orders', "order_items"]
+    assert tables_parameter(["orders,order_items"]) == ["orders", "order_items"]

@@ -90,14 +90,25 @@ notify:
         (lambda m: m.update(bogus=1), "bogus", "Extra inputs are not permitted"),
         (lambda m: m["phases"][1]["tables"][0].update(key=[]), "phases.1.tables.0.key", "at least 1"),
         (
-            lambda m: m["phases"][1]["tables"][0].update(target="sales.orders; DROP TABLE x"),
+            lambda m: m["phases"][1]["tables"][0].update(target="sales.orders.archive"),
             "phases.1.tables.0.target",
-            "not a plain identifier",
+            "has 3 dot-separated parts, but a table name is table or schema.table: a part holding a dot must "
+            'be quoted ("sales.orders".archive or sales."orders.archive")',
         ),
         (
-            lambda m: m["phases"][1]["tables"][0].update(target='sales."orders"'),
+            lambda m: m["phases"][1]["tables"][0].update(target='sales.say "hi"'),
             "phases.1.tables.0.target",
-            "not a plain identifier",
+            'holds a double quote: quote the part and write the quote twice: "say ""hi"""',
+        ),
+        (
+            lambda m: m["phases"][1]["tables"][0].update(key=['"id']),
+            "phases.1.tables.0.key.0",
+            "has an unterminated quote",
+        ),
+        (
+            lambda m: m["phases"][0]["tables"][0]["columns"][0].update(target=" id"),
+            "phases.0.tables.0.columns.0.target",
+            """starts or ends with whitespace: quote it to keep the spaces (" id"), or remove them""",
         ),
         (
             lambda m: m["rollback"].update(preferred_strategy="magic"),
@@ -178,3 +189,78 @@ def test_table_resolution_qualified_unqualified_and_ambiguous(tmp_path):
         manifest.resolve_table("orders")
     with pytest.raises(LookupError, match="not part of migration"):
         manifest.resolve_table("orders; DROP TABLE x")
+
+
+def hostile(columns, key=("id",), target="sales.orders"):
+    data = shop.manifest()
+    data["phases"][1]["tables"][0].update(target=target, key=list(key), columns=columns)
+    return data
+
+
+def test_a_spaced_source_column_is_accepted_however_it_is_written(tmp_path):
+    # the issue: source column "Display Name" was refused, so every rollback of the migration failed
+    data = hostile(
+        [
+            {"source": "id", "target": "id"},
+            {"source": '"Display Name"', "target": "Display Name"},
+            {"source": "Straße", "target": '"Straße"'},
+            {"source": "order", "target": "select"},
+            {"source": '"Quoted"', "target": '"a.b"'},
+            {"source": '"say ""hi"""', "target": "user"},
+        ],
+        key=["id"],
+        target='"Sales Data"."Order.Items"',
+    )
+    manifest = parse_manifest(yaml.safe_dump(data, allow_unicode=True), "names.yaml")
+    table = manifest.phases[1].tables[0]
+    # stored in canonical form: quotes that change nothing on any engine are dropped
+    assert table.target == 'Sales Data."Order.Items"'
+    assert table.target_name == '"Order.Items"'
+    assert table.key == ["id"]
+    assert [(c.source, c.target) for c in table.columns] == [
+        ("id", "id"),
+        ("Display Name", "Display Name"),
+        ("Straße", "Straße"),
+        ("order", "select"),
+        ('"Quoted"', '"a.b"'),
+        ('"say ""hi"""', "user"),
+    ]
+
+
+def test_names_are_compared_parsed_not_as_raw_text(tmp_path):
+    # the same column written twice, once quoted: a duplicate
+    data = hostile([{"source": "id", "target": "id"}, {"source": "x", "target": '"Display Name"'},
+                    {"source": "y", "target": "Display Name"}])  # fmt: skip
+    with pytest.raises(ManifestInvalid, match="target column 'Display Name' is mapped twice"):
+        parse_manifest(yaml.safe_dump(data), "dup.yaml")
+    # the key written quoted, the column not: the same column
+    data = hostile([{"source": "Order No", "target": "Order No"}], key=['"Order No"'])
+    assert parse_manifest(yaml.safe_dump(data), "key.yaml").phases[1].tables[0].key == ["Order No"]
+    # "id" quoted is another column than id on Snowflake and Oracle: the message says so
+    data = hostile([{"source": "id", "target": '"id"'}], key=["id"])
+    with pytest.raises(ManifestInvalid) as raised:
+        parse_manifest(yaml.safe_dump(data), "fold.yaml")
+    assert str(raised.value.errors[0]).endswith(
+        """key column 'id' is not among the mapped target columns (a column is written "id": spell the """
+        "key the same way)"
+    )
+    # two tables that are the same once parsed
+    data = shop.manifest()
+    data["phases"][0]["tables"][0]["target"] = "Sales Data.Order Items"
+    data["phases"][1]["tables"][0]["target"] = '"Sales Data"."Order Items"'
+    with pytest.raises(ManifestInvalid, match=r"target table 'Sales Data\.Order Items' appears twice"):
+        parse_manifest(yaml.safe_dump(data), "twice.yaml")
+
+
+def test_resolve_table_accepts_every_written_form(tmp_path):
+    data = hostile([{"source": "id", "target": "id"}], target='"Sales Data"."Order.Items"')
+    data["phases"][0]["tables"][0]["target"] = 'crm."customers"'
+    manifest = parse_manifest(yaml.safe_dump(data), "forms.yaml")
+    for written in ['"Sales Data"."Order.Items"', 'Sales Data."Order.Items"', '"Order.Items"']:
+        assert manifest.resolve_table(written).target == 'Sales Data."Order.Items"', written
+    for written in ['crm."customers"', "crm.customers", "customers", '"customers"']:
+        assert manifest.resolve_table(written).target == 'crm."customers"', written
+    with pytest.raises(
+        LookupError, match=r"table 'Order\.Items\.x' is not a table name: .*3 dot-separated parts"
+    ):
+        manifest.resolve_table("Order.Items.x")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sensei_airflow.conf import RollbackRequest
+from sensei_airflow.conf import InvalidRequest, RollbackRequest
 from sensei_airflow.demo import shop
 from sensei_airflow.engines.base import ForeignKey
 from sensei_airflow.manifest import Strategy, parse_manifest
@@ -43,12 +43,21 @@ def test_scope_all_phase_and_tables():
             r"table 'invoices' is not part of migration mig_shop_2026",
         ),
         ({"scope": "tables", "tables": ["orders; DROP TABLE x"]}, r"'orders; DROP TABLE x' is not part"),
-        ({"scope": "tables", "tables": ['orders"']}, r"'orders\"' is not part"),
+        ({"scope": "tables", "tables": ['"Orders"']}, r"""'"Orders"' is not part"""),
     ],
 )
 def test_scope_refusals(kwargs, message):
     with pytest.raises(RefusedError, match=message):
         resolve_scope(MANIFEST, request(**kwargs))
+
+
+def test_a_table_name_that_breaks_the_grammar_is_refused_with_the_request():
+    with pytest.raises(InvalidRequest) as raised:
+        request(scope="tables", tables=['orders"'])
+    assert str(raised.value) == (
+        """tables.0: part 'orders"' of 'orders"' holds a double quote: quote the part and write the quote """
+        """twice: "orders""\""""
+    )
 
 
 def test_dependency_order_puts_parents_first_whatever_the_listing():

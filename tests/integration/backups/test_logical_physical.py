@@ -45,7 +45,10 @@ def test_logical_backup_is_catalogued_with_every_fact(databases, target, catalog
     assert stored.status == "completed" and stored.type == "logical" and stored.migration_id == "mig_t"
     assert stored.tables == MIGRATED
     assert stored.expires_at - stored.created_at == timedelta(days=3)
-    assert set(stored.files) == {"schema.archive", *(f"data/{t}.copy.zst" for t in MIGRATED)}
+    assert set(stored.files) == {"schema.archive", *(logical.data_file(t) for t in MIGRATED)}
+    assert {t: s["file"] for t, s in stored.table_stats.items()} == {
+        t: logical.data_file(t) for t in MIGRATED
+    }
     assert stored.size_bytes == sum(f.size for f in stored.files.values()) > 0
     for name, record in stored.files.items():
         assert storage_for(stored.location).size(name) == record.size
@@ -83,7 +86,7 @@ def test_a_corrupted_file_aborts_the_whole_restore(databases, target, catalog, b
     with databases.connect("target") as conn:
         conn.execute("DELETE FROM sales.order_items")
     changed = checksums(databases)
-    path = backup_dir / "mig_t" / entry.backup_id / "data" / "sales.order_items.copy.zst"
+    path = backup_dir / "mig_t" / entry.backup_id / logical.data_file("sales.order_items")
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))

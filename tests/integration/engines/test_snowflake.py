@@ -28,7 +28,10 @@ def test_registry_and_names(fake_snowflake):
     assert isinstance(engine, SnowflakeEngine)
     assert engine.qualify("crm.customers") == "CRM.CUSTOMERS"
     assert engine.qualify("orders") == "CRM.ORDERS"  # the connection's schema
-    assert engine.qualify('crm."MixedCase"') == "CRM.MixedCase"
+    # the canonical form keeps the quotes that matter: written bare, MixedCase would fold to MIXEDCASE
+    assert engine.qualify('crm."MixedCase"') == 'CRM."MixedCase"'
+    assert engine.qualify(engine.qualify('crm."MixedCase"')) == 'CRM."MixedCase"'
+    assert engine.quote_table('crm."MixedCase"') == '"CRM"."MixedCase"'
     assert engine.quote_table("crm.customers") == '"CRM"."CUSTOMERS"'
 
 
