@@ -182,7 +182,10 @@ def take_lock(
 def rollback_status(
     plan: RollbackPlan | None, execution: Mapping[str, Any] | None, verification: Verification | None
 ) -> str:
-    """``planned`` for a dry run, ``completed`` when executed and verified, else ``failed``."""
+    """``planned`` for a dry run, ``completed`` when executed and verified, else ``failed``.
+
+    (``rejected``, an approver's no, is decided by the document step, which sees the approval.)
+    """
     if plan is None:
         return "failed"
     if plan.dry_run:

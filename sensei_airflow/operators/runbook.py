@@ -642,7 +642,7 @@ class DocumentOperator(RunbookOperator):
     verified audit chain's head hash) goes to the state store and to the manifest's
     ``rollback.backup_location``. The status document (CONTRACT.md) is the task's XCom. The task
     fails after documenting a failed rollback, so the DAG run shows the outcome; a rejected
-    approval ends as ``planned`` (nothing was changed) and the run succeeds.
+    approval ends as ``rejected`` (nothing was changed) and the run succeeds.
     """
 
     step = "document"
@@ -662,7 +662,7 @@ class DocumentOperator(RunbookOperator):
             verification = None
         approval = step.pull(APPROVE_TASK_ID, key=APPROVAL_XCOM_KEY) if plan else None
         rejected = bool(approval and approval.get("required") and not approval.get("approved"))
-        status = "planned" if rejected else rollback_status(plan, execution, verification)
+        status = "rejected" if rejected else rollback_status(plan, execution, verification)
         conf = _conf(step)
         started_at = self._started_at(plan, step)
         document = status_document(
