@@ -145,7 +145,8 @@ class RollbackRequest(BaseModel):
             json_schema_extra=_form(
                 "Strategy options",
                 "Backup id",
-                "backup_restore: which backup. Default: the newest valid one.",
+                "backup_restore: which backup. Default: the newest usable backup of this target database "
+                "taken at or before the migration's start.",
             ),
         ),
     ] = None

@@ -20,6 +20,7 @@ from sensei_airflow.plan import (
     resolve_scope,
     strategy_candidates,
 )
+from sensei_airflow.start import migration_start
 from sensei_airflow.state import LockHeld, StateStore
 from sensei_airflow.strategies import RollbackStrategy, strategy_class
 from sensei_airflow.verify import Verification
@@ -120,7 +121,7 @@ def assess(
             f"fallback: {later[0]} runs if {chosen.name} fails after its retries without having "
             "changed the target"
         )
-    restore_to = request.restore_to or manifest.started_at
+    restore_to = request.restore_to or migration_start(manifest)
     warnings = list(assessment.warnings)
     notes += take_lock(
         state, manifest.id, run.rollback_id, lock_ttl, dry_run=request.dry_run, warnings=warnings

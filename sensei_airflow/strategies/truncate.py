@@ -9,6 +9,7 @@ from __future__ import annotations
 from sensei_airflow.conf import RollbackRequest
 from sensei_airflow.manifest import Strategy, TableMapping
 from sensei_airflow.plan import RefusedError, RollbackPlan, dependency_order
+from sensei_airflow.state import utcnow
 from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
 from sensei_airflow.verify import Verification
 
@@ -31,10 +32,20 @@ class TruncateStrategy(RollbackStrategy):
         return {fk.parent for fk, _ in outside}, refusals
 
     def _pre_migration_backup_rows(self) -> dict[str, int]:
-        """Per-table rows in the newest pre-migration backup of the target (more evidence of what was there)."""
+        """Per-table rows in the newest backup of this target database taken at or before the migration's
+        start, whatever its kind (more evidence of what was there); a backup taken later may hold the
+        migration's own rows, one of another database says nothing about this one."""
+        from sensei_airflow.backups import choice
         from sensei_airflow.backups.catalog import BackupCatalog
+        from sensei_airflow.start import migration_start
 
-        entry = BackupCatalog(self.state).newest(self.manifest.id, kind="pre_migration", side="target")
+        found = choice.candidates(
+            BackupCatalog(self.state).list(self.manifest.id),
+            identity=self.target.identity(),
+            start=migration_start(self.manifest),
+            now=utcnow(),
+        )
+        entry = choice.default_backup(found)
         return entry.row_counts() if entry is not None else {}
 
     def assess(self, scope: list[TableMapping], request: RollbackRequest) -> Assessment:
