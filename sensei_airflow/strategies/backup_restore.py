@@ -34,7 +34,9 @@ class BackupRestoreStrategy(RollbackStrategy):
         return BackupCatalog(self.state)
 
     # -- which backup ------------------------------------------------------------------------------
-    def choose_backup(self, backup_id: str | None, tables: Sequence[str] = ()) -> tuple[BackupEntry, list[str]]:
+    def choose_backup(
+        self, backup_id: str | None, tables: Sequence[str] = ()
+    ) -> tuple[BackupEntry, list[str]]:
         """The backup to restore from and what the plan should warn about, or ``RefusedError`` saying why not.
 
         Without ``backup_id``: the newest backup of this very target database, usable now, taken at
@@ -221,4 +223,3 @@ class BackupRestoreStrategy(RollbackStrategy):
             sample_verification="passed" if sums_ok else "failed",
             checks=checks,
         )
-
