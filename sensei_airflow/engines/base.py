@@ -365,6 +365,17 @@ class PointInTimePlan:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RecoveryCheck:
+    """One fact verify checks about a recovery beyond row counts (e.g. which instance is live now)."""
+
+    what: str
+    check: str
+    expected: Any
+    actual: Any
+    ok: bool
+
+
 @dataclass
 class PointInTimeOutcome:
     """What :meth:`PointInTimeRecovery.restore` did: the statements run and the rows each table now holds."""
@@ -392,6 +403,10 @@ class PointInTimeRecovery(ABC):
     """
 
     mechanism: str = "point-in-time recovery"
+    #: the rollback this recovery works for: set by the strategy before it executes (None while
+    #: assessing). Engines that leave named resources behind tag them with it, so a retry of the
+    #: same rollback recognises its own work and another rollback does not mistake it for its own.
+    rollback_id: str | None = None
 
     @abstractmethod
     def assess(
@@ -411,6 +426,11 @@ class PointInTimeRecovery(ABC):
 
         :raises PointInTimeRefused: for a problem found before anything changed.
         """
+
+    def verify_restore(self, detail: dict[str, Any]) -> list[RecoveryCheck]:
+        """Checks beyond row counts that the restore is in place, from the detail :meth:`restore`
+        returned (default: none)."""
+        return []
 
     def create_restore_point(self, name: str) -> str | None:
         """Mark the present as a named point to recover to later (the migration tool calls this as it starts).

@@ -178,6 +178,7 @@ class PointInTimeStrategy(RollbackStrategy):
 
     def execute(self, plan: RollbackPlan) -> Execution:
         # Assess again: the archive, the backups and the foreign keys may have changed since.
+        self.recovery.rollback_id = plan.rollback_id  # so a retry recognises this rollback's own work
         target = self.recovery_target(self._restore_to(plan))
         planned = self._plan(plan.table_names, target, str(plan.scope.get("scope", "all")))
         try:
@@ -214,6 +215,12 @@ class PointInTimeStrategy(RollbackStrategy):
         checks = self.scope_count_checks(
             plan, "rows as recovered at restore_to", restored, others=executed.get("path") != "database"
         )
+        # what the engine knows beyond counts (e.g. that the live RDS instance is the restored one):
+        # counts read through the live name mean nothing if another instance answers there
+        checks += [
+            TableCheck(table=c.what, check=c.check, expected=c.expected, actual=c.actual, ok=c.ok)
+            for c in self.recovery.verify_restore(executed)
+        ]
         return Verification(
             record_counts_match=all(c.ok for c in checks),
             source_comparison="skipped",
