@@ -24,6 +24,7 @@ from typing import Any
 from sensei_airflow.backups.catalog import BackupCatalog, BackupEntry, BackupKind, FileRecord, new_backup_id
 from sensei_airflow.backups.files import CorruptBackup, check_file, open_stored, store
 from sensei_airflow.backups.storage import Readable, Storage, storage_for
+from sensei_airflow.redaction import redact_error
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,7 @@ def take_logical_backup(
         return entry
     except BaseException as exc:
         left = _remove(storage, [*files, META_FILE])
-        catalog.fail(
-            backup_id, f"{type(exc).__name__}: {exc}", files={n: files[n] for n in left if n in files}
-        )
+        catalog.fail(backup_id, redact_error(exc), files={n: files[n] for n in left if n in files})
         raise
 
 

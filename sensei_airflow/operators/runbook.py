@@ -21,6 +21,7 @@ from sensei_airflow import consumers, notify
 from sensei_airflow.manifest import Strategy, load_manifests
 from sensei_airflow.operators.base import ERROR_XCOM_KEY, RunbookOperator, StepRun, log
 from sensei_airflow.plan import RefusedError, RollbackPlan
+from sensei_airflow.redaction import redact, redact_error
 from sensei_airflow.report import render_markdown
 from sensei_airflow.runbook import (
     DEFAULT_LOCK_TTL,
@@ -121,7 +122,7 @@ class AssessOperator(RunbookOperator):
                 triggered_by=step.actor,
                 reason=request.reason,
             )
-            step.record("refused", detail={"why": str(exc)})
+            step.record("refused", detail={"why": redact(str(exc))})
             raise
         document = plan.model_dump(mode="json")
         step.state.record_run(
@@ -579,11 +580,11 @@ class InvestigateOperator(RunbookOperator):
                     for t in plan.table_names
                 }
             except Exception as exc:  # the target itself may be what failed
-                evidence["table_states_error"] = f"{type(exc).__name__}: {exc}"
+                evidence["table_states_error"] = redact_error(exc)
             try:
                 evidence["differing_key_ranges"] = differing_key_ranges(step, plan, failed_checks)
             except Exception as exc:
-                evidence["differing_key_ranges_error"] = f"{type(exc).__name__}: {exc}"
+                evidence["differing_key_ranges_error"] = redact_error(exc)
             evidence["consumers_still_halted"] = [
                 h.as_json() for h in step.state.open_holds(plan.migration_id)
             ]
@@ -728,7 +729,7 @@ class DocumentOperator(RunbookOperator):
                     location, document["migration_id"], step.rollback_id, report, markdown
                 )
             except Exception as exc:  # the report stays in the state store; say where it did not go
-                report["published_error"] = f"{location}: {type(exc).__name__}: {exc}"
+                report["published_error"] = redact(f"{location}: {type(exc).__name__}: {exc}")
                 log.exception("the report could not be written to %s", location)
             markdown = render_markdown(report)
         if step.state is not None and step.state.get_run(step.rollback_id) is not None:
