@@ -15,6 +15,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from sensei_airflow.manifest import MIGRATION_ID_PATTERN
 
+#: the most tables one request may list (a run conf, an API body or query).
+MAX_TABLES = 1000
+
 StrategyChoice = Literal["auto", "truncate", "reverse_migration", "point_in_time", "backup_restore"]
 ScopeChoice = Literal["all", "phase", "tables"]
 
@@ -120,11 +123,12 @@ class RollbackRequest(BaseModel):
     tables: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=200)]] | None,
         Field(
+            max_length=MAX_TABLES,
             json_schema_extra=_form(
                 MAIN_SECTION,
                 "Tables",
                 "With scope tables: target table names, one per line; unqualified (orders) when unambiguous.",
-            )
+            ),
         ),
     ] = None
     restore_to: Annotated[
