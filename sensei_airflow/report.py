@@ -7,6 +7,15 @@ from collections.abc import Mapping
 from typing import Any
 
 
+def _changes(changes: Mapping[str, Any] | None) -> str:
+    if not changes:
+        return ""
+    if "insert" not in changes:
+        return f"not counted: {changes.get('why', '')}"
+    counts = f"{changes['insert']} / {changes['update']} / {changes['delete']}"
+    return counts if changes.get("exact") else f"at least {counts}"
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
@@ -31,10 +40,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append(f"- Restored to: {status['restored_to']}")
     if plan:
         lines += ["", "## Plan", ""]
-        lines += _table(
-            ["order", "target table", "source table", "phase", "rows before"],
-            [[i + 1, t["target"], t["source"], t["phase"], t["rows"]] for i, t in enumerate(plan["tables"])],
-        )
+        if any(t.get("changes") for t in plan["tables"]):
+            lines += _table(
+                ["order", "target table", "source table", "phase", "rows before", "source rows to insert / update / delete"],
+                [[i + 1, t["target"], t["source"], t["phase"], t["rows"], _changes(t.get("changes"))]
+                 for i, t in enumerate(plan["tables"])],
+            )  # fmt: skip
+        else:
+            lines += _table(
+                ["order", "target table", "source table", "phase", "rows before"],
+                [
+                    [i + 1, t["target"], t["source"], t["phase"], t["rows"]]
+                    for i, t in enumerate(plan["tables"])
+                ],
+            )
         for note in plan.get("notes", []):
             lines.append(f"- Note: {note}")
         for warning in plan.get("warnings", []):

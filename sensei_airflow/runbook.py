@@ -111,6 +111,7 @@ def assess(
             source=by_target[name].source,
             phase=manifest.phase_of(by_target[name]),
             rows=assessment.rows.get(name),
+            changes=assessment.changes.get(name),
         )
         for name in assessment.tables
     ]
