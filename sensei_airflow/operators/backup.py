@@ -291,7 +291,7 @@ class PruneBackupsOperator(BackupTaskOperator):
             try:
                 records = jobs.prune_expired(BackupCatalog(StateStore(conn_id)))
             except Exception as exc:
-                errors.append(f"state store {conn_id}: {type(exc).__name__}: {exc}")
+                errors.append(f"state store {conn_id}: {redact_error(exc)}")
                 continue
             for record in records:
                 audit(conn_id, "pruned" if record["pruned"] else "prune_failed", context,
