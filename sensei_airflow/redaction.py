@@ -34,6 +34,8 @@ _PAIR = re.compile(
 )
 #: a URL path shorter than this is not registered as a secret (``/``, ``/api``).
 _MIN_PATH = 6
+#: a single path segment is registered on its own from this length (a token, not a word).
+_MIN_TOKEN = 16
 
 
 def _airflow_mask(secret: str) -> None:
@@ -62,7 +64,9 @@ def url_secrets(url: str) -> list[str]:
     path = parts.path.strip("/")
     if len(path) >= _MIN_PATH:
         found.append(path)
-        found += [segment for segment in path.split("/") if len(segment) >= _MIN_PATH]
+        # a segment long enough to be a token (Slack's last one is 24 characters); short ones
+        # (``services``, ``hooks``) are ordinary words that must not be masked everywhere
+        found += [segment for segment in path.split("/") if len(segment) >= _MIN_TOKEN]
     found += [value for _, value in parse_qsl(parts.query, keep_blank_values=False) if value]
     if parts.query:
         found.append(parts.query)

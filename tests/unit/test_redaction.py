@@ -23,18 +23,27 @@ def test_a_webhook_connection_s_secrets_are_masked_wherever_they_appear():
         login="hooks",
         password="Pa55-w0rd-unit",
         extra=json.dumps(
-            {"endpoint": "/T000/B000/SECRETPATH-unit?token=tok-unit-123", "api_key": "key-unit-456"}
+            {"endpoint": "/T000/B000/SECRETPATH-unit-77?token=tok-unit-123", "api_key": "key-unit-456"}
         ),
     )
-    assert {"Pa55-w0rd-unit", "SECRETPATH-unit", "tok-unit-123", "key-unit-456"} <= set(
+    assert {"Pa55-w0rd-unit", "SECRETPATH-unit-77", "tok-unit-123", "key-unit-456"} <= set(
         connection_secrets(conn)
     )
     mask_connection(conn)
 
-    text = "POST hooks.example/T000/B000/SECRETPATH-unit failed; pw Pa55-w0rd-unit; key key-unit-456"
+    text = "POST hooks.example/T000/B000/SECRETPATH-unit-77 failed; pw Pa55-w0rd-unit; key key-unit-456"
     redacted = redact(text)
 
     assert redacted == "POST hooks.example/*** failed; pw ***; key ***"
+
+
+def test_ordinary_words_of_a_webhook_path_are_not_masked_everywhere():
+    conn = connection(
+        conn_type="http", host="hooks.example", extra=json.dumps({"endpoint": "/services/sensei"})
+    )
+    secrets = connection_secrets(conn)
+    assert "services/sensei" in secrets
+    assert "sensei" not in secrets and "services" not in secrets
 
 
 @pytest.mark.parametrize(
