@@ -24,6 +24,9 @@ from pydantic import (
 from sensei_airflow.manifest import MIGRATION_ID_PATTERN
 from sensei_airflow.names import parse_name
 
+#: the most tables one request may list (a run conf, an API body or query).
+MAX_TABLES = 1000
+
 StrategyChoice = Literal["auto", "truncate", "reverse_migration", "point_in_time", "backup_restore"]
 ScopeChoice = Literal["all", "phase", "tables"]
 
@@ -146,13 +149,14 @@ class RollbackRequest(BaseModel):
     tables: Annotated[
         list[TableName] | None,
         Field(
+            max_length=MAX_TABLES,
             json_schema_extra=_form(
                 MAIN_SECTION,
                 "Tables",
                 "With scope tables: target table names, one per line; unqualified (orders) when unambiguous. "
                 'A name is written as the database holds it (Order Items); a part holding a dot or a " '
                 'is quoted ("Sales Data"."Order.Items").',
-            )
+            ),
         ),
     ] = None
     restore_to: Annotated[
@@ -173,7 +177,8 @@ class RollbackRequest(BaseModel):
             json_schema_extra=_form(
                 "Strategy options",
                 "Backup id",
-                "backup_restore: which backup. Default: the newest valid one.",
+                "backup_restore: which backup. Default: the newest usable backup of this target database "
+                "taken at or before the migration's start.",
             ),
         ),
     ] = None

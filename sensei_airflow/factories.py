@@ -151,8 +151,9 @@ def build_demo_migration_dag() -> DAG:
         default_args=default_args(),
         tags=["sensei", "demo"],
         doc_md="Creates the demo shop on the source (if empty), the warehouse tables on the target, "
-        "records the target's pre-migration row counts, then copies each phase. Roll it back with "
-        "`sensei_rollback`.",
+        "records the target's pre-migration row counts, takes the pre-migration backup when the manifest "
+        "asks for one, sets the manifest's `started_at` to the moment the copy begins, then copies each "
+        "phase. Roll it back with `sensei_rollback`.",
     ) as dag:
 
         @task
@@ -177,7 +178,16 @@ def build_demo_migration_dag() -> DAG:
             task_id="pre_migration_backup", migration_id="{{ params.migration_id }}"
         )
         previous >> backup
-        previous = backup
+
+        @task
+        def record_start(params: dict[str, Any] | None = None) -> str:
+            # the copy begins now: the manifest's started_at says so (the backup above was taken before)
+            from sensei_airflow.demo.migration import record_start as write_start
+
+            return write_start((params or {})["migration_id"])
+
+        previous = record_start()
+        backup >> previous
         for number in phases:
 
             @task(task_id=f"migrate_phase_{number}")

@@ -83,6 +83,14 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "100000",
                         "default": "100000",
                     },
+                    "reverse_plan_max_rows": {
+                        "description": "A reverse migration's plan counts the source rows it will insert, "
+                        "update and delete for tables up to this many rows (one checksum scan of each side).",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "10000000",
+                        "default": "10000000",
+                    },
                     "window_check_schedule": {
                         "description": "Schedule of the sensei_window_check DAG.",
                         "version_added": "0.1.0",

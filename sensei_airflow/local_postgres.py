@@ -192,7 +192,7 @@ class LocalCluster:
 
 
 def _quote_option(value: str) -> str:
-    return f"'{value}'" if any(c in value for c in " %") else value
+    return f"'{value}'" if not value or any(c in value for c in " %") else value
 
 
 def new_cluster_dir(prefix: str = "sensei-pg-") -> Path:

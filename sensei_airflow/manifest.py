@@ -59,6 +59,16 @@ Identifier = Annotated[str, AfterValidator(check_identifier)]
 TableName = Annotated[str, AfterValidator(check_table_name)]
 
 
+def _check_expression(text: str) -> str:
+    from sensei_airflow.expressions import check_expression  # sqlglot, only for manifests that use SQL
+
+    return check_expression(text)
+
+
+#: a ``forward``/``inverse`` SQL expression: exactly one, parsed (sensei_airflow.expressions).
+ColumnExpression = Annotated[str, AfterValidator(_check_expression)]
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -73,13 +83,14 @@ class ColumnMapping(_Frozen):
     With neither ``forward`` nor ``inverse`` the column was copied (perhaps renamed). ``forward``
     is the SQL expression (over source columns) the migration applied; ``inverse`` the
     expression (over target columns) that gives the source value back. A ``forward`` without
-    ``inverse`` is not reversible.
+    ``inverse`` is not reversible. Each is parsed when the manifest loads: exactly one expression,
+    no statement separator, no subquery, no function acting outside the row.
     """
 
     source: Identifier
     target: Identifier
-    forward: str | None = None
-    inverse: str | None = None
+    forward: ColumnExpression | None = None
+    inverse: ColumnExpression | None = None
     #: a built-in transform that knows its inverse (see :mod:`sensei_airflow.transforms`).
     transform: BuiltinTransform | None = None
 

@@ -9,7 +9,9 @@ picks how the event is sent (:data:`SENDER_BY_CONN_TYPE`):
 - ``slackwebhook`` / ``slack``: a Slack message through the slack provider (extra ``slack``).
 
 A channel that fails is retried a few times, then recorded as failed; sending never raises,
-so notifications never block a rollback. :func:`notify_failure` is usable as an
+so notifications never block a rollback. A channel's secrets (password, URL userinfo, webhook
+path and query) are registered with Airflow's secrets masker before it is used, and a delivery's
+error is redacted before it is returned (it goes to XCom, the audit trail and the report). :func:`notify_failure` is usable as an
 ``on_failure_callback``.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from sensei_airflow.manifest import NotifyChannel
+from sensei_airflow.redaction import mask_connection, redact_error
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +143,13 @@ def _send_webhook(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> No
         auth=auth,
         timeout=float(extra.get("timeout", 10)),
     )
-    response.raise_for_status()
+    if response.is_error:
+        # not httpx's own error: its message carries the full URL (a webhook's path is its secret)
+        raise WebhookRefused(f"the webhook answered {response.status_code} {response.reason_phrase}")
+
+
+class WebhookRefused(Exception):
+    """The webhook answered with an error status (the message never holds its URL)."""
 
 
 def _send_slack_webhook(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> None:
@@ -195,6 +204,7 @@ def send(
     for attempt in range(1, attempts + 1):
         try:
             conn = BaseHook.get_connection(channel.conn_id)
+            mask_connection(conn)  # the task log, and every error stored below, never show its secrets
             if conn.conn_type not in SENDER_BY_CONN_TYPE:
                 supported = ", ".join(sorted(SENDER_BY_CONN_TYPE))
                 return Delivery(
@@ -208,7 +218,7 @@ def send(
             sender(conn, channel, event)
             return Delivery(channel.conn_id, kind, True, attempt)
         except Exception as exc:  # a channel must never break the rollback
-            error = f"{type(exc).__name__}: {exc}"
+            error = redact_error(exc)
             log.warning("notify %s: attempt %d of %d failed: %s", channel.conn_id, attempt, attempts, error)
             if type(exc).__name__ in ("AirflowNotFoundException", "AirflowOptionalProviderFeatureException"):
                 return Delivery(channel.conn_id, kind, False, attempt, error)
@@ -259,7 +269,7 @@ def notify_failure(context: Mapping[str, Any]) -> None:
         exception = context.get("exception")
         detail: dict[str, Any] = {
             "task_id": task_id,
-            "error": f"{type(exception).__name__}: {exception}" if exception else None,
+            "error": redact_error(exception) if exception else None,
         }
         try:
             from sensei_airflow.state import StateStore
@@ -267,7 +277,7 @@ def notify_failure(context: Mapping[str, Any]) -> None:
             holds = StateStore(manifest.state.conn_id).open_holds(manifest.id)
             detail["consumers_still_halted"] = [h.as_json() for h in holds]
         except Exception as exc:  # the state store may be what failed
-            detail["consumers_still_halted"] = f"unknown: {exc}"
+            detail["consumers_still_halted"] = f"unknown: {redact_error(exc)}"
         halted = detail["consumers_still_halted"]
         suffix = (
             " Consumers stay halted until a rollback verifies." if isinstance(halted, list) and halted else ""

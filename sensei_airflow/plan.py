@@ -121,6 +121,11 @@ class PlannedTable(BaseModel):
     source: str
     phase: int
     rows: int | None = Field(None, description="rows the table holds now (what a truncate would remove)")
+    changes: dict[str, Any] | None = Field(
+        None,
+        description="source rows a reverse migration will insert, update and delete ({insert, update, delete, "
+        "exact}), computed without changing anything",
+    )
 
 
 class RollbackPlan(BaseModel):

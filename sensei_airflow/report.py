@@ -9,6 +9,15 @@ from typing import Any
 from sensei_airflow.names import markdown_cell
 
 
+def _changes(changes: Mapping[str, Any] | None) -> str:
+    if not changes:
+        return ""
+    if "insert" not in changes:
+        return f"not counted: {changes.get('why', '')}"
+    counts = f"{changes['insert']} / {changes['update']} / {changes['delete']}"
+    return counts if changes.get("exact") else f"at least {counts}"
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     """A Markdown table; a ``|`` or a line break inside a value (a table name may hold one) is escaped."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -34,10 +43,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append(f"- Restored to: {status['restored_to']}")
     if plan:
         lines += ["", "## Plan", ""]
-        lines += _table(
-            ["order", "target table", "source table", "phase", "rows before"],
-            [[i + 1, t["target"], t["source"], t["phase"], t["rows"]] for i, t in enumerate(plan["tables"])],
-        )
+        if any(t.get("changes") for t in plan["tables"]):
+            lines += _table(
+                ["order", "target table", "source table", "phase", "rows before", "source rows to insert / update / delete"],
+                [[i + 1, t["target"], t["source"], t["phase"], t["rows"], _changes(t.get("changes"))]
+                 for i, t in enumerate(plan["tables"])],
+            )  # fmt: skip
+        else:
+            lines += _table(
+                ["order", "target table", "source table", "phase", "rows before"],
+                [
+                    [i + 1, t["target"], t["source"], t["phase"], t["rows"]]
+                    for i, t in enumerate(plan["tables"])
+                ],
+            )
         for note in plan.get("notes", []):
             lines.append(f"- Note: {note}")
         for warning in plan.get("warnings", []):

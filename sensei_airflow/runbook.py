@@ -21,6 +21,7 @@ from sensei_airflow.plan import (
     resolve_scope,
     strategy_candidates,
 )
+from sensei_airflow.start import migration_start
 from sensei_airflow.state import LockHeld, StateStore
 from sensei_airflow.strategies import RollbackStrategy, strategy_class
 from sensei_airflow.verify import Verification
@@ -112,6 +113,7 @@ def assess(
             source=by_target[name].source,
             phase=manifest.phase_of(by_target[name]),
             rows=assessment.rows.get(name),
+            changes=assessment.changes.get(name),
         )
         for name in assessment.tables
     ]
@@ -122,7 +124,7 @@ def assess(
             f"fallback: {later[0]} runs if {chosen.name} fails after its retries without having "
             "changed the target"
         )
-    restore_to = request.restore_to or manifest.started_at
+    restore_to = request.restore_to or migration_start(manifest)
     warnings = list(assessment.warnings)
     notes += take_lock(
         state, manifest.id, run.rollback_id, lock_ttl, dry_run=request.dry_run, warnings=warnings
@@ -184,7 +186,10 @@ def take_lock(
 def rollback_status(
     plan: RollbackPlan | None, execution: Mapping[str, Any] | None, verification: Verification | None
 ) -> str:
-    """``planned`` for a dry run, ``completed`` when executed and verified, else ``failed``."""
+    """``planned`` for a dry run, ``completed`` when executed and verified, else ``failed``.
+
+    (``rejected``, an approver's no, is decided by the document step, which sees the approval.)
+    """
     if plan is None:
         return "failed"
     if plan.dry_run:

@@ -266,32 +266,6 @@ class BackupCatalog:
             return self._select("true", ())
         return self._select("migration_id = %s", (migration_id,))
 
-    def newest(
-        self,
-        migration_id: str,
-        *,
-        kind: str | None = "pre_migration",
-        side: str = "target",
-        type: str | None = None,
-        before: datetime | None = None,
-        usable_at: datetime | None = None,
-    ) -> BackupEntry | None:
-        """The newest usable (completed or verified, not expired) backup matching the filters."""
-        now = usable_at or utcnow()
-        where = ["migration_id = %s", "side = %s", "status IN ('completed', 'verified')", "expires_at > %s"]
-        params: list[Any] = [migration_id, side, now]
-        if kind is not None:
-            where.append("kind = %s")
-            params.append(kind)
-        if type is not None:
-            where.append("type = %s")
-            params.append(type)
-        if before is not None:
-            where.append("created_at <= %s")
-            params.append(before)
-        found = self._select(" AND ".join(where), tuple(params), limit=1)
-        return found[0] if found else None
-
     def prunable(self, now: datetime | None = None) -> builtins.list[BackupEntry]:
         """Entries past their expiry, and entries whose pruning was interrupted."""
         return self._select("expires_at <= %s OR status = 'pruning'", (now or utcnow(),))

@@ -15,6 +15,7 @@ from typing import Any
 from sensei_airflow.backups.catalog import BackupCatalog, BackupEntry, BackupKind
 from sensei_airflow.backups.storage import storage_for
 from sensei_airflow.manifest import Manifest
+from sensei_airflow.redaction import redact_error
 from sensei_airflow.state import StateStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def prune_expired(catalog: BackupCatalog, now: datetime | None = None) -> list[d
             record["pruned"] = True
         except Exception as exc:
             log.exception("could not prune backup %s", entry.backup_id)
-            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["error"] = redact_error(exc)
         done.append(record)
     return done
 

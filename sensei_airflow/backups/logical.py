@@ -26,6 +26,7 @@ from sensei_airflow.backups.catalog import BackupCatalog, BackupEntry, BackupKin
 from sensei_airflow.backups.files import CorruptBackup, check_file, open_stored, store
 from sensei_airflow.backups.storage import Readable, Storage, storage_for
 from sensei_airflow.names import file_stem
+from sensei_airflow.redaction import redact_error
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,7 @@ def take_logical_backup(
         return entry
     except BaseException as exc:
         left = _remove(storage, [*files, META_FILE])
-        catalog.fail(
-            backup_id, f"{type(exc).__name__}: {exc}", files={n: files[n] for n in left if n in files}
-        )
+        catalog.fail(backup_id, redact_error(exc), files={n: files[n] for n in left if n in files})
         raise
 
 

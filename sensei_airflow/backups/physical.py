@@ -27,6 +27,7 @@ from sensei_airflow.backups.catalog import BackupCatalog, BackupEntry, BackupKin
 from sensei_airflow.backups.files import open_stored, store
 from sensei_airflow.backups.logical import _remove, backup_folder
 from sensei_airflow.backups.storage import storage_for
+from sensei_airflow.redaction import redact_error
 
 MANIFEST_FILE = "backup_manifest"
 
@@ -76,7 +77,7 @@ def take_base_backup(
         return catalog.complete(backup_id, files=files, table_stats={}, detail=detail)
     except BaseException as exc:
         left = _remove(storage, list(files))
-        catalog.fail(backup_id, f"{type(exc).__name__}: {exc}", files={n: files[n] for n in left})
+        catalog.fail(backup_id, redact_error(exc), files={n: files[n] for n in left})
         raise
 
 

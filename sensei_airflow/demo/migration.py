@@ -2,17 +2,22 @@
 
 Each table is streamed with COPY through a staging table and inserted by key, so a retried
 task neither duplicates nor loses rows. Before the first write, the target tables' row counts
-are recorded in the state store as the migration's baseline.
+are recorded in the state store as the migration's baseline, and once the pre-migration backup
+is taken the manifest's ``started_at`` is set to the moment the copy begins.
 """
 
 from __future__ import annotations
 
 import io
+import re
+from datetime import UTC, datetime
 from typing import Any
+
+import yaml
 
 from sensei_airflow.demo.shop import SOURCE_DDL, TARGET_DDL, generate
 from sensei_airflow.engines.postgres import PostgresEngine
-from sensei_airflow.manifest import Manifest, TableMapping
+from sensei_airflow.manifest import Manifest, TableMapping, migrations_dir
 from sensei_airflow.state import StateStore
 
 
@@ -46,6 +51,32 @@ def record_baselines(manifest: Manifest, target: PostgresEngine, state: StateSto
     if counts:
         state.record_baselines(manifest.id, counts)
     return {**known, **counts}
+
+
+def record_start(migration_id: str, now: datetime | None = None) -> str:
+    """Write ``started_at`` into the migration's manifest file: the moment the copy begins.
+
+    The demo's forward migration does what a migration tool does when it starts writing, after
+    its pre-migration backup, so that backup counts as taken before the migration (a rollback's
+    default backup is one taken at or before ``started_at``). Only that line of the file changes.
+
+    :returns: the time written (ISO 8601, UTC).
+    """
+    moment = (now or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    folder = migrations_dir()
+    for path in sorted(folder.glob("*.y*ml")):
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(document, dict) or document.get("id") != migration_id:
+            continue
+        text, changed = _STARTED_AT.subn(f'started_at: "{moment}"', path.read_text(encoding="utf-8"), count=1)
+        if not changed:
+            raise ValueError(f"{path}: no top-level started_at line to update")
+        path.write_text(text, encoding="utf-8")
+        return moment
+    raise LookupError(f"no manifest of migration {migration_id} in {folder}")
+
+
+_STARTED_AT = re.compile(r"^started_at:.*$", re.MULTILINE)
 
 
 def select_forward(table: TableMapping, source: PostgresEngine) -> tuple[str, list[str]]:

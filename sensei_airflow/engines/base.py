@@ -60,6 +60,21 @@ class SequenceReset:
         }
 
 
+class OutsideRows(Exception):
+    """Tables outside the scope that reference it hold rows: found inside the emptying transaction,
+    which was rolled back (nothing changed)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = {table: rows for table, rows in counts.items() if rows > 0}
+        super().__init__("; ".join(f"{t} holds {n} rows" for t, n in self.counts.items()))
+
+
+def check_outside_empty(counts: dict[str, int]) -> None:
+    """:raises OutsideRows: when one of the counted tables holds a row."""
+    if any(rows > 0 for rows in counts.values()):
+        raise OutsideRows(counts)
+
+
 @dataclass(frozen=True)
 class Statement:
     """One SQL statement with its bind parameters, and what it is for."""
@@ -230,13 +245,25 @@ class Engine(ABC):
         scope still references: they must be emptied without touching that table.
         """
 
+    def guard_sql(self, outside: Sequence[str]) -> list[Statement]:
+        """Statements that keep writers out of ``outside`` for the rest of the transaction.
+
+        ``outside`` are the tables outside the scope that reference a table being emptied; they
+        must stay empty from the check that they are until the commit (empty list where the
+        engine has no table locks: the check inside the transaction is all there is).
+        """
+        return []
+
     @abstractmethod
     def empty_tables(
-        self, tables: Sequence[str], referenced_from_outside: Iterable[str]
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str], outside: Sequence[str] = ()
     ) -> tuple[list[Statement], dict[str, int]]:
         """Empty the tables in one transaction where the engine allows.
 
-        Returns the statements run and the rows removed from each table (counted under lock).
+        :param outside: tables outside the scope that reference ``tables``: locked first
+            (:meth:`guard_sql`) and counted inside the same transaction; if one holds a row,
+            :class:`OutsideRows` is raised and nothing is changed.
+        :returns: the statements run and the rows removed from each table (counted under lock).
         """
 
     # -- point-in-time recovery -----------------------------------------------------------
@@ -435,6 +462,17 @@ class PointInTimePlan:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RecoveryCheck:
+    """One fact verify checks about a recovery beyond row counts (e.g. which instance is live now)."""
+
+    what: str
+    check: str
+    expected: Any
+    actual: Any
+    ok: bool
+
+
 @dataclass
 class PointInTimeOutcome:
     """What :meth:`PointInTimeRecovery.restore` did: the statements run and the rows each table now holds."""
@@ -462,6 +500,10 @@ class PointInTimeRecovery(ABC):
     """
 
     mechanism: str = "point-in-time recovery"
+    #: the rollback this recovery works for: set by the strategy before it executes (None while
+    #: assessing). Engines that leave named resources behind tag them with it, so a retry of the
+    #: same rollback recognises its own work and another rollback does not mistake it for its own.
+    rollback_id: str | None = None
 
     @abstractmethod
     def assess(
@@ -481,6 +523,11 @@ class PointInTimeRecovery(ABC):
 
         :raises PointInTimeRefused: for a problem found before anything changed.
         """
+
+    def verify_restore(self, detail: dict[str, Any]) -> list[RecoveryCheck]:
+        """Checks beyond row counts that the restore is in place, from the detail :meth:`restore`
+        returned (default: none)."""
+        return []
 
     def create_restore_point(self, name: str) -> str | None:
         """Mark the present as a named point to recover to later (the migration tool calls this as it starts).

@@ -28,6 +28,7 @@ from sensei_airflow.engines.base import (
     RecoveryWindow,
     SequenceReset,
     Statement,
+    check_outside_empty,
 )
 from sensei_airflow.engines.dbapi import missing_extra
 
@@ -129,9 +130,15 @@ class BigQueryEngine(Engine):
         return [Statement(f"BEGIN TRANSACTION;\n{body}\nCOMMIT TRANSACTION;", purpose="empty tables")]
 
     def empty_tables(
-        self, tables: Sequence[str], referenced_from_outside: Iterable[str]
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str], outside: Sequence[str] = ()
     ) -> tuple[list[Statement], dict[str, int]]:
-        """Count (just before), then empty every table in one transaction."""
+        """Count (just before), then empty every table in one transaction.
+
+        BigQuery neither enforces foreign keys nor locks tables: the outside tables are counted
+        just before, as the tables in scope are.
+        """
+        if outside:
+            check_outside_empty(self.row_counts(outside))
         removed = self.row_counts(tables)
         statements = self.empty_tables_sql(tables, referenced_from_outside)
         self.run_statements(statements)

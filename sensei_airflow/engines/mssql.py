@@ -31,6 +31,7 @@ from sensei_airflow.engines.base import (
     RecoveryWindow,
     SequenceReset,
     Statement,
+    check_outside_empty,
 )
 from sensei_airflow.engines.dbapi import DbApiEngine, missing_extra
 
@@ -197,13 +198,21 @@ class MsSqlEngine(DbApiEngine):
                 )
         return statements
 
+    def guard_sql(self, outside: Sequence[str]) -> list[Statement]:
+        """Counting the outside tables takes and holds their exclusive locks until the commit."""
+        return [self.counts_sql(outside)] if outside else []
+
     def empty_tables(
-        self, tables: Sequence[str], referenced_from_outside: Iterable[str]
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str], outside: Sequence[str] = ()
     ) -> tuple[list[Statement], dict[str, int]]:
-        """Lock (by counting), then empty every table in one transaction."""
+        """Lock (by counting), then empty every table in one transaction.
+
+        The outside tables are locked and counted first; one holding a row rolls everything back.
+        """
         if not tables:
             return [], {}
         locks = self.lock_sql(tables)
+        guard = self.guard_sql(outside)
         work = self.empty_tables_sql(tables, referenced_from_outside)
         counts = self.counts_sql(tables)
         with self.connect() as conn:
@@ -212,6 +221,9 @@ class MsSqlEngine(DbApiEngine):
                 self.open_transaction(conn, cur)
                 for statement in locks:
                     cur.execute(statement.sql)
+                for statement in guard:
+                    cur.execute(statement.sql, tuple(statement.params))
+                    check_outside_empty({str(t): int(n) for t, n in cur.fetchall()})
                 cur.execute(counts.sql, tuple(counts.params))
                 removed = {str(t): int(n) for t, n in cur.fetchall()}
                 for statement in work:
@@ -222,7 +234,7 @@ class MsSqlEngine(DbApiEngine):
                 raise
             finally:
                 cur.close()
-        return [*locks, counts, *work], removed
+        return [*locks, *guard, counts, *work], removed
 
     def reset_sequences(self, tables: Sequence[str]) -> list[SequenceReset]:
         """Identity and default sequences of ``tables`` continue just past the column's maximum

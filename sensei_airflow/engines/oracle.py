@@ -35,6 +35,7 @@ from sensei_airflow.engines.base import (
     RecoveryWindow,
     SequenceReset,
     Statement,
+    check_outside_empty,
 )
 from sensei_airflow.engines.dbapi import DbApiEngine, missing_extra
 
@@ -236,13 +237,29 @@ class OracleEngine(DbApiEngine):
         restarts = [s for t in tables for s in self.identity_restart_sql(t, self.identity_columns(t))]
         return [*empty, *restarts]
 
+    def guard_sql(self, outside: Sequence[str]) -> list[Statement]:
+        """``SHARE`` locks on the outside tables (bounded wait): writers wait until the commit."""
+        if not outside:
+            return []
+        quoted = ", ".join(self.quote_table(t) for t in outside)
+        return [
+            Statement(
+                f"LOCK TABLE {quoted} IN SHARE MODE WAIT {LOCK_WAIT_SECONDS}",
+                purpose="keep writers out of the tables outside the scope that reference it",
+            )
+        ]
+
     def empty_tables(
-        self, tables: Sequence[str], referenced_from_outside: Iterable[str]
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str], outside: Sequence[str] = ()
     ) -> tuple[list[Statement], dict[str, int]]:
-        """Lock (or bound the DDL wait), count, empty; the statements run and rows removed per table."""
+        """Lock (or bound the DDL wait), count, empty; the statements run and rows removed per table.
+
+        The outside tables are locked first and counted; one holding a row rolls everything back.
+        """
         if not tables:
             return [], {}
         delete = bool(self.referenced(tables))
+        guard = self.guard_sql(outside)
         locks = self.lock_sql(tables, delete=delete)
         work = self.empty_tables_sql(tables, referenced_from_outside, delete=delete)
         counts = self.counts_sql(tables)
@@ -250,6 +267,12 @@ class OracleEngine(DbApiEngine):
             cur = conn.cursor()
             try:
                 self.open_transaction(conn, cur)
+                for statement in guard:
+                    cur.execute(statement.sql)
+                if outside:
+                    outside_counts = self.counts_sql(outside)
+                    cur.execute(outside_counts.sql, tuple(outside_counts.params))
+                    check_outside_empty({str(t): int(n) for t, n in cur.fetchall()})
                 for statement in locks:
                     cur.execute(statement.sql)
                 cur.execute(counts.sql, tuple(counts.params))
@@ -265,7 +288,7 @@ class OracleEngine(DbApiEngine):
                 raise
             finally:
                 cur.close()
-        return [*locks, *work], removed
+        return [*guard, *locks, *work], removed
 
     # -- point-in-time recovery ----------------------------------------------------------
     def point_in_time(self, settings: Any) -> OracleFlashback:

@@ -6,7 +6,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from typing import Any
 
-from sensei_airflow.engines.base import Engine, ForeignKey, Grant, SequenceReset, Statement
+from sensei_airflow.engines.base import (
+    Engine,
+    ForeignKey,
+    Grant,
+    SequenceReset,
+    Statement,
+    check_outside_empty,
+)
 
 _USER_TABLES = """
 SELECT n.nspname, c.relname
@@ -187,21 +194,48 @@ class PostgresEngine(Engine):
             Statement(f"LOCK TABLE {quoted} IN ACCESS EXCLUSIVE MODE", purpose="lock tables in scope"),
         ]
 
+    def guard_sql(self, outside: Sequence[str]) -> list[Statement]:
+        """``SHARE`` locks on the outside tables: readers go on, writers wait until the commit."""
+        if not outside:
+            return []
+        quoted = ", ".join(self.quote_table(t) for t in outside)
+        return [
+            Statement(f"SET LOCAL lock_timeout = '{self.lock_timeout}'", purpose="bound the wait for locks"),
+            Statement(
+                f"LOCK TABLE {quoted} IN SHARE MODE",
+                purpose="keep writers out of the tables outside the scope that reference it",
+            ),
+        ]
+
     def empty_tables(
-        self, tables: Sequence[str], referenced_from_outside: Iterable[str]
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str], outside: Sequence[str] = ()
     ) -> tuple[list[Statement], dict[str, int]]:
-        """Lock, count and empty the tables in one transaction; the SQL run and rows removed each."""
-        statements = [*self.lock_sql(tables), *self.empty_tables_sql(tables, referenced_from_outside)]
+        """Lock, count and empty the tables in one transaction; the SQL run and rows removed each.
+
+        The outside tables are locked first (children before parents, the order an inserting
+        client takes its locks in) and must be empty under that lock, else nothing is changed.
+        """
+        guard = self.guard_sql(outside)
+        locks = self.lock_sql(tables)
+        work = self.empty_tables_sql(tables, referenced_from_outside)
         with self.connect() as conn, conn.transaction(), conn.cursor() as cur:
-            for statement in statements[:2]:
+            for statement in guard:
                 cur.execute(statement.sql)
-            removed: dict[str, int] = {}
-            for table in tables:
-                cur.execute(f"SELECT count(*) FROM {self.quote_table(table)}")  # noqa: S608
-                removed[table] = int(cur.fetchone()[0])
-            for statement in statements[2:]:
+            if outside:
+                check_outside_empty(self._count(cur, outside))
+            for statement in locks:
+                cur.execute(statement.sql)
+            removed = self._count(cur, tables)
+            for statement in work:
                 cur.execute(statement.sql, statement.params or None)
-        return statements, removed
+        return [*guard, *locks, *work], removed
+
+    def _count(self, cur: Any, tables: Sequence[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for table in tables:
+            cur.execute(f"SELECT count(*) FROM {self.quote_table(table)}")  # noqa: S608
+            counts[table] = int(cur.fetchone()[0])
+        return counts
 
     # -- sequences, consumers' privileges, fingerprints -----------------------------------
     def reset_sequences(self, tables: Sequence[str]) -> list[SequenceReset]:

@@ -163,6 +163,14 @@ class PostgresRowSource:
         where, params = self._where(key_range)
         return int(self._query(f"SELECT count(*) FROM {self.table} WHERE {where}", params)[0][0])  # noqa: S608
 
+    def row_hashes(self, key_range: KeyRange) -> dict[KeyValues, int]:
+        """Key -> ``hashtext`` of the row as :meth:`checksum` renders it, for the rows in the range."""
+        where, params = self._where(key_range)
+        texts = ", ".join(f"{k}::text" for k in self.keys)
+        sql = f"SELECT {texts}, hashtext({self.row_sql()}) FROM {self.table} WHERE {where}"  # noqa: S608
+        n = len(self.keys)
+        return {tuple(r[:n]): int(r[n]) for r in self._query(sql, params)}
+
     def boundaries(self, key_range: KeyRange, parts: int) -> list[KeyValues]:
         if parts < 2:
             return []

@@ -29,7 +29,6 @@ import pwd
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -273,17 +272,11 @@ def archive_gap(
 
 
 # -- the scratch cluster -----------------------------------------------------------------
-def _free_port(low: int, high: int) -> int:
-    for port in range(low, high + 1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise PointInTimeRefused(
-        f"no free port for a scratch cluster in {low}-{high} (rollback.point_in_time.postgres.scratch_ports)"
-    )
+#: server settings of every scratch cluster: no TCP at all, a socket only its owner can reach.
+PRIVATE_SOCKET_SETTINGS = {"listen_addresses": "", "unix_socket_permissions": "0700"}
+#: the scratch cluster's authentication: local (socket) connections only; the socket's folder
+#: (mode 0700, owned by the server's OS user) is what keeps everyone else out.
+SCRATCH_HBA = "# sensei scratch cluster: no TCP; the socket folder is private (0700)\nlocal all all trust\n"
 
 
 def _chown_to_postgres(path: Path) -> None:
@@ -324,7 +317,8 @@ class RecoveredCluster:
     stopped_at: str
 
     def dsn(self, database: str, user: str) -> str:
-        return f"host=127.0.0.1 port={self.cluster.port} dbname={database} user={user}"
+        """Over the private socket (the scratch cluster has no TCP listener)."""
+        return f"host={self.cluster.socket_dir} port={self.cluster.port} dbname={database} user={user}"
 
 
 def _log_tail(cluster: LocalCluster, lines: int = 8) -> str:
@@ -375,19 +369,21 @@ def recover(
             subprocess.run(["tar", "-xf", str(wal_tar), "-C", str(data / "pg_wal")], check=True)
     for leftover in ("postmaster.pid", "postmaster.opts", "standby.signal"):
         (data / leftover).unlink(missing_ok=True)
-    # The scratch cluster listens on 127.0.0.1 only and its socket folder is private to it.
-    (data / "pg_hba.conf").write_text(
-        "local all all trust\nhost all all 127.0.0.1/32 trust\n", encoding="utf-8"
-    )
+    # No TCP listener and no host line: only the server's OS user (and root) reach its socket
+    # folder, so two scratch clusters never compete for a port and nobody else can connect.
+    (data / "pg_hba.conf").write_text(SCRATCH_HBA, encoding="utf-8")
     (data / "recovery.signal").touch()
     os.chmod(data, 0o700)
     _chown_to_postgres(base_dir)
-    port = _free_port(*config.scratch_ports)
     settings = recovery_settings(
         target, config.wal_archive, config.recovery_target_timeline, use_restore_point=use_restore_point
     )
-    cluster = LocalCluster(base_dir, port, settings=settings, fast=fast)
+    # the port only names the socket file inside the private folder
+    cluster = LocalCluster(
+        base_dir, config.scratch_ports[0], settings={**settings, **PRIVATE_SOCKET_SETTINGS}, fast=fast
+    )
     cluster.socket_dir.mkdir(exist_ok=True)
+    os.chmod(cluster.socket_dir, 0o700)
     _chown_to_postgres(cluster.socket_dir)
     try:
         cluster.start()
@@ -834,7 +830,7 @@ class PostgresWalRecovery(PointInTimeRecovery):
                     for t, q in zip(plan.tables, quoted, strict=True)
                 }
             recovered.cluster.stop("fast")
-            # the live cluster's own configuration (the scratch one trusted local connections)
+            # the live cluster's own configuration (the scratch one trusted its private socket)
             for name in LIVE_CONFIG_FILES:
                 if (live_dir / name).is_file():
                     shutil.copy2(live_dir / name, base / "data" / name)

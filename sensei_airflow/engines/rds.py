@@ -6,11 +6,17 @@ RDS restores a point in time only into a *new* instance (or Aurora cluster). Two
   the live target in one transaction (the same copy as the self-managed table-level path), then
   delete the new instance. Every other table and database of the target is untouched.
 - ``swap``: for scope ``all`` of an instance that holds only this migration: rename the live
-  instance aside and the restored one into its name, so the endpoint clients use now serves
-  the restored data. The old instance is kept (renamed) for the DBA to delete.
+  instance aside (``<id>-before-<point>``) and the restored one into its name, so the endpoint
+  clients use now serves the restored data. The old instance is kept (renamed) for the DBA to
+  delete.
 
 The restored instance's name is derived from the source and the point, so a retried task finds
-and reuses the instance a previous try started instead of starting a second one.
+and reuses the instance a previous try started instead of starting a second one. The restored
+instance is tagged with the point, its own name and the rollback, so a swap is idempotent and
+verified: a retry after a partial swap finishes it, a retry after a complete one changes nothing,
+another rollback to the same point is refused (it would have to restore from the set-aside
+instance), a rollback to a later point swaps again, and verify checks that the instance serving
+the live name is the restored one.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from sensei_airflow.engines.base import (
     PointInTimePlan,
     PointInTimeRecovery,
     PointInTimeRefused,
+    RecoveryCheck,
     RecoveryTarget,
     RecoveryWindow,
 )
@@ -36,12 +43,26 @@ if TYPE_CHECKING:
 
 MECHANISM = "AWS RDS point-in-time restore"
 TAG_KEY = "sensei:rollback-of"
+#: tags of a restored instance: the point it was restored to, the name it was restored as, the rollback.
+TAG_RESTORED_TO = "sensei:restored-to"
+TAG_RESTORED_AS = "sensei:restored-as"
+TAG_ROLLBACK_ID = "sensei:rollback-id"
+
+
+def _stamp(target: RecoveryTarget) -> str:
+    return target.time.astimezone(UTC).strftime("%Y%m%d%H%M%S")
 
 
 def restored_identifier(source: str, target: RecoveryTarget) -> str:
     """``<source>-pitr-<UTC time of the point>``, within RDS's 63 characters (letters, digits, hyphens)."""
-    stamp = target.time.astimezone(UTC).strftime("%Y%m%d%H%M%S")
+    stamp = _stamp(target)
     return f"{source[: 63 - len(stamp) - 6].rstrip('-')}-pitr-{stamp}"
+
+
+def aside_identifier(source: str, target: RecoveryTarget) -> str:
+    """``<source>-before-<UTC time of the point>``: the name the live instance is set aside under by a swap."""
+    stamp = _stamp(target)
+    return f"{source[: 63 - len(stamp) - 8].rstrip('-')}-before-{stamp}"
 
 
 class RdsRecovery(PointInTimeRecovery):
@@ -114,10 +135,65 @@ class RdsRecovery(PointInTimeRecovery):
             return False
         return True
 
+    def _instance(self, identifier: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.client.describe_db_instances(DBInstanceIdentifier=identifier)["DBInstances"][0])
+        except self.client.exceptions.DBInstanceNotFoundFault:
+            return None
+
+    @staticmethod
+    def _tags(instance: dict[str, Any] | None) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in (instance or {}).get("TagList", [])}
+
+    def _tags_now(self, instance: dict[str, Any] | None) -> dict[str, str]:
+        """The instance's tags as RDS holds them now (``DescribeDBInstances`` may omit them)."""
+        if instance is None:
+            return {}
+        found = self._tags(instance)
+        if found or not instance.get("DBInstanceArn"):
+            return found
+        listed = self.client.list_tags_for_resource(ResourceName=instance["DBInstanceArn"])
+        return {t["Key"]: t["Value"] for t in listed.get("TagList", [])}
+
+    def swap_state(self, target: RecoveryTarget) -> tuple[str, dict[str, str]]:
+        """Where a swap of the live instance to ``target`` stands, from what RDS holds now.
+
+        ``done``: the live name serves the instance restored to this point (its tags say so);
+        ``aside``: the live instance was renamed aside and the restored one not yet into its
+        place; ``ready``: nothing is swapped yet (the restore may have started). Also the tags
+        of the instance under the live name (or of the restored one, when ``aside``).
+
+        :raises PointInTimeRefused: for a state no swap of this point leaves behind.
+        """
+        live_id = self.source_id
+        restored = restored_identifier(live_id, target)
+        aside = aside_identifier(live_id, target)
+        live = self._instance(live_id)
+        tags = self._tags_now(live)
+        if live is not None and tags.get(TAG_RESTORED_AS) == restored:
+            return "done", tags
+        if live is None:
+            waiting = self._instance(restored)
+            if waiting is not None and self._instance_exists(aside):
+                return "aside", self._tags_now(waiting)
+            raise PointInTimeRefused(
+                f"RDS {live_id} does not exist (and no swap of it to {target.time.isoformat()} is half done): "
+                "nothing to restore"
+            )
+        if self._instance_exists(aside):
+            raise PointInTimeRefused(
+                f"RDS {aside} already exists: {live_id} cannot be set aside under that name; rename or delete it"
+            )
+        return "ready", tags
+
     # -- PointInTimeRecovery ------------------------------------------------------------------
     def assess(
         self, tables: Sequence[str], target: RecoveryTarget, *, whole_database: bool
     ) -> PointInTimePlan:
+        if self.config.method == "swap" and whole_database and not self.is_cluster:
+            state, tags = self.swap_state(target)
+            if state != "ready":
+                return self._resume_swap(tables, target, state, tags)
         source = self.describe_source()
         now = datetime.now(UTC)
         earliest, latest, retention = self.restorable_range(source, now)
@@ -127,9 +203,16 @@ class RdsRecovery(PointInTimeRecovery):
                 "it cannot be restored to a point in time"
             )
         if target.time < earliest:
+            previous = self._tags(source).get(TAG_RESTORED_TO)
+            why = (
+                f"; {self.source_id} is the instance a rollback restored to {previous}: its history starts "
+                "when it was restored, what came before is in the instance it replaced"
+                if previous
+                else ""
+            )
             raise PointInTimeRefused(
                 f"restore_to {target.time.isoformat()} is before RDS {self.source_id}'s earliest restorable "
-                f"time {earliest.isoformat()} ({retention} d of automated backups)"
+                f"time {earliest.isoformat()} ({retention} d of automated backups){why}"
             )
         if target.time > latest:
             raise PointInTimeRefused(
@@ -176,8 +259,12 @@ class RdsRecovery(PointInTimeRecovery):
             if not self.config.keep_restored_instance:
                 steps.append(f"delete {restored} (no final snapshot)")
         else:
-            aside = f"{self.source_id[:50]}-before-pitr"
-            steps += [f"rename {self.source_id} -> {aside}", f"rename {restored} -> {self.source_id}"]
+            aside = aside_identifier(self.source_id, target)
+            steps += [
+                f"rename {self.source_id} -> {aside}",
+                f"rename {restored} -> {self.source_id}",
+                f"check that {self.source_id} is the instance restored to {target.time.isoformat()}",
+            ]
         database = self.engine.query("SELECT current_database()")[0][0]
         return PointInTimePlan(
             tables=ordered,
@@ -188,10 +275,55 @@ class RdsRecovery(PointInTimeRecovery):
                 "mechanism": MECHANISM,
                 "source": self.source_id,
                 "restored": restored,
+                "aside": aside_identifier(self.source_id, target),
+                "swap_state": "ready" if path == "database" else None,
                 "database": database,
                 "referenced_from_outside": sorted({fk.parent for fk in outside}),
                 "earliest_restorable": earliest.isoformat(),
                 "latest_restorable": latest.isoformat(),
+            },
+        )
+
+    def _resume_swap(
+        self, tables: Sequence[str], target: RecoveryTarget, state: str, tags: dict[str, str]
+    ) -> PointInTimePlan:
+        """The plan when a swap to this point is already (half) done: this rollback's own, or refused."""
+        restored = restored_identifier(self.source_id, target)
+        aside = aside_identifier(self.source_id, target)
+        by = tags.get(TAG_ROLLBACK_ID)
+        if self.rollback_id is None or by != self.rollback_id:
+            if state == "done":
+                raise PointInTimeRefused(
+                    f"RDS {self.source_id} already is the instance restored to {target.time.isoformat()} "
+                    f"by rollback {by or 'unknown'} (the instance it replaced is kept as {aside}): a second "
+                    f"swap to that point would have to restore {aside}, which this rollback does not do; "
+                    f"restore {aside} yourself, or choose a later restore_to"
+                )
+            raise PointInTimeRefused(
+                f"RDS {self.source_id} is missing: rollback {by or 'unknown'} set it aside as {aside} and did "
+                f"not rename {restored} into its place yet; let that rollback's retry finish the swap, or "
+                f"rename {aside} back"
+            )
+        steps = (
+            [f"nothing left: {self.source_id} already is the instance restored to {target.time.isoformat()}"]
+            if state == "done"
+            else [
+                f"rename {restored} -> {self.source_id} (finishing the swap: {self.source_id} is set aside as {aside})"
+            ]
+        )
+        return PointInTimePlan(
+            tables=list(tables),
+            path="database",
+            steps=[
+                *steps,
+                f"check that {self.source_id} is the instance restored to {target.time.isoformat()}",
+            ],
+            detail={
+                "mechanism": MECHANISM,
+                "source": self.source_id,
+                "restored": restored,
+                "aside": aside,
+                "swap_state": state,
             },
         )
 
@@ -204,15 +336,15 @@ class RdsRecovery(PointInTimeRecovery):
 
     def restore(self, plan: PointInTimePlan, target: RecoveryTarget) -> PointInTimeOutcome:
         restored = str(plan.detail["restored"])
+        if plan.path == "database":
+            return self._swap(plan, target)
         source = self.describe_source()
         calls = self._start_restore(source, restored, target)
         try:
             endpoint = self._wait_available(restored)
-            if plan.path == "database":
-                return self._swap(plan, restored, calls)
             statements, rows = self._copy_back(plan, endpoint)
         except BaseException:
-            if not self.config.keep_restored_instance and plan.path != "database":
+            if not self.config.keep_restored_instance:
                 self._delete(restored)
             raise
         if not self.config.keep_restored_instance:
@@ -230,7 +362,12 @@ class RdsRecovery(PointInTimeRecovery):
 
     def _start_restore(self, source: dict[str, Any], restored: str, target: RecoveryTarget) -> list[str]:
         """Start the restore (or find the one a previous try started)."""
-        tags = [{"Key": TAG_KEY, "Value": self.source_id}]
+        tags = [
+            {"Key": TAG_KEY, "Value": self.source_id},
+            {"Key": TAG_RESTORED_TO, "Value": target.time.isoformat()},
+            {"Key": TAG_RESTORED_AS, "Value": restored},
+            *([{"Key": TAG_ROLLBACK_ID, "Value": self.rollback_id}] if self.rollback_id else []),
+        ]
         if self.is_cluster:
             calls = []
             if not self._cluster_exists(restored):
@@ -328,25 +465,68 @@ class RdsRecovery(PointInTimeRecovery):
                 self.engine, source, plan.tables, self.replace_statements(plan.tables, referenced)
             )
 
-    def _swap(self, plan: PointInTimePlan, restored: str, calls: list[str]) -> PointInTimeOutcome:
-        aside = f"{self.source_id[:50]}-before-pitr"
-        renames = [(self.source_id, aside), (restored, self.source_id)]
-        for old, new in renames:
-            if self._instance_exists(old) and not self._instance_exists(new):
-                self.client.modify_db_instance(
-                    DBInstanceIdentifier=old, NewDBInstanceIdentifier=new, ApplyImmediately=True
-                )
-                self.hook.wait_for_db_instance_state(
-                    new, target_state="available", check_interval=self.config.poll_seconds,
-                    max_attempts=self._max_attempts(),
-                )  # fmt: skip
-                calls.append(f"modify_db_instance({old} -> {new}, ApplyImmediately)")
+    def _rename(self, old: str, new: str) -> str:
+        self.client.modify_db_instance(
+            DBInstanceIdentifier=old, NewDBInstanceIdentifier=new, ApplyImmediately=True
+        )
+        self.hook.wait_for_db_instance_state(
+            new, target_state="available", check_interval=self.config.poll_seconds,
+            max_attempts=self._max_attempts(),
+        )  # fmt: skip
+        return f"modify_db_instance({old} -> {new}, ApplyImmediately)"
+
+    def _swap(self, plan: PointInTimePlan, target: RecoveryTarget) -> PointInTimeOutcome:
+        """Restore, set the live instance aside, rename the restored one into its place; each step
+        only if RDS does not show it done yet, so a retry finishes what a failed try began."""
+        live_id = self.source_id
+        restored = str(plan.detail["restored"])
+        aside = str(plan.detail["aside"])
+        state, _ = self.swap_state(target)
+        calls: list[str] = []
+        if state == "ready":
+            calls += self._start_restore(self.describe_source(), restored, target)
+            self._wait_available(restored)
+            calls.append(self._rename(live_id, aside))
+        if state in ("ready", "aside"):
+            calls.append(self._rename(restored, live_id))
+        problems = [c for c in self.verify_restore({"path": "database", "restored": restored, "aside": aside,
+                                                      "point": target.time.isoformat()}) if not c.ok]  # fmt: skip
+        if problems:
+            raise RuntimeError(
+                f"the swap did not leave RDS {live_id} as the restored instance: {problems[0].check} "
+                f"(expected {problems[0].expected}, found {problems[0].actual})"
+            )
         rows = self.engine.row_counts(plan.tables)
         return PointInTimeOutcome(
             statements=calls,
             rows_restored=rows,
-            detail={"path": "database", "restored": restored, "previous_instance": aside},
+            detail={
+                "path": "database",
+                "restored": restored,
+                "aside": aside,
+                "live_instance": live_id,
+                "previous_instance": aside,
+                "point": target.time.isoformat(),
+                "already_swapped": state == "done",
+            },
         )
+
+    def verify_restore(self, detail: dict[str, Any]) -> list[RecoveryCheck]:
+        """After a swap: the live name serves the instance restored to the point, and the replaced
+        instance is kept under its aside name."""
+        if detail.get("path") != "database":
+            return []
+        what = f"RDS {self.source_id}"
+        tags = self._tags_now(self._instance(self.source_id))
+        return [
+            RecoveryCheck(what, "the live instance is the restored one", detail["restored"],
+                          tags.get(TAG_RESTORED_AS), tags.get(TAG_RESTORED_AS) == detail["restored"]),
+            RecoveryCheck(what, "restored to the point", detail.get("point"), tags.get(TAG_RESTORED_TO),
+                          tags.get(TAG_RESTORED_TO) == detail.get("point")),
+            RecoveryCheck(f"RDS {detail['aside']}", "the replaced instance is kept", "exists",
+                          "exists" if self._instance_exists(str(detail["aside"])) else "missing",
+                          self._instance_exists(str(detail["aside"]))),
+        ]  # fmt: skip
 
     def _delete(self, restored: str) -> list[str]:
         """Delete the restored instance (and cluster); never raises (the rollback's outcome stands)."""

@@ -30,6 +30,7 @@ from sensei_airflow.engines.base import (
     RecoveryWindow,
     SequenceReset,
     Statement,
+    check_outside_empty,
 )
 from sensei_airflow.engines.dbapi import DbApiEngine, missing_extra
 
@@ -125,15 +126,22 @@ class SnowflakeEngine(DbApiEngine):
         return [Statement(f"TRUNCATE TABLE {self.quote_table(t)}", purpose=f"empty {t}") for t in tables]
 
     def empty_tables(
-        self, tables: Sequence[str], referenced_from_outside: Iterable[str]
+        self, tables: Sequence[str], referenced_from_outside: Iterable[str], outside: Sequence[str] = ()
     ) -> tuple[list[Statement], dict[str, int]]:
-        """Count and empty the tables in one transaction; the SQL run and the rows removed from each."""
+        """Count and empty the tables in one transaction; the SQL run and the rows removed from each.
+
+        Snowflake has no table locks: the outside tables are counted inside the same transaction.
+        """
         statements = [*self.begin_sql(), *self.empty_tables_sql(tables, referenced_from_outside)]
         removed: dict[str, int] = {}
         with self.connect() as conn:
             cur = conn.cursor()
             try:
                 self.open_transaction(conn, cur)
+                if outside:
+                    guard = self.counts_sql(outside)
+                    cur.execute(guard.sql, tuple(guard.params))
+                    check_outside_empty({str(t): int(n) for t, n in cur.fetchall()})
                 if tables:
                     counts = self.counts_sql(tables)
                     cur.execute(counts.sql, tuple(counts.params))

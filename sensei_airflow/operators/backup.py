@@ -18,6 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from sensei_airflow.audit import AuditEvent, AuditTrail
 from sensei_airflow.manifest import Manifest, load_manifests
+from sensei_airflow.redaction import redact_error
 from sensei_airflow.state import StateStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class BackupTaskOperator(BaseOperator):
             ti.xcom_push(key=OUTCOME_KEY, value={"skipped": str(exc)})
             raise
         except Exception as exc:
-            ti.xcom_push(key=OUTCOME_KEY, value={"error": f"{type(exc).__name__}: {exc}"})
+            ti.xcom_push(key=OUTCOME_KEY, value={"error": redact_error(exc)})
             raise
         ti.xcom_push(key=OUTCOME_KEY, value={"ok": True})
         return result
@@ -114,7 +115,7 @@ class PreMigrationBackupOperator(BaseOperator):
                 entry = jobs.backup_migration(manifest, kind="pre_migration", side=side, catalog=catalog)
             except Exception as exc:
                 audit(manifest.state.conn_id, "backup_failed", context, migration_id=manifest.id,
-                      detail={"kind": "pre_migration", "side": side, "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+                      detail={"kind": "pre_migration", "side": side, "error": redact_error(exc)})  # fmt: skip
                 raise
             audit(
                 manifest.state.conn_id, "backed_up", context, migration_id=manifest.id, detail=entry.summary()
@@ -201,7 +202,7 @@ class ScheduledBackupOperator(BackupTaskOperator):
         except AirflowSkipException:
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = redact_error(exc)
             if manifest is not None:
                 try:
                     audit(manifest.state.conn_id, "backup_failed", context, migration_id=manifest.id,
@@ -255,7 +256,7 @@ class VerifyBackupsOperator(BackupTaskOperator):
                 result = {
                     "backup_id": backup["backup_id"],
                     "ok": False,
-                    "problems": [f"{type(exc).__name__}: {exc}"],
+                    "problems": [redact_error(exc)],
                 }
             audit(backup["state_conn_id"], "verified" if result["ok"] else "verification_failed", context,
                   migration_id=backup["migration_id"], detail=result)  # fmt: skip
@@ -290,7 +291,7 @@ class PruneBackupsOperator(BackupTaskOperator):
             try:
                 records = jobs.prune_expired(BackupCatalog(StateStore(conn_id)))
             except Exception as exc:
-                errors.append(f"state store {conn_id}: {type(exc).__name__}: {exc}")
+                errors.append(f"state store {conn_id}: {redact_error(exc)}")
                 continue
             for record in records:
                 audit(conn_id, "pruned" if record["pruned"] else "prune_failed", context,

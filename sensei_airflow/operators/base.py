@@ -13,6 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from sensei_airflow.audit import AuditEvent, AuditTrail
 from sensei_airflow.manifest import Manifest, load_manifests
 from sensei_airflow.plan import RefusedError, RollbackPlan
+from sensei_airflow.redaction import redact, redact_error
 from sensei_airflow.state import StateStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class RunbookOperator(BaseOperator):
         except Exception as exc:
             self._record_failure(step, exc)
             if isinstance(exc, RefusedError):
-                raise AirflowFailException(str(exc)) from None
+                raise AirflowFailException(redact(str(exc))) from None
             raise
         step.record("finished", detail=self.summary(result), finished=True)
         return result
@@ -128,7 +129,7 @@ class RunbookOperator(BaseOperator):
         error = {
             "task_id": self.task_id,
             "try_number": step.ti.try_number,
-            "error": f"{type(exc).__name__}: {exc}",
+            "error": redact_error(exc),
             "retryable": not isinstance(exc, RefusedError | AirflowFailException),
         }
         step.ti.xcom_push(key=ERROR_XCOM_KEY, value=error)

@@ -23,6 +23,7 @@ from sensei_airflow.manifest import Strategy, load_manifests
 from sensei_airflow.names import markdown_cell
 from sensei_airflow.operators.base import ERROR_XCOM_KEY, RunbookOperator, StepRun, log
 from sensei_airflow.plan import RefusedError, RollbackPlan
+from sensei_airflow.redaction import redact, redact_error
 from sensei_airflow.report import render_markdown
 from sensei_airflow.runbook import (
     DEFAULT_LOCK_TTL,
@@ -125,7 +126,7 @@ class AssessOperator(RunbookOperator):
                 triggered_by=step.actor,
                 reason=request.reason,
             )
-            step.record("refused", detail={"why": str(exc)})
+            step.record("refused", detail={"why": redact(str(exc))})
             raise
         document = plan.model_dump(mode="json")
         step.state.record_run(
@@ -583,11 +584,11 @@ class InvestigateOperator(RunbookOperator):
                     for t in plan.table_names
                 }
             except Exception as exc:  # the target itself may be what failed
-                evidence["table_states_error"] = f"{type(exc).__name__}: {exc}"
+                evidence["table_states_error"] = redact_error(exc)
             try:
                 evidence["differing_key_ranges"] = differing_key_ranges(step, plan, failed_checks)
             except Exception as exc:
-                evidence["differing_key_ranges_error"] = f"{type(exc).__name__}: {exc}"
+                evidence["differing_key_ranges_error"] = redact_error(exc)
             evidence["consumers_still_halted"] = [
                 h.as_json() for h in step.state.open_holds(plan.migration_id)
             ]
@@ -669,7 +670,7 @@ class DocumentOperator(RunbookOperator):
     one is configured), then the run record (``audit_events``, ``audit_head_seq``,
     ``audit_head_hash``), and the XCom ``audit_anchor``. The status document (CONTRACT.md) is the
     task's XCom. The task fails after documenting a failed rollback, so the DAG run shows the
-    outcome; a rejected approval ends as ``planned`` (nothing was changed) and the run succeeds.
+    outcome; a rejected approval ends as ``rejected`` (nothing was changed) and the run succeeds.
     """
 
     step = "document"
@@ -689,7 +690,7 @@ class DocumentOperator(RunbookOperator):
             verification = None
         approval = step.pull(APPROVE_TASK_ID, key=APPROVAL_XCOM_KEY) if plan else None
         rejected = bool(approval and approval.get("required") and not approval.get("approved"))
-        status = "planned" if rejected else rollback_status(plan, execution, verification)
+        status = "rejected" if rejected else rollback_status(plan, execution, verification)
         conf = _conf(step)
         started_at = self._started_at(plan, step)
         document = status_document(
@@ -761,7 +762,7 @@ class DocumentOperator(RunbookOperator):
                     location, document["migration_id"], step.rollback_id, report, markdown
                 )
             except Exception as exc:  # the report stays in the state store; say where it did not go
-                report["published_error"] = f"{location}: {type(exc).__name__}: {exc}"
+                report["published_error"] = redact(f"{location}: {type(exc).__name__}: {exc}")
                 log.exception("the report could not be written to %s", location)
             markdown = render_markdown(report)
         if step.state is not None and step.state.get_run(step.rollback_id) is not None:

@@ -9,14 +9,25 @@ Endpoints (the seed's API, prefixed with ``/sensei``):
 
 Every endpoint sits behind Airflow's own authentication (a JWT from ``POST /auth/token``, or the
 UI's session cookie) and the auth manager's permissions on the ``sensei_rollback`` DAG: reading
-needs read access to its runs, starting a rollback needs the right to trigger it. The body is
-validated by :class:`~sensei_airflow.conf.RollbackRequest`, the model the DAG's form is generated
-from, so the API accepts exactly what a run would accept.
+statuses and the listing needs read access to its runs; starting a rollback, and asking for a
+plan (which reads the target and the backups as a rollback's assess does), needs the right to
+trigger it. The OpenAPI document is served at ``/sensei/openapi.json`` to readers only; the
+interactive docs pages are off. The body is validated by
+:class:`~sensei_airflow.conf.RollbackRequest`, the model the DAG's form is generated from, so the
+API accepts exactly what a run would accept; bodies over :data:`MAX_BODY_BYTES` are refused (413)
+before they are read whole. Errors never show hosts, users, secrets or server paths
+(:func:`public_text`); infrastructure errors are logged on the api-server and answered with what
+could not be reached. See docs/adr/0305-api-limits-and-docs.md.
 """
 
-from collections.abc import Callable, Mapping
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import replace
 from datetime import datetime
 from functools import cache
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -34,6 +45,93 @@ ROLLBACK_DAG_ID = "sensei_rollback"
 URL_PREFIX = "/sensei"
 #: how many recent ``sensei_rollback`` runs the status endpoint looks through for queued ones.
 RECENT_RUNS = 50
+#: the largest request body accepted (a rollback request is well under 1 KiB; its reason at most 2000 characters).
+MAX_BODY_BYTES = 64 * 1024
+
+log = logging.getLogger(__name__)
+
+#: an absolute path on the server (after a space, a quote, a parenthesis, ``=`` or at the start), or a file URL.
+_SERVER_PATH = re.compile(r"(?:(?<=[\s'\"(=])|^)/(?:[^\s'\"()]+)|\bfile://[^\s'\"()]*")
+
+
+def public_text(text: str) -> str:
+    """Text fit for an API answer: redacted (secrets, URL userinfo) and without server paths."""
+    from sensei_airflow.redaction import redact
+
+    return _SERVER_PATH.sub("<server path>", redact(text))
+
+
+def _unavailable(what: str, exc: Exception) -> HTTPException:
+    """503 naming what could not be reached; the exception (which may name hosts and users) goes to the log."""
+    from sensei_airflow.redaction import redact_error
+
+    log.error("%s: %s", what, redact_error(exc))
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        f"{what} ({type(exc).__name__}); the api-server log has the details",
+    )
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over ``limit`` bytes with 413.
+
+    A declared ``Content-Length`` over the limit is refused at once; otherwise the body is read
+    (at most ``limit`` bytes are ever held) and handed on only when it stayed within the limit.
+    """
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        held: list[MutableMapping[str, Any]] = []
+        size = 0
+        while True:
+            message = await receive()
+            held.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> MutableMapping[str, Any]:
+            return held.pop(0) if held else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+        body = json.dumps(
+            {
+                "detail": f"request body larger than {self.limit} bytes: a rollback request is a small JSON object"
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status.HTTP_413_CONTENT_TOO_LARGE,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
 
 def _requires(method: str) -> Callable[..., None]:
@@ -62,7 +160,7 @@ def _manifest(migration_id: str) -> Manifest:
     try:
         return load_manifests().get(migration_id)
     except LookupError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+        raise HTTPException(status.HTTP_404_NOT_FOUND, public_text(str(exc))) from None
 
 
 def _request(migration_id: str, body: Mapping[str, Any]) -> RollbackRequest:
@@ -78,7 +176,7 @@ def _request(migration_id: str, body: Mapping[str, Any]) -> RollbackRequest:
     try:
         return RollbackRequest.parse({**body, "migration_id": migration_id})
     except InvalidRequest as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, public_text(str(exc))) from None
 
 
 def precheck(manifest: Manifest, request: RollbackRequest, now: datetime) -> None:
@@ -233,11 +331,22 @@ def migration_summary(manifest: Manifest, now: datetime) -> dict[str, Any]:
 
 
 def _backups_block(manifest: Manifest) -> dict[str, Any]:
-    """``backups``, or ``backups_error`` when the state store cannot be read (the listing still answers)."""
+    """``backups``, or ``backups_error`` when the state store cannot be read (the listing still answers).
+
+    The error says which connection could not be read, never the exception's text (it names hosts
+    and users); that goes to the api-server log.
+    """
     try:
         return {"backups": newest_backups(manifest)}
     except Exception as exc:
-        return {"backups": [], "backups_error": f"{type(exc).__name__}: {exc}"}
+        from sensei_airflow.redaction import redact_error
+
+        log.error("backups of %s: %s", manifest.id, redact_error(exc))
+        return {
+            "backups": [],
+            "backups_error": f"the backup catalog in state store {manifest.state.conn_id} cannot be read "
+            f"({type(exc).__name__}); the api-server log has the details",
+        }
 
 
 # -- the FastAPI application ----------------------------------------------------------------------
@@ -247,8 +356,18 @@ def create_app() -> FastAPI:
         title="Sensei rollback API",
         description="Roll back data migrations through the sensei_rollback runbook.",
         version="1",
+        # the interactive pages are off; the schema itself is served to readers only (below)
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     user_dep = _user_dependency()
+
+    @app.get("/openapi.json", dependencies=[Depends(_requires("GET"))], include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        """The API's OpenAPI document, for those who may read rollbacks."""
+        return app.openapi()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -267,7 +386,8 @@ def create_app() -> FastAPI:
         now = utcnow()
         return {
             "migrations": [migration_summary(m, now) for m in sorted(manifests, key=lambda m: m.id)],
-            "errors": [str(e) for e in manifests.errors],
+            # the file's name, not where it lives on the server
+            "errors": [public_text(str(replace(e, path=Path(e.path).name))) for e in manifests.errors],
         }
 
     @app.post(
@@ -292,7 +412,7 @@ def create_app() -> FastAPI:
         try:
             precheck(manifest, request, utcnow())
         except RefusedError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, public_text(str(exc))) from None
         try:
             dag_run = trigger_dag(
                 ROLLBACK_DAG_ID,
@@ -302,10 +422,10 @@ def create_app() -> FastAPI:
                 note=request.reason,
             )
         except DagNotFound as exc:
-            detail = f"{exc}: is the dag processor running?"
+            detail = f"{public_text(str(exc))}: is the dag processor running?"
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail) from None
         except ValueError as exc:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, public_text(str(exc))) from None
         if dag_run is None:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the rollback run could not be created")
         status_url = f"{URL_PREFIX}/v1/migrations/{migration_id}/rollback/status"
@@ -327,8 +447,16 @@ def create_app() -> FastAPI:
         from sensei_airflow.state import StateStore, utcnow
 
         manifest = _manifest(migration_id)
-        store = StateStore(manifest.state.conn_id)
-        now = utcnow()
+        try:
+            return _status(manifest, migration_id, rollback_id, StateStore(manifest.state.conn_id), utcnow())
+        except HTTPException:
+            raise
+        except Exception as exc:
+            raise _unavailable(f"the state store {manifest.state.conn_id} cannot be read", exc) from None
+
+    def _status(
+        manifest: Manifest, migration_id: str, rollback_id: str | None, store: Any, now: datetime
+    ) -> dict[str, Any]:
         if rollback_id is not None:
             record = store.get_run(rollback_id)
             if record is not None and record["migration_id"] == migration_id:
@@ -348,7 +476,9 @@ def create_app() -> FastAPI:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no rollback of {migration_id} yet")
         return document_from_record(record, now)
 
-    @app.get("/v1/migrations/{migration_id}/rollback/plan", dependencies=[Depends(_requires("GET"))])
+    # A plan is a rollback's assess: it reads the target (row counts of every table) and re-hashes
+    # the chosen backup's files. Asking for one needs the right to start the rollback (ADR 0305).
+    @app.get("/v1/migrations/{migration_id}/rollback/plan", dependencies=[Depends(_requires("POST"))])
     def rollback_plan(
         migration_id: str,
         user: user_dep,  # type: ignore[valid-type]
@@ -386,7 +516,11 @@ def create_app() -> FastAPI:
         try:
             return plan_preview(manifest, request, _user_name(user))
         except RefusedError as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+            raise HTTPException(status.HTTP_409_CONFLICT, public_text(str(exc))) from None
+        except Exception as exc:
+            raise _unavailable(
+                f"the plan of {migration_id} could not be made: a database could not be read", exc
+            ) from None
 
     return app
 

@@ -1,9 +1,10 @@
 """Backup restore: the tables in scope get back the rows of a catalogued backup.
 
-The backup is the request's ``backup_id``, else the migration's newest usable pre-migration
-backup of the target. Assess refuses a backup that is unknown, of another migration, not
-finished, expired, physical, missing a table in scope, on unreachable storage, or whose files
-no longer match their sha256. Execute replaces the rows of the tables in scope in one
+The backup is the request's ``backup_id``, else the newest usable backup of this very target
+database taken at or before the migration's start, whatever its kind (:mod:`sensei_airflow.backups.choice`).
+Assess refuses a backup that is unknown, of another migration or database, not finished,
+expired, physical, missing a table in scope, on unreachable storage, or whose files no longer
+match their sha256. Execute replaces the rows of the tables in scope in one
 transaction (parents loaded first; constraints, indexes and grants kept; owned sequences set
 back), leaving every other table alone. Verify compares each table with the row count and
 checksum the catalog recorded when the backup was taken.
@@ -11,7 +12,7 @@ checksum the catalog recorded when the backup was taken.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
 from functools import cached_property
 
 from sensei_airflow.backups.catalog import BackupCatalog, BackupEntry
@@ -33,29 +34,32 @@ class BackupRestoreStrategy(RollbackStrategy):
         return BackupCatalog(self.state)
 
     # -- which backup ------------------------------------------------------------------------------
-    def choose_backup(self, backup_id: str | None, *, before: datetime | None = None) -> BackupEntry:
-        """The backup to restore from, or ``RefusedError`` naming why it cannot be used.
+    def choose_backup(
+        self, backup_id: str | None, tables: Sequence[str] = ()
+    ) -> tuple[BackupEntry, list[str]]:
+        """The backup to restore from and what the plan should warn about, or ``RefusedError`` saying why not.
 
-        :param before: without ``backup_id``, only backups started by then count (execute passes
-            the time assess ran, so both pick the same backup).
+        Without ``backup_id``: the newest backup of this very target database, usable now, taken at
+        or before the migration's start and covering ``tables`` (whatever its kind); a refusal lists
+        every candidate with the reason it cannot be used. With ``backup_id``: that backup, refused
+        when it is of another migration, side or database, not finished, expired or physical.
         """
+        from sensei_airflow.backups import choice
+        from sensei_airflow.start import migration_start
+
         migration = self.manifest.id
+        start = migration_start(self.manifest)
+        identity = self.target.identity()
         if backup_id is None:
-            entry = self.catalog.newest(
-                migration, kind="pre_migration", side="target", type="logical", before=before
+            found = choice.candidates(
+                self.catalog.list(migration), identity=identity, start=start, now=utcnow(), tables=tables
             )
+            entry = choice.default_backup(found)
             if entry is None:
-                known = [
-                    e
-                    for e in self.catalog.list(migration)
-                    if e.kind == "pre_migration" and e.side == "target"
-                ]
-                why = f" ({len(known)} exist, none usable: {_describe_unusable(known[0])})" if known else ""
                 raise RefusedError(
-                    f"no usable pre-migration backup of migration {migration}{why}; name one with backup_id "
-                    "or choose another strategy"
+                    choice.refusal(found, migration_id=migration, start=start, catalog_of=self.state.conn_id)
                 )
-            return entry
+            return entry, []
         entry = self.catalog.get(backup_id)
         if entry is None:
             raise RefusedError(
@@ -72,17 +76,28 @@ class BackupRestoreStrategy(RollbackStrategy):
                 f"backup {backup_id} is a {entry.type} (whole-cluster) backup: restore it with point_in_time"
             )
         if entry.status not in ("completed", "verified"):
-            raise RefusedError(
-                f"backup {backup_id} is {entry.status}"
-                + (f": {entry.error}" if entry.error else "")
-                + "; it cannot be restored"
-            )
+            raise RefusedError(f"backup {backup_id} is {entry.status}; it cannot be restored")
         if entry.expired():
             raise RefusedError(
                 f"backup {backup_id} expired at {entry.expires_at.isoformat()} (retention over; its files may "
                 "be pruned at any moment)"
             )
-        return entry
+        warnings = []
+        if entry.database is None:
+            warnings.append(
+                f"backup {backup_id}: {choice.identity_problem(entry, identity)}; restoring it as asked, make "
+                f"sure it is of {self.manifest.target.conn_id}"
+            )
+        else:
+            other = choice.identity_problem(entry, identity)
+            if other:
+                raise RefusedError(f"backup {backup_id} was {other} ({self.manifest.target.conn_id})")
+        late = choice.timing_problem(entry, start)
+        if late:
+            warnings.append(
+                f"backup {backup_id} was {late}: it may hold rows the migration wrote; restoring it as asked"
+            )
+        return entry, warnings
 
     def _check_backup(self, entry: BackupEntry, tables: list[str]) -> None:
         missing = [t for t in tables if t not in entry.tables]
@@ -133,7 +148,7 @@ class BackupRestoreStrategy(RollbackStrategy):
     # -- the strategy --------------------------------------------------------------------------------
     def assess(self, scope: list[TableMapping], request: RollbackRequest) -> Assessment:
         tables = [self.target.qualify(t.target) for t in scope]
-        entry = self.choose_backup(request.backup_id)
+        entry, warnings = self.choose_backup(request.backup_id, tables)
         self._check_backup(entry, tables)
         self._shape_problems(entry, tables)
         referenced = self._outside_references(tables)
@@ -150,7 +165,7 @@ class BackupRestoreStrategy(RollbackStrategy):
             tables=ordered,
             rows=self.target.row_counts(ordered),
             statements=statements,
-            warnings=[],
+            warnings=warnings,
             detail={
                 "backup_id": entry.backup_id,
                 "backup_rows": {t: entry.table_stats[t]["rows"] for t in ordered},
@@ -158,7 +173,8 @@ class BackupRestoreStrategy(RollbackStrategy):
         )
 
     def _backup_of(self, plan: RollbackPlan) -> BackupEntry:
-        return self.choose_backup(plan.backup_id, before=datetime.fromisoformat(plan.started_at))
+        """The backup assess chose (recorded in the plan), checked again."""
+        return self.choose_backup(plan.backup_id, plan.table_names)[0]
 
     def execute(self, plan: RollbackPlan) -> Execution:
         entry = self._backup_of(plan)
@@ -207,9 +223,3 @@ class BackupRestoreStrategy(RollbackStrategy):
             sample_verification="passed" if sums_ok else "failed",
             checks=checks,
         )
-
-
-def _describe_unusable(entry: BackupEntry) -> str:
-    if entry.status in ("completed", "verified") and entry.expires_at <= utcnow():
-        return f"newest {entry.backup_id} expired at {entry.expires_at.isoformat()}"
-    return f"newest {entry.backup_id} is {entry.status}"

@@ -24,6 +24,8 @@ class Assessment:
     statements: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)
+    #: per table: source rows the rollback will insert, update and delete (reverse migration).
+    changes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

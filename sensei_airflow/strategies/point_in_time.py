@@ -24,6 +24,7 @@ from sensei_airflow.engines.base import (
 )
 from sensei_airflow.manifest import Manifest, Strategy, TableMapping
 from sensei_airflow.plan import RefusedError, RollbackPlan
+from sensei_airflow.start import migration_start
 from sensei_airflow.state import StateStore, utcnow
 from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
 from sensei_airflow.verify import TableCheck, Verification
@@ -126,13 +127,14 @@ class PointInTimeStrategy(RollbackStrategy):
 
     def recovery_target(self, restore_to: datetime | None) -> RecoveryTarget:
         """The point to recover to; the recorded restore point when restoring to the migration's start."""
-        point = restore_to or self.manifest.started_at
+        start = migration_start(self.manifest)
+        point = restore_to or start
         try:
             target = RecoveryTarget(time=point)
         except PointInTimeRefused as exc:
             raise RefusedError(str(exc)) from None
         settings = self.manifest.rollback.point_in_time
-        if settings.prefer_restore_point and point == self.manifest.started_at:
+        if settings.prefer_restore_point and point == start:
             mark = recorded_restore_point(self.state, self.manifest, self.target.identity())
             if mark is not None:
                 return RecoveryTarget(time=point, restore_point=mark.name, position=mark.position)
@@ -172,10 +174,11 @@ class PointInTimeStrategy(RollbackStrategy):
         )
 
     def _restore_to(self, plan: RollbackPlan) -> datetime:
-        return datetime.fromisoformat(plan.restore_to) if plan.restore_to else self.manifest.started_at
+        return datetime.fromisoformat(plan.restore_to) if plan.restore_to else migration_start(self.manifest)
 
     def execute(self, plan: RollbackPlan) -> Execution:
         # Assess again: the archive, the backups and the foreign keys may have changed since.
+        self.recovery.rollback_id = plan.rollback_id  # so a retry recognises this rollback's own work
         target = self.recovery_target(self._restore_to(plan))
         planned = self._plan(plan.table_names, target, str(plan.scope.get("scope", "all")))
         try:
@@ -212,6 +215,12 @@ class PointInTimeStrategy(RollbackStrategy):
         checks = self.scope_count_checks(
             plan, "rows as recovered at restore_to", restored, others=executed.get("path") != "database"
         )
+        # what the engine knows beyond counts (e.g. that the live RDS instance is the restored one):
+        # counts read through the live name mean nothing if another instance answers there
+        checks += [
+            TableCheck(table=c.what, check=c.check, expected=c.expected, actual=c.actual, ok=c.ok)
+            for c in self.recovery.verify_restore(executed)
+        ]
         return Verification(
             record_counts_match=all(c.ok for c in checks),
             source_comparison="skipped",

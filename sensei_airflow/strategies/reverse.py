@@ -9,7 +9,9 @@ source as it was and a retry resumes from the last staged chunk.
 
 Assess refuses, before anything is written, when a column in scope has no inverse, the
 source cannot be written, a key is missing, or a mapping does not round-trip on a sample of
-the target's rows (inverse then forward must give the target value back).
+the target's rows (inverse then forward must give the target value back). The plan says, per
+table, how many source rows the apply will insert, update and delete, counted without writing
+(:func:`sensei_airflow.verify.count_changes`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from sensei_airflow.verify import TableCheck, Verification, compare_table, compa
 PROOF_ROWS = 1000
 #: keys compared column by column in verify, per table.
 SAMPLE_KEYS = 200
+#: rows fetched (both sides) to classify the differing key ranges of one table in the plan.
+CHANGE_ROWS = 200_000
 
 
 def _setting(name: str, fallback: int) -> int:
@@ -146,6 +150,7 @@ class ReverseMigrationStrategy(RollbackStrategy):
             )
         resolved = []
         proofs: dict[str, int] = {}
+        changes: dict[str, dict[str, Any]] = {}
         for table in ordered:
             spec, plan, target_types = self.resolve(table)
             reader = self.target.reverse_reader(spec)
@@ -157,11 +162,12 @@ class ReverseMigrationStrategy(RollbackStrategy):
                     "mapping's inverse or use backup_restore or point_in_time"
                 )
             proofs[spec.target] = checked
+            changes[spec.target] = self.changes(spec, reader)
             resolved.append(spec)
         statements = [
-            f"-- {spec.target} -> {spec.source}: COPY (SELECT {', '.join(spec.inverses)} "  # noqa: S608 - a comment
-            f"FROM {spec.target}) into staging, then upsert by ({', '.join(spec.source_key)}) and delete the "
-            "rows gone from the target"
+            f"-- {spec.target} -> {spec.source}: {_describe(changes[spec.target])}; COPY (SELECT "  # noqa: S608 - a comment
+            f"{', '.join(spec.inverses)} FROM {spec.target}) into staging, then upsert by "
+            f"({', '.join(spec.source_key)}) and delete the rows gone from the target"
             for spec in resolved
         ]
         warnings = []
@@ -181,7 +187,33 @@ class ReverseMigrationStrategy(RollbackStrategy):
                 "round_trip_rows_checked": proofs,
                 "tables": [spec.as_json() for spec in resolved],
             },
+            changes=changes,
         )
+
+    def changes(self, spec: Any, reader: Any) -> dict[str, Any]:
+        """Source rows the apply will insert, update and delete for one table, counted without writing.
+
+        The source as it is against the inverse of the target, as verify compares them: equal key
+        ranges are dropped by in-database checksums, differing ones bisected and classified from
+        (key, row hash) lists, within :data:`CHANGE_ROWS` rows fetched; tables over
+        ``[sensei] reverse_plan_max_rows`` rows (a scan of each side) are not counted.
+        """
+        from sensei_airflow.verify import KeyRange, count_changes
+
+        source_side = self.writer.source_reader(spec)
+        if getattr(source_side, "hash_family", None) != getattr(reader, "hash_family", None) or not hasattr(
+            reader, "row_hashes"
+        ):
+            return {
+                "why": "the target's engine hashes rows differently from the source's; verify compares them"
+            }
+        limit = _setting("reverse_plan_max_rows", 10_000_000)
+        largest = max(source_side.count_rows(KeyRange()), reader.count_rows(KeyRange()))
+        if largest > limit:
+            return {
+                "why": f"{largest} rows is over [sensei] reverse_plan_max_rows ({limit}); verify compares them after"
+            }
+        return count_changes(source_side, reader, max_rows=CHANGE_ROWS).as_json()
 
     # -- execute -----------------------------------------------------------------------------
     def _specs(self, plan: RollbackPlan) -> list[Any]:
@@ -238,3 +270,10 @@ class ReverseMigrationStrategy(RollbackStrategy):
                     )
                 )
         return comparison_verification(comparisons, extra)
+
+
+def _describe(changes: dict[str, Any]) -> str:
+    if "insert" not in changes:
+        return f"source changes not counted ({changes['why']})"
+    counts = f"insert {changes['insert']}, update {changes['update']}, delete {changes['delete']} source rows"
+    return counts if changes["exact"] else f"at least {counts}"

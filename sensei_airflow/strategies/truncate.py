@@ -1,14 +1,18 @@
 """Target truncate: empty the migrated tables, children first, in one transaction.
 
 Safe only when the target tables held nothing before the migration and nothing outside the
-scope still points at them; assess checks both and refuses otherwise.
+scope still points at them; assess checks both and refuses otherwise. Execute locks the outside
+tables that reference the scope and checks them again inside its transaction, so a row inserted
+there after assess refuses the rollback instead of being cascaded away or blocking it.
 """
 
 from __future__ import annotations
 
 from sensei_airflow.conf import RollbackRequest
+from sensei_airflow.engines.base import ForeignKey, OutsideRows
 from sensei_airflow.manifest import Strategy, TableMapping
 from sensei_airflow.plan import RefusedError, RollbackPlan, dependency_order
+from sensei_airflow.state import utcnow
 from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
 from sensei_airflow.verify import Verification
 
@@ -20,21 +24,29 @@ class TruncateStrategy(RollbackStrategy):
         """Children before parents."""
         return list(reversed(dependency_order(tables, self.target.foreign_keys())))
 
-    def _referenced_from_outside(self, tables: list[str]) -> tuple[set[str], list[str]]:
-        """Tables in scope that an empty outside table references, and the refusals for non-empty ones."""
+    def _referenced_from_outside(self, tables: list[str]) -> tuple[set[str], list[str], list[str]]:
+        """Tables in scope that an outside table references, those outside tables, and the refusals
+        for the ones that hold rows now."""
         outside = self.references_from_outside(tables)
-        refusals = [
-            f"{fk.child} (outside the scope) references {fk.parent} through {fk.name} and holds {rows} rows"
-            for fk, rows in outside
-            if rows > 0
-        ]
-        return {fk.parent for fk, _ in outside}, refusals
+        refusals = [_refusal(fk, rows) for fk, rows in outside if rows > 0]
+        children = sorted({fk.child for fk, _ in outside})
+        return {fk.parent for fk, _ in outside}, children, refusals
 
     def _pre_migration_backup_rows(self) -> dict[str, int]:
-        """Per-table rows in the newest pre-migration backup of the target (more evidence of what was there)."""
+        """Per-table rows in the newest backup of this target database taken at or before the migration's
+        start, whatever its kind (more evidence of what was there); a backup taken later may hold the
+        migration's own rows, one of another database says nothing about this one."""
+        from sensei_airflow.backups import choice
         from sensei_airflow.backups.catalog import BackupCatalog
+        from sensei_airflow.start import migration_start
 
-        entry = BackupCatalog(self.state).newest(self.manifest.id, kind="pre_migration", side="target")
+        found = choice.candidates(
+            BackupCatalog(self.state).list(self.manifest.id),
+            identity=self.target.identity(),
+            start=migration_start(self.manifest),
+            now=utcnow(),
+        )
+        entry = choice.default_backup(found)
         return entry.row_counts() if entry is not None else {}
 
     def assess(self, scope: list[TableMapping], request: RollbackRequest) -> Assessment:
@@ -43,7 +55,7 @@ class TruncateStrategy(RollbackStrategy):
         missing = [t for t in tables if t not in existing]
         if missing:
             raise RefusedError(f"target table {missing[0]} does not exist on {self.manifest.target.conn_id}")
-        referenced, refusals = self._referenced_from_outside(tables)
+        referenced, children, refusals = self._referenced_from_outside(tables)
         if refusals:
             raise RefusedError(
                 f"truncate would break foreign keys: {refusals[0]}; add that table to the scope or roll "
@@ -62,6 +74,7 @@ class TruncateStrategy(RollbackStrategy):
         statements = [
             s.sql
             for s in [
+                *self.target.guard_sql(children),
                 *self.target.lock_sql(ordered),
                 *self.target.empty_tables_sql(ordered, referenced),
             ]
@@ -80,11 +93,21 @@ class TruncateStrategy(RollbackStrategy):
         )
 
     def execute(self, plan: RollbackPlan) -> Execution:
+        """Empty the tables; the outside tables that reference them are locked and must be empty in
+        the same transaction (a row inserted after assess is found there, and nothing changes)."""
         tables = plan.table_names
-        referenced, refusals = self._referenced_from_outside(tables)
-        if refusals:
-            raise RefusedError(f"truncate would break foreign keys: {refusals[0]}")
-        statements, removed = self.target.empty_tables(tables, referenced)
+        outside = self.references_from_outside(tables)
+        referenced = {fk.parent for fk, _ in outside}
+        try:
+            statements, removed = self.target.empty_tables(
+                tables, referenced, outside=sorted({fk.child for fk, _ in outside})
+            )
+        except OutsideRows as exc:
+            fk, rows = next((fk, exc.counts[fk.child]) for fk, _ in outside if fk.child in exc.counts)
+            raise RefusedError(
+                f"truncate would break foreign keys: {_refusal(fk, rows)} (found under lock, after assess); "
+                "nothing was changed"
+            ) from None
         return Execution(statements=[s.sql for s in statements], rows_affected=removed)
 
     def verify(self, plan: RollbackPlan) -> Verification:
@@ -95,3 +118,7 @@ class TruncateStrategy(RollbackStrategy):
             sample_verification="skipped",
             checks=checks,
         )
+
+
+def _refusal(fk: ForeignKey, rows: int) -> str:
+    return f"{fk.child} (outside the scope) references {fk.parent} through {fk.name} and holds {rows} rows"

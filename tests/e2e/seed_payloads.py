@@ -50,8 +50,10 @@ def strategy_available(name: str) -> bool:
 
 def assert_status_shape(document: dict[str, Any]) -> None:
     """The seed's status response shape (CONTRACT.md)."""
-    assert set(document) == STATUS_KEYS, document
-    assert document["rollback_status"] in {"planned", "running", "completed", "failed"}
+    assert document["rollback_status"] in {"planned", "running", "completed", "failed", "rejected"}
+    # a rejected rollback also says who rejected it and when
+    extra = {"approval"} if document["rollback_status"] == "rejected" else set()
+    assert set(document) == STATUS_KEYS | extra, document
     assert set(document["verification"]) == VERIFICATION_KEYS, document
     for key in ("source_comparison", "sample_verification"):
         assert document["verification"][key] in {"passed", "failed", "skipped"}, document

@@ -7,6 +7,7 @@ using exactly the conf the API stored.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -155,7 +156,7 @@ def test_plan_is_a_dry_run(api: Any, databases: Any, migrated: dict[str, int]) -
     response = api.get(
         f"{ROLLBACK}/plan",
         params={"strategy": "truncate", "scope": "phase", "phase": 3},
-        headers=_token("viewer"),
+        headers=_token("op"),
     )
     assert response.status_code == 200, response.text
     plan = response.json()
@@ -168,7 +169,7 @@ def test_plan_is_a_dry_run(api: Any, databases: Any, migrated: dict[str, int]) -
     refused = api.get(
         f"{ROLLBACK}/plan",
         params={"strategy": "truncate", "scope": "phase", "phase": 2},
-        headers=_token("viewer"),
+        headers=_token("op"),
     )
     assert refused.status_code == 409, refused.text
     assert "sales.order_items (outside the scope) references sales.orders" in refused.json()["detail"]
@@ -178,9 +179,75 @@ def test_listing(api: Any, migrations_dir: Any) -> None:
     (migrations_dir / "mig_broken.yaml").write_text("id: mig_broken\nphases: []\n")
     response = api.get("/sensei/v1/migrations", headers=_token("viewer"))
     assert response.status_code == 200, response.text
-    assert any("mig_broken.yaml" in error for error in response.json()["errors"])
+    assert any(error.startswith("mig_broken.yaml: ") for error in response.json()["errors"])
+    assert str(migrations_dir) not in response.text  # the file's name, not where it lives
     (migration,) = response.json()["migrations"]
     assert migration["id"] == MIG
     assert migration["rollback_window"]["open"] is True
     assert migration["preferred_strategy"] == "truncate"
     assert "backups_error" not in migration, migration
+
+
+# -- limits, docs and what errors may show (ADR 0305) ---------------------------------------------
+def test_a_viewer_may_not_ask_for_a_plan(api: Any) -> None:
+    response = api.get(f"{ROLLBACK}/plan", params={"strategy": "truncate"}, headers=_token("viewer"))
+    assert response.status_code == 403, response.text
+
+
+def test_docs_are_off_and_the_schema_needs_a_login(api: Any) -> None:
+    for page in ("/sensei/docs", "/sensei/redoc"):
+        assert api.get(page).status_code == 404
+        assert api.get(page, headers=_token("viewer")).status_code == 404
+    assert api.get("/sensei/openapi.json").status_code == 401
+    schema = api.get("/sensei/openapi.json", headers=_token("viewer"))
+    assert schema.status_code == 200, schema.text
+    assert "/v1/migrations/{migration_id}/rollback" in schema.json()["paths"]
+
+
+def test_bodies_and_tables_lists_have_limits(api: Any) -> None:
+    huge = {"strategy": "truncate", "reason": "x" * 70_000}
+    declared = api.post(ROLLBACK, json=huge, headers=_token("admin"))
+    assert declared.status_code == 413, declared.text
+    assert declared.json()["detail"] == (
+        "request body larger than 65536 bytes: a rollback request is a small JSON object"
+    )
+    body = json.dumps(huge).encode()
+    streamed = api.post(  # no Content-Length: counted as it arrives
+        ROLLBACK,
+        content=(body[i : i + 8192] for i in range(0, len(body), 8192)),
+        headers={**_token("admin"), "Content-Type": "application/json"},
+    )
+    assert streamed.status_code == 413, streamed.text
+    many = {"strategy": "truncate", "scope": "tables", "tables": [f"t{n}" for n in range(1001)]}
+    listed = api.post(ROLLBACK, json=many, headers=_token("admin"))
+    assert listed.status_code == 422, listed.text
+    assert "tables: List should have at most 1000 items" in listed.json()["detail"]
+    queried = api.get(
+        f"{ROLLBACK}/plan",
+        params={"strategy": "truncate", "scope": "tables", "tables": ",".join(f"t{n}" for n in range(1001))},
+        headers=_token("op"),
+    )
+    assert queried.status_code == 422, queried.text
+
+
+def test_an_unreachable_state_store_shows_no_host_user_or_path(
+    api: Any, migrations_dir: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SENSEI_STATE", "postgresql://statekeeper:hunter2@127.0.0.1:9/sensei")
+    listing = api.get("/sensei/v1/migrations", headers=_token("viewer"))
+    assert listing.status_code == 200, listing.text
+    (migration,) = listing.json()["migrations"]
+    assert migration["backups_error"] == (
+        "the backup catalog in state store sensei_state cannot be read (OperationalError); the api-server "
+        "log has the details"
+    )
+    status = api.get(f"{ROLLBACK}/status", headers=_token("viewer"))
+    assert status.status_code == 503, status.text
+    assert status.json()["detail"] == (
+        "the state store sensei_state cannot be read (OperationalError); the api-server log has the details"
+    )
+    unknown = api.get("/sensei/v1/migrations/mig_nope/rollback/status", headers=_token("viewer"))
+    assert unknown.status_code == 404 and str(migrations_dir) not in unknown.text
+    for answer in (listing, status, unknown):
+        for revealing in ("statekeeper", "hunter2", "127.0.0.1", "port 9", str(migrations_dir)):
+            assert revealing not in answer.text, (revealing, answer.text)

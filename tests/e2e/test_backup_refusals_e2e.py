@@ -56,11 +56,12 @@ def refused(databases, conf: dict, *reason: str) -> None:
 
 @pytest.fixture
 def setup(databases, migrations_dir, airflow_db, backup_dir):
-    """A pre-migration backup on local disk, then the demo migration, then a change."""
+    """A pre-migration backup on local disk, then the demo migration (starting after it), then a change."""
     fill_target(databases)
     manifest = write_demo_manifest(migrations_dir, pre_migration_backup=str(backup_dir))
     catalog = BackupCatalog(StateStore("sensei_state"))
     entry = jobs.backup_migration(manifest, kind="pre_migration", catalog=catalog)
+    manifest = write_demo_manifest(migrations_dir, pre_migration_backup=str(backup_dir))  # starts now
     migrate_demo(manifest, customers=100)
     with databases.connect("target") as conn:
         conn.execute("UPDATE sales.orders SET status = 'changed' WHERE id < 20")
@@ -76,7 +77,7 @@ def test_expired_backup(databases, setup):
     with databases.connect("state") as conn:
         conn.execute("UPDATE sensei.backups SET expires_at = now() - interval '1 minute'")
     refused(databases, {"backup_id": entry.backup_id}, entry.backup_id, "expired")
-    refused(databases, {}, "no usable pre-migration backup", "expired")
+    refused(databases, {}, "no backup of this target taken at or before the migration's start", "expired at")
 
 
 def test_corrupted_backup_file(databases, setup, backup_dir):

@@ -82,6 +82,17 @@ def test_manifest_window_opens_now(demo_setup: launcher.Demo) -> None:
     assert manifest.rollback.backup_location == demo_setup.backups_dir.as_uri()
 
 
+def test_pre_migration_backup_is_the_default_of_backup_restore(demo_setup: launcher.Demo) -> None:
+    """The demo's forward migration records its start after its backup: that backup is the default."""
+    from sensei_airflow.manifest import load_manifests
+
+    manifest = load_manifests(demo_setup.migrations_dir).get("mig_shop_2026")
+    finished = _one(
+        demo_setup, "state", "SELECT max(completed_at) FROM sensei.backups WHERE kind = 'pre_migration'"
+    )
+    assert finished is not None and finished <= manifest.started_at
+
+
 def test_env_file_gives_a_working_airflow_cli(demo_setup: launcher.Demo) -> None:
     env_file = demo_setup.demo_dir / "env"
     script = f". {env_file} && airflow connections get shop_target -o json && airflow dags list -o plain"

@@ -28,6 +28,16 @@ def _migrate(databases, migrations_dir, manifest=None) -> None:
 def test_reverse_migration_after_changes_on_the_target(databases, migrations_dir, airflow_db):
     _migrate(databases, migrations_dir)
     change_target(databases)
+    source_before = {t: table_rows(databases, "source", sql) for t, sql in SOURCE_ROWS.items()}
+
+    # the dry run says how many source rows each table will gain, change and lose, changing nothing
+    dry = run_dag(
+        "sensei_rollback", {"migration_id": "mig_shop_2026", "strategy": "reverse_migration", "dry_run": True}
+    )
+    assert dry.state == "success", dry.task_states
+    planned = {t["source"]: t["changes"] for t in dry.xcoms["assess"]["tables"]}
+    assert {t: table_rows(databases, "source", sql) for t, sql in SOURCE_ROWS.items()} == source_before
+    assert any("insert 2, update 2, delete 1 source rows" in s for s in dry.xcoms["assess"]["statements"])
 
     outcome = run_dag(
         "sensei_rollback",
@@ -52,6 +62,16 @@ def test_reverse_migration_after_changes_on_the_target(databases, migrations_dir
     }
     assert status["scope"]["tables"] == ["crm.customers", "sales.orders", "sales.order_items"]
     assert_source_is_inverse_of_target(databases)
+    applied = outcome.xcoms["execute_reverse_migration"]["detail"]["applied"]
+    assert planned == {
+        table: {
+            "insert": done["inserted"],
+            "update": done["updated"],
+            "delete": done["deleted"],
+            "exact": True,
+        }
+        for table, done in applied.items()
+    }
     # the target is left as it is, and the application can insert into the source again
     assert databases.scalar("target", "SELECT count(*) FROM crm.customers WHERE id = 100001") == 1
     with databases.connect("source") as conn:

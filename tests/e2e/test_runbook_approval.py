@@ -15,7 +15,9 @@ from typing import Any
 
 from sensei_airflow.audit import AuditTrail
 from sensei_airflow.manifest import load_manifests
-from sensei_airflow.state import StateStore
+from sensei_airflow.plugins.api import document_from_record
+from sensei_airflow.state import StateStore, utcnow
+from tests.e2e.seed_payloads import assert_status_shape
 from tests.fixtures import migrate_demo, run_dag
 from tests.integration.runbook.support import api_server, write_manifest  # noqa: F401 - fixture
 
@@ -92,9 +94,13 @@ def test_a_rejected_approval_stops_the_run_with_nothing_changed(
     assert states["approve"] == "success"
     assert {states[t] for t in ("notify", "halt", "execute_truncate", "verify", "resume")} == {"skipped"}
     status = outcome.xcoms["document"]
-    assert status["rollback_status"] == "planned"
+    assert_status_shape(status)
+    assert status["rollback_status"] == "rejected"
     assert status["approval"]["answer"] == "Reject"
     assert status["approval"]["by"] == "sensei_admin"
+    assert store.get_run(run_id)["status"] == "rejected"
+    # the REST API's status endpoint answers from that record: the same document
+    assert document_from_record(store.get_run(run_id), utcnow()) == status
     for table, rows in counts.items():
         assert databases.scalar("target", f"SELECT count(*) FROM {table}") == rows  # noqa: S608
     actions = [e["action"] for e in AuditTrail(store).events(run_id)]

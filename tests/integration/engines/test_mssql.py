@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sensei_airflow.engines import engine_class
-from sensei_airflow.engines.base import PointInTimeRefused, RecoveryTarget
+from sensei_airflow.engines.base import OutsideRows, PointInTimeRefused, RecoveryTarget
 from sensei_airflow.engines.mssql import Backup, MsSqlEngine, MsSqlRestoreCopy, restore_chain
 from tests.integration.engines.conftest import RecordingHook, with_hook
 
@@ -89,6 +89,15 @@ def test_referenced_tables_are_deleted_and_reseeded_the_rest_truncated_in_one_tr
     work = events[events.index("execute SET LOCK_TIMEOUT 30000") :]
     assert work.count("commit") == 1 and work[-2:] == ["commit", "close"]
     assert events.index("autocommit False") < events.index("execute SET LOCK_TIMEOUT 30000")
+
+
+def test_outside_tables_are_locked_by_counting_and_a_row_there_rolls_back():
+    engine, hook = mssql(**{r"\[sales\]\.\[notes\]": [("sales.notes", 2)]})
+    with pytest.raises(OutsideRows, match=r"sales\.notes holds 2 rows"):
+        engine.empty_tables(["sales.orders", "crm.customers"], ["sales.orders"], outside=["sales.notes"])
+    assert hook.sql("COUNT_BIG") == ["SELECT %s, COUNT_BIG(*) FROM [sales].[notes] WITH (TABLOCKX, HOLDLOCK)"]
+    assert not hook.sql("^(DELETE|TRUNCATE)")
+    assert "rollback" in hook.events() and "commit" not in hook.events()
 
 
 def test_unreferenced_scope_is_only_truncated():

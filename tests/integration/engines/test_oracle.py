@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sensei_airflow.engines import engine_class
-from sensei_airflow.engines.base import PointInTimePlan, PointInTimeRefused, RecoveryTarget
+from sensei_airflow.engines.base import OutsideRows, PointInTimePlan, PointInTimeRefused, RecoveryTarget
 from sensei_airflow.engines.oracle import OracleEngine, OracleFlashback, timestamp_literal
 from tests.integration.engines.conftest import RecordingHook, with_hook
 
@@ -116,6 +116,22 @@ def test_referenced_tables_are_deleted_in_one_transaction_children_first():
     assert events.index("commit") == events.index('execute DELETE FROM "CRM"."CUSTOMERS"') + 1
     assert events.index("autocommit False") < events.index('execute DELETE FROM "SALES"."ORDER_ITEMS"')
     assert removed == dict.fromkeys(tables, 7)
+
+
+def test_outside_tables_are_locked_and_counted_first_and_a_row_there_rolls_back():
+    engine, hook = oracle(COUNT=lambda sql, p: [(name, 1 if name == "SALES.ARCHIVE" else 7) for name in p])
+    with pytest.raises(OutsideRows, match=r"SALES\.ARCHIVE holds 1 rows"):
+        engine.empty_tables(
+            ["SALES.ORDER_ITEMS", "SALES.ORDERS"], ["SALES.ORDERS"], outside=["SALES.ARCHIVE"]
+        )
+    events = hook.events()
+    assert events[events.index("autocommit False") + 1 :] == [
+        'execute LOCK TABLE "SALES"."ARCHIVE"',
+        "execute SELECT :1, COUNT(*)",
+        "rollback",
+        "close",
+    ]
+    assert hook.sql("^LOCK TABLE")[0] == 'LOCK TABLE "SALES"."ARCHIVE" IN SHARE MODE WAIT 30'
 
 
 def test_a_failing_delete_rolls_back():

@@ -7,7 +7,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sensei_airflow.engines import get_engine
-from sensei_airflow.engines.base import PointInTimePlan, PointInTimeRefused, RecoveryTarget, Statement
+from sensei_airflow.engines.base import (
+    OutsideRows,
+    PointInTimePlan,
+    PointInTimeRefused,
+    RecoveryTarget,
+    Statement,
+)
 from sensei_airflow.engines.snowflake import SnowflakeEngine, SnowflakeTimeTravel
 from tests.integration.engines.conftest import RecordingHook, with_hook
 
@@ -61,6 +67,14 @@ def test_truncate_empties_only_the_scope_in_one_transaction(fake_snowflake):
         "CRM.CUSTOMERS": 0,
         "CRM.CAMPAIGNS": 1,
     }
+
+
+def test_truncate_counts_the_outside_tables_in_its_transaction(fake_snowflake):
+    fake_snowflake.run(*SCHEMA)
+    engine = get_engine(fake_snowflake.conn_id)
+    with pytest.raises(OutsideRows, match=r"CRM\.CAMPAIGNS holds 1 rows"):  # as if it referenced the orders
+        engine.empty_tables(["CRM.ORDERS"], referenced_from_outside=["CRM.ORDERS"], outside=["CRM.CAMPAIGNS"])
+    assert engine.row_counts(["CRM.ORDERS"]) == {"CRM.ORDERS": 3}
 
 
 def test_truncate_failure_rolls_back_every_table(fake_snowflake):

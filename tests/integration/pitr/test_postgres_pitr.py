@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
+import stat
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -195,6 +199,65 @@ def test_missing_segment_during_replay_fails_and_leaves_no_scratch(archiving, sh
     assert snapshot(archiving, shop_db) == after
     assert archiving.scratch_leftovers() == []
     shutil.rmtree(gap_root)
+
+
+def test_scratch_clusters_listen_on_a_private_socket_only_even_two_at_once(
+    archiving, shop_db, changed_after_point
+):
+    """Two rollbacks' scratch clusters start at the same moment (two workers, one port in the range):
+    both come up; neither listens on TCP nor trusts anything but its own 0700 socket folder."""
+    import psycopg
+
+    point, before, _ = changed_after_point
+    pitr = recovery(archiving, scratch_ports=[55400, 55400])
+    pitr.switch_and_wait()
+    backup = list_base_backups(archiving.backups)[0]
+    bases = [archiving.scratch / f"twin-{n}" for n in (1, 2)]
+    recovered: dict[int, Any] = {}
+    errors: list[BaseException] = []
+
+    def start(n: int) -> None:
+        try:
+            recovered[n] = recover(
+                backup,
+                RecoveryTarget(time=point),
+                pitr.config,
+                bases[n],
+                use_restore_point=False,
+                user="postgres",
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in (0, 1)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        assert not errors, "\n".join(str(e) for e in errors)
+        for scratch in recovered.values():
+            cluster = scratch.cluster
+            with psycopg.connect(scratch.dsn(shop_db, "postgres")) as conn:
+                assert conn.execute("SHOW listen_addresses").fetchone()[0] == ""
+                assert conn.execute("SELECT count(*) FROM crm.customers").fetchone()[0] == len(
+                    before["crm.customers"]
+                )
+                rules = conn.execute("SELECT type, auth_method FROM pg_hba_file_rules").fetchall()
+            assert rules == [("local", "trust")]
+            folder = cluster.socket_dir.stat()
+            assert stat.S_IMODE(folder.st_mode) == 0o700
+            if os.geteuid() == 0:
+                assert pwd.getpwuid(folder.st_uid).pw_name == "postgres"
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(
+                    f"host=127.0.0.1 port={cluster.port} dbname={shop_db} user=postgres", connect_timeout=5
+                )
+    finally:
+        from sensei_airflow.engines.postgres_pitr import _remove_cluster
+
+        for base in bases:
+            _remove_cluster(base)
 
 
 def test_windows_follow_backup_and_wal_retention(archiving, shop_db):

@@ -17,7 +17,7 @@ import pytest
 
 from sensei_airflow.engines.base import PointInTimeRefused, RecoveryTarget
 from sensei_airflow.engines.postgres import PostgresEngine
-from sensei_airflow.engines.rds import RdsRecovery, restored_identifier
+from sensei_airflow.engines.rds import RdsRecovery, aside_identifier, restored_identifier
 from sensei_airflow.manifest import PointInTimeSettings
 from tests.fixtures import aws_client, use_aws_connection
 
@@ -184,13 +184,19 @@ def test_swap_renames_the_restored_instance_into_place(rds, pg_cluster, live_and
     )
     assert plan.path == "database"
     outcome = pitr.restore(plan, target)
-    assert outcome.detail["previous_instance"] == f"{instance}-before-pitr"
+    assert outcome.detail["previous_instance"] == aside_identifier(instance, target)
     tags = {
         t["Key"]: t["Value"]
         for t in rds.describe_db_instances(DBInstanceIdentifier=instance)["DBInstances"][0]["TagList"]
     }
     assert tags["sensei:rollback-of"] == instance  # the instance now under the live name is the restored one
-    rds.describe_db_instances(DBInstanceIdentifier=f"{instance}-before-pitr")
+    assert tags["sensei:restored-as"] == plan.detail["restored"]
+    rds.describe_db_instances(DBInstanceIdentifier=aside_identifier(instance, target))
+    assert [(c.check, c.ok) for c in pitr.verify_restore(outcome.detail)] == [
+        ("the live instance is the restored one", True),
+        ("restored to the point", True),
+        ("the replaced instance is kept", True),
+    ]
     with pytest.raises(rds.exceptions.DBInstanceNotFoundFault):
         rds.describe_db_instances(DBInstanceIdentifier=plan.detail["restored"])
     # scope other than all: swap is not allowed, the tables are copied back instead
@@ -226,3 +232,134 @@ def test_aurora_cluster_restore_copies_back_and_cleans_up(rds, pg_cluster, live_
     assert any(c.startswith("delete_db_cluster(") for c in calls)
     with pytest.raises(rds.exceptions.DBClusterNotFoundFault):
         rds.describe_db_clusters(DBClusterIdentifier=plan.detail["restored"])
+
+
+# -- swap: idempotent, verified, and honest about a second rollback -----------------------------------
+WHOLE = ["public.customers", "public.orders", "public.audit_notes"]
+
+
+def swapper(instance: str, rollback_id: str | None) -> RdsRecovery:
+    pitr = recovery(instance, method="swap")
+    pitr.rollback_id = rollback_id
+    return pitr
+
+
+def instances(rds: Any) -> set[str]:
+    return {i["DBInstanceIdentifier"] for i in rds.describe_db_instances()["DBInstances"]}
+
+
+def test_swap_retry_after_a_partial_swap_finishes_it(rds, pg_cluster, live_and_restored, monkeypatch):
+    instance = create_instance(rds)
+    target = point_after_creation()
+    restored, aside = restored_identifier(instance, target), aside_identifier(instance, target)
+    first = swapper(instance, "manual__run1")
+    plan = first.assess(WHOLE, target, whole_database=True)
+    rename = RdsRecovery._rename
+    renames: list[tuple[str, str]] = []
+
+    def worker_lost_after_the_first_rename(self: RdsRecovery, old: str, new: str) -> str:
+        renames.append((old, new))
+        if len(renames) == 2:
+            raise RuntimeError("worker lost")
+        return rename(self, old, new)
+
+    monkeypatch.setattr(RdsRecovery, "_rename", worker_lost_after_the_first_rename)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        first.restore(plan, target)
+    monkeypatch.setattr(RdsRecovery, "_rename", rename)
+    assert instance not in instances(rds) and {aside, restored} <= instances(rds)  # half swapped
+
+    # another rollback does not take over a swap it did not start
+    with pytest.raises(
+        PointInTimeRefused, match=rf"RDS {instance} is missing: rollback manual__run1 set it aside"
+    ):
+        swapper(instance, None).assess(WHOLE, target, whole_database=True)
+
+    retry = swapper(instance, "manual__run1")  # the task's retry re-plans, then restores
+    plan = retry.assess(WHOLE, target, whole_database=True)
+    assert plan.detail["swap_state"] == "aside"
+    outcome = retry.restore(plan, target)
+    assert outcome.statements == [f"modify_db_instance({restored} -> {instance}, ApplyImmediately)"]
+    assert all(c.ok for c in retry.verify_restore(outcome.detail))
+    assert instances(rds) >= {instance, aside} and restored not in instances(rds)
+
+
+def test_a_retry_after_a_complete_swap_changes_nothing(rds, pg_cluster, live_and_restored):
+    instance = create_instance(rds)
+    target = point_after_creation()
+    first = swapper(instance, "manual__run1")
+    first.restore(first.assess(WHOLE, target, whole_database=True), target)
+    before = instances(rds)
+
+    retry = swapper(instance, "manual__run1")
+    plan = retry.assess(WHOLE, target, whole_database=True)
+    outcome = retry.restore(plan, target)
+
+    assert plan.detail["swap_state"] == "done"
+    assert outcome.statements == [] and outcome.detail["already_swapped"] is True
+    assert instances(rds) == before  # no second restore started
+    assert all(c.ok for c in retry.verify_restore(outcome.detail))
+
+
+def test_a_second_rollback_to_the_same_point_is_refused(rds, pg_cluster, live_and_restored):
+    instance = create_instance(rds)
+    target = point_after_creation()
+    first = swapper(instance, "manual__run1")
+    first.restore(first.assess(WHOLE, target, whole_database=True), target)
+    before = instances(rds)
+
+    for rollback_id in (None, "manual__run2"):  # at assess, and if it got as far as execute
+        with pytest.raises(PointInTimeRefused) as refused:
+            swapper(instance, rollback_id).assess(WHOLE, target, whole_database=True)
+        assert str(refused.value) == (
+            f"RDS {instance} already is the instance restored to {target.time.isoformat()} by rollback "
+            f"manual__run1 (the instance it replaced is kept as {aside_identifier(instance, target)}): a second "
+            f"swap to that point would have to restore {aside_identifier(instance, target)}, which this rollback "
+            f"does not do; restore {aside_identifier(instance, target)} yourself, or choose a later restore_to"
+        )
+    assert instances(rds) == before
+
+
+def test_a_second_rollback_to_a_later_point_really_swaps_again(rds, pg_cluster, live_and_restored):
+    instance = create_instance(rds)
+    first_point = point_after_creation()
+    first = swapper(instance, "manual__run1")
+    first.restore(first.assess(WHOLE, first_point, whole_database=True), first_point)
+    time.sleep(1.1)  # instance names carry the point to the second: the next point is a later second
+    later = point_after_creation()
+
+    second = swapper(instance, "manual__run2")
+    plan = second.assess(WHOLE, later, whole_database=True)
+    outcome = second.restore(plan, later)
+
+    assert plan.detail["swap_state"] == "ready"
+    assert outcome.statements[0].startswith(f"restore_db_instance_to_point_in_time({instance} -> ")
+    live = rds.describe_db_instances(DBInstanceIdentifier=instance)["DBInstances"][0]
+    tags = {t["Key"]: t["Value"] for t in live["TagList"]}
+    assert tags["sensei:restored-as"] == restored_identifier(instance, later)
+    assert tags["sensei:rollback-id"] == "manual__run2"
+    assert {aside_identifier(instance, first_point), aside_identifier(instance, later)} <= instances(rds)
+    assert all(c.ok for c in second.verify_restore(outcome.detail))
+
+
+def test_verify_notices_when_the_live_name_no_longer_serves_the_restored_instance(
+    rds, pg_cluster, live_and_restored
+):
+    instance = create_instance(rds)
+    target = point_after_creation()
+    pitr = swapper(instance, "manual__run1")
+    outcome = pitr.restore(pitr.assess(WHOLE, target, whole_database=True), target)
+    aside = aside_identifier(instance, target)
+    # someone swaps the old instance back under the live name
+    rds.modify_db_instance(
+        DBInstanceIdentifier=instance, NewDBInstanceIdentifier=f"{instance}-x", ApplyImmediately=True
+    )
+    rds.modify_db_instance(
+        DBInstanceIdentifier=aside, NewDBInstanceIdentifier=instance, ApplyImmediately=True
+    )
+
+    checks = {c.check: c for c in pitr.verify_restore(outcome.detail)}
+
+    live = checks["the live instance is the restored one"]
+    assert not live.ok and live.expected == restored_identifier(instance, target) and live.actual is None
+    assert not checks["the replaced instance is kept"].ok

@@ -42,12 +42,26 @@ def test_source_becomes_inverse_of_changed_target(demo, databases):
     assert assessment.detail["round_trip_rows_checked"]["crm.customers"] > 0
     plan = make_plan(demo, assessment.tables)
 
+    before = _source_snapshot(databases)
+    assert (
+        strategy.assess(demo.tables, _request(demo)).changes == assessment.changes
+    )  # assess changes nothing
+    assert _source_snapshot(databases) == before
+
     execution = strategy.execute(plan)
 
     assert_source_is_inverse_of_target(databases)
     applied = execution.detail["applied"]
     assert applied["public.customers"]["inserted"] == 2
     assert applied["public.customers"]["deleted"] == 1
+    # the plan counted exactly what the apply did, table by table
+    assert assessment.changes == {
+        target: {"insert": applied[source]["inserted"], "update": applied[source]["updated"],
+                 "delete": applied[source]["deleted"], "exact": True}
+        for target, source in (("crm.customers", "public.customers"), ("sales.orders", "public.orders"),
+                               ("sales.order_items", "public.order_items"))
+    }  # fmt: skip
+    assert assessment.changes["crm.customers"] == {"insert": 2, "update": 2, "delete": 1, "exact": True}
     assert applied["public.order_items"]["deleted"] >= 2
     # staging is gone, and the application can insert again: sequences are past the highest key
     assert (
