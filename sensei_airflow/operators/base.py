@@ -12,7 +12,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from sensei_airflow.audit import AuditEvent, AuditTrail
-from sensei_airflow.lock import Heartbeat, MigrationLock, MigrationLocks
+from sensei_airflow.lock import Heartbeat, LockUnverified, MigrationLock, MigrationLocks
 from sensei_airflow.manifest import Manifest, Strategy, load_manifests
 from sensei_airflow.plan import RefusedError, RollbackPlan
 from sensei_airflow.runbook import DEFAULT_LOCK_TTL
@@ -142,7 +142,12 @@ class RunbookOperator(BaseOperator):
         if step.plan is not None and step.plan.dry_run and self.skipped_in_dry_run:
             step.record("skipped", detail={"why": "dry run: nothing is changed"}, finished=True)
             raise AirflowSkipException("dry run: nothing is changed")
-        step.record("started")
+        try:
+            step.record("started")
+        except Exception as exc:
+            failure = self._state_store_away(step, exc)
+            self._record_failure(step, failure)
+            raise failure from None
         try:
             with self._heartbeat(step):
                 result = self.run(step)
@@ -156,6 +161,25 @@ class RunbookOperator(BaseOperator):
             raise
         step.record("finished", detail=self.summary(result), finished=True)
         return result
+
+    @staticmethod
+    def _state_store_away(step: StepRun, exc: Exception) -> Exception:
+        """The step cannot even record that it starts: say so in one line (a retry may find it back)."""
+        import psycopg
+
+        if not isinstance(exc, psycopg.OperationalError) or step.state is None:
+            return exc
+        what = (
+            f"rollback {step.rollback_id} cannot check that it still holds the lock of migration "
+            f"{step.plan.migration_id}"
+            if step.plan is not None
+            else f"rollback {step.rollback_id} cannot record its {step.operator.step} step"
+        )
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return LockUnverified(
+            f"{what}: the state store ({step.state.conn_id}) does not answer ({type(exc).__name__}: {first}); "
+            f"{step.ti.task_id} does not start; nothing more is changed"
+        )
 
     @contextmanager
     def _heartbeat(self, step: StepRun) -> Iterator[None]:
