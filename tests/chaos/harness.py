@@ -26,6 +26,8 @@ import psycopg
 
 from tests.fixtures import REPO, Databases
 
+#: the application name of the test's own holds (not sessions of the rollback).
+HOLD_NAME = "chaos test hold"
 #: generous: the child pays Airflow's start-up and several task starts on a busy machine.
 DEADLINE = 300.0
 MIG = "mig_shop_2026"
@@ -133,7 +135,7 @@ class Hold:
 @contextmanager
 def hold(dsn: str, *statements: str, params: Sequence[Any] = ()) -> Iterator[Hold]:
     """Run ``statements`` in a transaction that stays open until the block ends (or :meth:`Hold.release`)."""
-    conn = psycopg.connect(dsn)
+    conn = psycopg.connect(dsn, application_name=HOLD_NAME)
     for statement in statements:
         conn.execute(statement, params or None)
     held = Hold(conn)
@@ -147,13 +149,18 @@ def sessions_left(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return int(
             conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND application_name <> %s",
+                (HOLD_NAME,),
             ).fetchone()[0]
         )
 
 
 def wait_until_gone(*dsns: str, timeout: float = 120) -> None:
-    """Wait until the killed run has no session left on these databases (its transactions rolled back)."""
+    """Wait until the killed run has no session left on these databases (its transactions rolled back).
+
+    The test's own holds do not count.
+    """
     deadline = time.monotonic() + timeout
     for dsn in dsns:
         while sessions_left(dsn):
