@@ -168,6 +168,11 @@ def wait_until_gone(*dsns: str, timeout: float = 120) -> None:
             time.sleep(0.05)
 
 
+def dsns(databases: Databases) -> list[str]:
+    """Source, target and state of the test's databases."""
+    return [databases.cluster.dsn(getattr(databases, side)) for side in ("source", "target", "state")]
+
+
 def rows(databases: Databases, which: str, tables: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of each table, sorted: the row-for-row picture of a side."""
     with databases.connect(which) as conn:

@@ -19,6 +19,7 @@ from sensei_airflow.state import StateStore
 from tests.chaos.harness import (
     MIG,
     constraints,
+    dsns,
     hold,
     release_crashed_lock,
     rows,
@@ -35,10 +36,6 @@ pytestmark = pytest.mark.e2e
 TARGET_TABLES = [*MIGRATED, "crm.campaigns"]
 #: TRUNCATE ... RESTART IDENTITY needs this sequence exclusively; holding it stops the step there.
 SEQUENCE_HOLD = "ALTER SEQUENCE crm.customers_id_seq INCREMENT BY 1"
-
-
-def dsns(databases) -> list[str]:
-    return [databases.cluster.dsn(getattr(databases, side)) for side in ("source", "target", "state")]
 
 
 def change_lock_holder(databases) -> str | None:

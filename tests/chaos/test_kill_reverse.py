@@ -17,6 +17,7 @@ from sensei_airflow.engines.postgres import PostgresEngine
 from tests.chaos.harness import (
     DEADLINE,
     MIG,
+    dsns,
     hold,
     release_crashed_lock,
     rows,
@@ -25,32 +26,12 @@ from tests.chaos.harness import (
     wait_until_gone,
 )
 from tests.fixtures import run_dag
-from tests.integration.reverse.conftest import (
-    SOURCE_ROWS,
-    assert_source_is_inverse_of_target,
-    change_target,
-    migrate_demo,
-)
+from tests.integration.reverse.conftest import SOURCE_ROWS, assert_source_is_inverse_of_target, change_target
 from tests.integration.runbook.support import write_manifest
 
 pytestmark = pytest.mark.e2e
 SOURCE_TABLES = list(SOURCE_ROWS)
 TARGET_TABLES = ["crm.customers", "sales.orders", "sales.order_items", "crm.campaigns"]
-
-
-@pytest.fixture
-def changed(databases, migrations_dir, airflow_db, monkeypatch) -> Any:
-    """The demo migrated, then changed on the target (non-ASCII and quotes included); small chunks."""
-    monkeypatch.setenv("AIRFLOW__SENSEI__REVERSE_CHUNK_ROWS", "200")
-    manifest = migrate_demo(databases, migrations_dir, customers=300)
-    change_target(databases)
-    with databases.connect("target") as conn:
-        conn.execute("""UPDATE crm.customers SET name = 'Zoë "order" O''Brien — 東京' WHERE id = 9""")
-    return manifest
-
-
-def dsns(databases) -> list[str]:
-    return [databases.cluster.dsn(getattr(databases, side)) for side in ("source", "target", "state")]
 
 
 def chunks_done(databases) -> int:
