@@ -94,6 +94,9 @@ def assess(
             "would be rolled back with it; point state at another database"
         )
     check_window(manifest, run.now)
+    if not request.dry_run and lock_token is None:
+        # before planning: the plan reads the target, whose tables a running rollback may hold
+        refuse_while_locked(state, manifest.id, run.rollback_id)
     scope = resolve_scope(manifest, request)
 
     refusals: list[str] = []
@@ -191,10 +194,7 @@ def take_lock(
     try:
         acquired = locks.acquire(migration_id, rollback_id, ttl)
     except LockHeld as exc:
-        raise RefusedError(
-            f"{exc}; wait for it to end, or if its task died, clear its lock with "
-            f"`{release_command(migration_id)}` (audited)"
-        ) from None
+        raise lock_held(exc) from None
     stale = acquired.took_over
     if stale is None:
         return acquired.lock.token, []
@@ -202,6 +202,22 @@ def take_lock(
     return acquired.lock.token, [
         f"took over the lock of rollback {stale.rollback_id}, which expired at {expired}"
     ]
+
+
+def refuse_while_locked(state: StateStore, migration_id: str, rollback_id: str) -> None:
+    """Refuse at once while another run holds a live lock of the migration (the atomic check is
+    :func:`take_lock`'s, after planning; this one spares a plan that would wait on that run's work)."""
+    holder = MigrationLocks(state).holder(migration_id)
+    if holder is not None and holder.rollback_id != rollback_id and not holder.expired:
+        raise lock_held(LockHeld(holder))
+
+
+def lock_held(exc: LockHeld) -> RefusedError:
+    """The one-line refusal while another run holds the lock: who, since when, and how to clear it."""
+    return RefusedError(
+        f"{exc}; wait for it to end, or if its task died, clear its lock with "
+        f"`{release_command(exc.lock.migration_id)}` (audited)"
+    )
 
 
 def staging_warnings(manifest: Manifest, state: StateStore) -> list[str]:
