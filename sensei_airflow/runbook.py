@@ -14,7 +14,7 @@ from typing import Any
 from sensei_airflow.conf import InvalidRequest, RollbackRequest
 from sensei_airflow.engines import UnsupportedEngine, get_engine
 from sensei_airflow.lock import LockHeld, MigrationLocks, release_command
-from sensei_airflow.manifest import Manifest, ManifestSet
+from sensei_airflow.manifest import Manifest, ManifestSet, Strategy
 from sensei_airflow.plan import (
     PlannedTable,
     RefusedError,
@@ -137,7 +137,10 @@ def assess(
             "changed the target"
         )
     restore_to = request.restore_to or manifest.started_at
-    warnings = list(assessment.warnings) + staging_warnings(manifest, state)
+    warnings = list(assessment.warnings)
+    if request.dry_run or Strategy.REVERSE_MIGRATION in (chosen.name, *later[:1]):
+        # only where the source matters: a truncate must not wait on a source that is gone
+        warnings += staging_warnings(manifest, state)
     if lock_token is None:
         lock_token, lock_notes = take_lock(
             state, manifest.id, run.rollback_id, lock_ttl, dry_run=request.dry_run, warnings=warnings
