@@ -36,8 +36,10 @@ from sensei_airflow.state import StateStore
 
 log = logging.getLogger(__name__)
 
-#: how long a fence or a takeover waits for the lock row held by a short transaction elsewhere.
+#: how long a fence or an acquire waits for the lock row held by a short transaction elsewhere.
 ROW_LOCK_TIMEOUT = "30s"
+#: how long a takeover or a forced release waits for the row before calling it busy (in a fence).
+BUSY_WAIT = "2s"
 #: bounds of the heartbeat interval (a third of the TTL in between).
 MIN_BEAT = timedelta(seconds=0.5)
 MAX_BEAT = timedelta(seconds=60)
@@ -208,11 +210,16 @@ class MigrationLocks:
         raise RuntimeError(f"the lock of {migration_id} changed hands too often to be taken; try again")
 
     def _lock_row(self, cur: Any, migration_id: str, seen: MigrationLock) -> MigrationLock | None:
-        """The row ``FOR UPDATE NOWAIT``; :class:`LockHeld` (busy) while a fence holds it in use."""
+        """The row ``FOR UPDATE``; :class:`LockHeld` (busy) while a fence holds it in use.
+
+        The wait is bounded by :data:`BUSY_WAIT`: long enough for a heartbeat's update, far
+        shorter than a fence, which lasts as long as its change.
+        """
         import psycopg.errors
 
+        cur.execute("SELECT set_config('lock_timeout', %s, true)", (BUSY_WAIT,))
         try:
-            return self._read(cur, migration_id, "FOR UPDATE NOWAIT")
+            return self._read(cur, migration_id, "FOR UPDATE")
         except psycopg.errors.LockNotAvailable:
             raise LockHeld(seen, busy=True) from None
 
