@@ -48,7 +48,8 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "lock_ttl_seconds": {
                         "description": "How long a rollback's lock on its migration holds without "
-                        "being renewed; a crashed run's lock expires after it.",
+                        "being renewed; a running step renews it every third of it (at most every "
+                        "60 s), a crashed run's lock expires after it (or sensei lock release --force).",
                         "version_added": "0.1.0",
                         "type": "integer",
                         "example": "3600",

@@ -151,6 +151,9 @@ class RollbackPlan(BaseModel):
     triggered_by: str | None = None
     reason: str | None = None
     started_at: str
+    lock_token: int | None = Field(
+        None, description="fencing token of the migration's lock taken by assess (None: dry run)"
+    )
 
     @property
     def table_names(self) -> list[str]:

@@ -5,6 +5,7 @@ The operators in :mod:`sensei_airflow.operators` call these; nothing here knows 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,7 +13,8 @@ from typing import Any
 
 from sensei_airflow.conf import InvalidRequest, RollbackRequest
 from sensei_airflow.engines import UnsupportedEngine, get_engine
-from sensei_airflow.manifest import Manifest, ManifestSet
+from sensei_airflow.lock import LockHeld, MigrationLocks, release_command
+from sensei_airflow.manifest import Manifest, ManifestSet, Strategy
 from sensei_airflow.plan import (
     PlannedTable,
     RefusedError,
@@ -22,9 +24,11 @@ from sensei_airflow.plan import (
     strategy_candidates,
 )
 from sensei_airflow.start import migration_start
-from sensei_airflow.state import LockHeld, StateStore
+from sensei_airflow.state import StateStore
 from sensei_airflow.strategies import RollbackStrategy, strategy_class
 from sensei_airflow.verify import Verification
+
+log = logging.getLogger(__name__)
 
 #: how long a rollback's lock lasts unless renewed: a crashed run holds it no longer.
 DEFAULT_LOCK_TTL = timedelta(hours=6)
@@ -65,12 +69,21 @@ def check_window(manifest: Manifest, now: datetime) -> None:
 
 
 def assess(
-    manifest: Manifest, request: RollbackRequest, run: RunContext, lock_ttl: timedelta = DEFAULT_LOCK_TTL
+    manifest: Manifest,
+    request: RollbackRequest,
+    run: RunContext,
+    lock_ttl: timedelta = DEFAULT_LOCK_TTL,
+    *,
+    lock_token: int | None = None,
 ) -> RollbackPlan:
     """Validate everything and decide the plan, or raise ``RefusedError`` before anything changes.
 
     A rollback (not a dry run) takes the migration's lock for ``lock_ttl``: a second rollback of
-    the same migration is refused while the first holds it.
+    the same migration is refused while the first holds it. The plan carries the lock's fencing
+    token, which every later change checks (:mod:`sensei_airflow.lock`).
+
+    :param lock_token: the run already holds the lock with this token (the fallback, assessed
+        again inside its fence): it is not taken again.
     """
     state = StateStore(manifest.state.conn_id)
     try:
@@ -83,6 +96,9 @@ def assess(
             "would be rolled back with it; point state at another database"
         )
     check_window(manifest, run.now)
+    if not request.dry_run and lock_token is None:
+        # before planning: the plan reads the target, whose tables a running rollback may hold
+        refuse_while_locked(state, manifest.id, run.rollback_id)
     scope = resolve_scope(manifest, request)
     check_names(target, scope)
 
@@ -126,9 +142,14 @@ def assess(
         )
     restore_to = request.restore_to or migration_start(manifest)
     warnings = list(assessment.warnings)
-    notes += take_lock(
-        state, manifest.id, run.rollback_id, lock_ttl, dry_run=request.dry_run, warnings=warnings
-    )
+    if request.dry_run or Strategy.REVERSE_MIGRATION in (chosen.name, *later[:1]):
+        # only where the source matters: a truncate must not wait on a source that is gone
+        warnings += staging_warnings(manifest, state)
+    if lock_token is None:
+        lock_token, lock_notes = take_lock(
+            state, manifest.id, run.rollback_id, lock_ttl, dry_run=request.dry_run, warnings=warnings
+        )
+        notes += lock_notes
     return RollbackPlan(
         migration_id=manifest.id,
         rollback_id=run.rollback_id,
@@ -150,6 +171,7 @@ def assess(
         triggered_by=run.actor,
         reason=request.reason,
         started_at=run.now.isoformat(),
+        lock_token=lock_token,
     )
 
 
@@ -161,26 +183,64 @@ def take_lock(
     *,
     dry_run: bool,
     warnings: list[str],
-) -> list[str]:
-    """Take the migration's rollback lock (dry runs only look); returns notes for the plan.
+) -> tuple[int | None, list[str]]:
+    """Take the migration's rollback lock (dry runs only look); returns its token and notes for the plan.
 
-    :raises RefusedError: naming the running rollback when another run holds the lock.
+    :raises RefusedError: naming the running rollback, and how to clear a crashed run's lock, when
+        another run holds the lock.
     """
+    locks = MigrationLocks(state)
     if dry_run:
-        holder = state.lock_holder(migration_id)
+        holder = locks.holder(migration_id)
         if holder is not None and holder.rollback_id != rollback_id:
             warnings.append(
-                f"rollback {holder.rollback_id} is running now: this plan may be outdated when it ends"
+                f"rollback {holder.rollback_id} holds the lock of {migration_id} now: this plan may be "
+                "outdated when it ends"
             )
-        return []
+        return None, []
     try:
-        stale = state.acquire_lock(migration_id, rollback_id, ttl)
+        acquired = locks.acquire(migration_id, rollback_id, ttl)
     except LockHeld as exc:
-        raise RefusedError(f"{exc}; wait for it to end, or for its lock to expire if it crashed") from None
+        raise lock_held(exc) from None
+    stale = acquired.took_over
     if stale is None:
-        return []
+        return acquired.lock.token, []
     expired = stale.expires_at.isoformat()
-    return [f"took over the lock of rollback {stale.rollback_id}, which expired at {expired}"]
+    return acquired.lock.token, [
+        f"took over the lock of rollback {stale.rollback_id}, which expired at {expired}"
+    ]
+
+
+def refuse_while_locked(state: StateStore, migration_id: str, rollback_id: str) -> None:
+    """Refuse at once while another run holds a live lock of the migration (the atomic check is
+    :func:`take_lock`'s, after planning; this one spares a plan that would wait on that run's work)."""
+    holder = MigrationLocks(state).holder(migration_id)
+    if holder is not None and holder.rollback_id != rollback_id and not holder.expired:
+        raise lock_held(LockHeld(holder))
+
+
+def lock_held(exc: LockHeld) -> RefusedError:
+    """The one-line refusal while another run holds the lock: who, since when, and how to clear it."""
+    return RefusedError(
+        f"{exc}; wait for it to end, or if its task died, clear its lock with "
+        f"`{release_command(exc.lock.migration_id)}` (audited)"
+    )
+
+
+def staging_warnings(manifest: Manifest, state: StateStore) -> list[str]:
+    """What crashed reverse migrations left in the source's staging schema, as plan warnings.
+
+    Best effort: a source that cannot be asked (another engine, unreachable) gives none.
+    """
+    from sensei_airflow.strategies.reverse import leftover_staging
+
+    try:
+        found = leftover_staging(manifest, state)
+    except Exception as exc:
+        log.info("leftover staging of %s not checked: %s: %s", manifest.id, type(exc).__name__, exc)
+        return []
+    where = f"the source {manifest.source.conn_id} (schema sensei_staging)"
+    return [leftover.describe(where) for leftover in found]
 
 
 def rollback_status(

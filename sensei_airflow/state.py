@@ -11,13 +11,13 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
 #: raise it with every change of ``_DDL``: a state role that may not run the DDL itself (it does
 #: not own the schema, see ``sensei audit init``) checks that the owner brought the schema this far.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS sensei;
@@ -87,12 +87,27 @@ BEGIN
             ADD COLUMN IF NOT EXISTS audit_head_hash text;
     END IF;
 END $$;
+-- version 3: the fencing token of the migration lock (lock.py).
+CREATE SEQUENCE IF NOT EXISTS sensei.rollback_lock_tokens;
 CREATE TABLE IF NOT EXISTS sensei.rollback_locks (
     migration_id     text PRIMARY KEY,
     rollback_id      text NOT NULL,
     acquired_at      timestamptz NOT NULL DEFAULT now(),
-    expires_at       timestamptz NOT NULL
+    expires_at       timestamptz NOT NULL,
+    token            bigint NOT NULL DEFAULT nextval('sensei.rollback_lock_tokens'),
+    renewed_at       timestamptz
 );
+-- state stores created before the fencing token (sensei_airflow/lock.py) get its columns; checked
+-- first, since ALTER TABLE would wait for every open fence (which holds a row of the table)
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'sensei.rollback_locks'::regclass
+                   AND attname = 'token' AND NOT attisdropped) THEN
+        ALTER TABLE sensei.rollback_locks
+            ADD COLUMN token bigint NOT NULL DEFAULT nextval('sensei.rollback_lock_tokens'),
+            ADD COLUMN renewed_at timestamptz;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS sensei.consumer_holds (
     id               bigserial PRIMARY KEY,
     migration_id     text NOT NULL,
@@ -311,69 +326,6 @@ class StateStore:
             )
             return {table: int(rows) for table, rows in cur.fetchall()}
 
-    # -- one rollback per migration at a time ---------------------------------------------------
-    def acquire_lock(self, migration_id: str, rollback_id: str, ttl: timedelta) -> RollbackLock | None:
-        """Take the migration's rollback lock for ``ttl``, or raise :class:`LockHeld`.
-
-        The holder itself may take it again (a retried assess). A lock whose time is up was
-        left by a crashed run and is taken over; the stale lock is returned so the caller can
-        record it, else ``None``.
-        """
-        with self.transaction() as cur:
-            cur.execute(
-                "SELECT rollback_id, acquired_at, expires_at, expires_at < now() "
-                "FROM sensei.rollback_locks WHERE migration_id = %s FOR UPDATE",
-                (migration_id,),
-            )
-            row = cur.fetchone()
-            stale: RollbackLock | None = None
-            if row is not None and row[0] != rollback_id:
-                held = RollbackLock(migration_id, row[0], row[1], row[2])
-                if not row[3]:
-                    raise LockHeld(held)
-                stale = held
-            cur.execute(
-                """
-                INSERT INTO sensei.rollback_locks (migration_id, rollback_id, acquired_at, expires_at)
-                VALUES (%s, %s, now(), now() + %s)
-                ON CONFLICT (migration_id) DO UPDATE SET
-                    acquired_at = CASE WHEN sensei.rollback_locks.rollback_id = EXCLUDED.rollback_id
-                                  THEN sensei.rollback_locks.acquired_at ELSE now() END,
-                    rollback_id = EXCLUDED.rollback_id, expires_at = EXCLUDED.expires_at
-                """,
-                (migration_id, rollback_id, ttl),
-            )
-        return stale
-
-    def refresh_lock(self, migration_id: str, rollback_id: str, ttl: timedelta) -> bool:
-        """Extend the lock this run holds; ``False`` when it no longer holds it."""
-        with self.transaction() as cur:
-            cur.execute(
-                "UPDATE sensei.rollback_locks SET expires_at = now() + %s "
-                "WHERE migration_id = %s AND rollback_id = %s",
-                (ttl, migration_id, rollback_id),
-            )
-            return cur.rowcount == 1
-
-    def release_lock(self, migration_id: str, rollback_id: str) -> bool:
-        """Give the lock back (only the holder can); ``True`` when it was held."""
-        with self.transaction() as cur:
-            cur.execute(
-                "DELETE FROM sensei.rollback_locks WHERE migration_id = %s AND rollback_id = %s",
-                (migration_id, rollback_id),
-            )
-            return cur.rowcount == 1
-
-    def lock_holder(self, migration_id: str) -> RollbackLock | None:
-        with self.transaction() as cur:
-            cur.execute(
-                "SELECT rollback_id, acquired_at, expires_at FROM sensei.rollback_locks "
-                "WHERE migration_id = %s",
-                (migration_id,),
-            )
-            row = cur.fetchone()
-        return None if row is None else RollbackLock(migration_id, row[0], row[1], row[2])
-
     # -- halted consumers ------------------------------------------------------------------------
     def record_hold(
         self,
@@ -464,29 +416,8 @@ class ConsumerHold:
         }
 
 
-@dataclass(frozen=True)
-class RollbackLock:
-    """The run that holds a migration's rollback lock, and until when."""
-
-    migration_id: str
-    rollback_id: str
-    acquired_at: datetime
-    expires_at: datetime
-
-
 class StateSchemaMissing(RuntimeError):
     """The state store's tables are missing or outdated and the state role may not create them."""
-
-
-class LockHeld(Exception):
-    """Another rollback of the same migration holds the lock."""
-
-    def __init__(self, lock: RollbackLock) -> None:
-        self.lock = lock
-        super().__init__(
-            f"rollback {lock.rollback_id} of {lock.migration_id} is already running (since "
-            f"{lock.acquired_at.isoformat()}; its lock expires at {lock.expires_at.isoformat()})"
-        )
 
 
 def _json(value: Mapping[str, Any] | None) -> str | None:

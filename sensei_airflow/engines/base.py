@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -82,6 +83,10 @@ class Statement:
     sql: str
     params: tuple[Any, ...] = ()
     purpose: str = ""
+
+
+class ChangeLockHeld(Exception):
+    """Another session holds the migration's change lock on this database (it is changing it now)."""
 
 
 class Engine(ABC):
@@ -228,6 +233,20 @@ class Engine(ABC):
     @abstractmethod
     def row_counts(self, tables: Iterable[str]) -> dict[str, int]:
         """Exact row counts of the given (qualified) tables."""
+
+    # -- one rollback per migration (lock.py's fence) ----------------------------------------
+    def hold_change_lock(self, key: int, holder: str) -> AbstractContextManager[None]:
+        """Hold the migration's change lock on this database for as long as the block runs.
+
+        Where the engine has session-scoped advisory locks (PostgreSQL), a dedicated connection
+        holds one keyed by ``key``; it ends with that connection, also when the process dies.
+        Engines without such locks return a no-op (the state store's fence alone applies).
+
+        :param key: the migration's lock key (:func:`sensei_airflow.lock.change_lock_key`).
+        :param holder: who holds it, shown to a second holder (``sensei <rollback id>``).
+        :raises ChangeLockHeld: when another session holds it.
+        """
+        return nullcontext()
 
     # -- target truncate -----------------------------------------------------------------
     @abstractmethod

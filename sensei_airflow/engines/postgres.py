@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from typing import Any
 
 from sensei_airflow.engines.base import (
+    ChangeLockHeld,
     Engine,
     ForeignKey,
     Grant,
@@ -64,6 +65,15 @@ WHERE r.rolname = ANY(%s) AND c.oid = ANY(ARRAY(SELECT to_regclass(t) FROM unnes
 ORDER BY 1, 2, 3, 4
 """
 
+#: who holds a bigint advisory lock (split into its high and low halves) on the current database.
+_CHANGE_LOCK_HOLDER = """
+SELECT a.pid, a.application_name, a.backend_start
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid
+"""
+
 
 class PostgresEngine(Engine):
     dialect = "postgres"
@@ -91,6 +101,33 @@ class PostgresEngine(Engine):
             rows = cur.fetchall()
             conn.rollback()
             return rows
+
+    # -- one rollback per migration ----------------------------------------------------------
+    @contextmanager
+    def hold_change_lock(self, key: int, holder: str) -> Iterator[None]:
+        """A session advisory lock on this database, on its own connection, while the block runs.
+
+        ``pg_try_advisory_lock`` never waits: a second holder is refused at once, naming the
+        session that holds it (its ``application_name`` is ``holder``).
+        """
+        with self.connect() as conn:
+            conn.autocommit = True
+            conn.execute("SELECT set_config('application_name', %s, false)", (holder[:63],))
+            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+                row = conn.execute(
+                    _CHANGE_LOCK_HOLDER, ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
+                ).fetchone()
+                who = (
+                    f"session {row[0]} ({row[1] or 'no application name'}, connected since {row[2].isoformat()})"
+                    if row
+                    else "another session"
+                )
+                raise ChangeLockHeld(f"its change lock is held by {who}")
+            try:
+                yield
+            finally:
+                with suppress(Exception):  # the connection may be gone; closing it releases the lock anyway
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     # -- catalog ---------------------------------------------------------------------------
     def identity(self) -> str:

@@ -32,6 +32,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from psycopg import sql as pgsql
+
 from sensei_airflow.verify import KeyRange, KeyValues
 
 if TYPE_CHECKING:
@@ -324,6 +326,83 @@ class TableApplied:
     sequences: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StagingOwner:
+    """The migration and rollback a staging table belongs to (stored as the table's comment)."""
+
+    migration_id: str | None
+    rollback_id: str | None
+
+    def label(self, source_table: str, chunk: int) -> str:
+        return json.dumps(
+            {
+                "sensei": "reverse staging",
+                "migration_id": self.migration_id,
+                "rollback_id": self.rollback_id,
+                "source_table": source_table,
+                "chunk": chunk,
+            },
+            ensure_ascii=False,
+            sort_keys=True,
+        )
+
+    @classmethod
+    def parse(cls, comment: str | None) -> StagingOwner | None:
+        try:
+            found = json.loads(comment or "")
+        except ValueError:
+            return None
+        if not isinstance(found, dict) or found.get("sensei") != "reverse staging":
+            return None
+        return cls(found.get("migration_id"), found.get("rollback_id"))
+
+
+@dataclass
+class StagingLeftover:
+    """The staging tables one rollback left in ``sensei_staging`` (a crashed run's, or a running one's)."""
+
+    migration_id: str | None
+    rollback_id: str | None
+    names: list[str] = field(default_factory=list)
+    bytes: int = 0
+    #: the rollback holds its migration's lock now (it is running: its staging is in use).
+    holds_lock: bool = False
+
+    @property
+    def tables(self) -> int:
+        return len(self.names)
+
+    def describe(self, where: str) -> str:
+        """One line for a plan warning or a status listing."""
+        whose = f"rollback {self.rollback_id}" if self.rollback_id else "an unknown rollback"
+        size = _size(self.bytes)
+        if self.holds_lock:
+            return f"{where} holds {self.tables} staging tables ({size}) of {whose}, which is running now"
+        return (
+            f"{where} holds {self.tables} staging tables ({size}) left by {whose}, which no longer holds the "
+            "lock (it crashed or was stopped); the next completed reverse migration of the migration drops them"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "migration_id": self.migration_id,
+            "rollback_id": self.rollback_id,
+            "tables": self.tables,
+            "bytes": self.bytes,
+            "holds_lock": self.holds_lock,
+            "names": list(self.names),
+        }
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("kB", "MB", "GB"):
+        size /= 1024
+        if size < 1024 or unit == "GB":
+            return f"{n} bytes" if n < 1024 else f"{size:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def stage_name(rollback_id: str, source_table: str, chunk: int) -> str:
     """The staging table of one chunk (a short, stable name: identifiers stop at 63 bytes)."""
     digest = hashlib.sha1(f"{rollback_id}\0{source_table}".encode()).hexdigest()[:20]
@@ -511,6 +590,7 @@ class PostgresReverseWriter:
         readers: dict[str, Any],
         *,
         skip_unchanged: bool = True,
+        migration_id: str | None = None,
     ) -> tuple[dict[str, TableApplied], dict[str, dict[str, int]]]:
         """Stage every table chunk by chunk while one transaction applies the staged chunks.
 
@@ -520,6 +600,9 @@ class PostgresReverseWriter:
         from the target (children first), sets the sequences, records the outcome, drops the
         staging and commits. Moving and applying overlap; a failure anywhere rolls the apply back
         and keeps the staged chunks for the retry, which re-applies them from the staging tables.
+
+        Each staging table's comment names ``migration_id`` and ``rollback_id``, so what a crashed
+        run left behind can be found and dropped later (:meth:`leftover_staging`).
 
         Returns the applied rows per source table and the chunk outcomes per target table.
         """
@@ -531,7 +614,12 @@ class PostgresReverseWriter:
         try:
             for table in tables:
                 outcomes[table.target] = self._stage_table(
-                    rollback_id, table, readers[table.source], applier, skip_unchanged=skip_unchanged
+                    StagingOwner(migration_id, rollback_id),
+                    rollback_id,
+                    table,
+                    readers[table.source],
+                    applier,
+                    skip_unchanged=skip_unchanged,
                 )
         except BaseException as exc:
             applier.abort()
@@ -546,7 +634,14 @@ class PostgresReverseWriter:
         return applier.results, outcomes
 
     def _stage_table(
-        self, rollback_id: str, table: ReverseTable, reader: Any, applier: _Applier, *, skip_unchanged: bool
+        self,
+        owner: StagingOwner,
+        rollback_id: str,
+        table: ReverseTable,
+        reader: Any,
+        applier: _Applier,
+        *,
+        skip_unchanged: bool,
     ) -> dict[str, int]:
         chunks = self.plan_chunks(rollback_id, table, reader)
         compare = skip_unchanged and isinstance(reader, PostgresRowSource) and self.source_has_rows(table)
@@ -559,6 +654,7 @@ class PostgresReverseWriter:
             )
             for number, key_range, state, _rows in chunks:
                 self._stage_chunk(
+                    owner,
                     rollback_id,
                     table,
                     reader,
@@ -576,6 +672,7 @@ class PostgresReverseWriter:
 
     def _stage_chunk(
         self,
+        owner: StagingOwner,
         rollback_id: str,
         table: ReverseTable,
         reader: Any,
@@ -611,6 +708,10 @@ class PostgresReverseWriter:
             conn.execute(
                 f"CREATE UNLOGGED TABLE {stage} AS SELECT {columns} "  # noqa: S608 - quoted identifiers
                 f"FROM {self.engine.quote_table(table.source)} WITH NO DATA"
+            )
+            label = owner.label(table.source, number)
+            conn.execute(
+                pgsql.SQL("COMMENT ON TABLE {} IS {}").format(pgsql.SQL(stage), pgsql.Literal(label))
             )
             moved = self._copy_range(conn, stage, table, reader, key_range, source_conn)
             conn.execute(
@@ -719,6 +820,56 @@ class PostgresReverseWriter:
             )[0]
             found.append((sequence, int(last), int(highest)))
         return found
+
+    def leftover_staging(self) -> list[StagingLeftover]:
+        """The staging tables in ``sensei_staging`` now, by the migration and rollback that made them.
+
+        Attributed by each table's comment; a table without one (staged by an older version) is
+        matched to its rollback through the checkpoints when they still name it, else reported
+        with neither id.
+        """
+        if not self._query("SELECT to_regnamespace(%s) IS NOT NULL", (STAGING_SCHEMA,))[0][0]:
+            return []
+        rows = self._query(
+            "SELECT c.relname, obj_description(c.oid, 'pg_class'), pg_total_relation_size(c.oid) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = 'r' AND c.relname LIKE 'rev\\_%%' ORDER BY c.relname",
+            (STAGING_SCHEMA,),
+        )
+        by_name: dict[str, str] = {}
+        if any(StagingOwner.parse(comment) is None for _, comment, _ in rows) and self._has_staging():
+            for rollback_id, source_table, chunk in self._query(
+                "SELECT rollback_id, source_table, chunk FROM sensei_staging.reverse_chunks"
+            ):
+                by_name[stage_name(rollback_id, source_table, chunk)] = rollback_id
+        found: dict[tuple[str | None, str | None], StagingLeftover] = {}
+        for name, comment, size in rows:
+            owner = StagingOwner.parse(comment) or StagingOwner(None, by_name.get(name))
+            leftover = found.setdefault(
+                (owner.migration_id, owner.rollback_id),
+                StagingLeftover(owner.migration_id, owner.rollback_id),
+            )
+            leftover.names.append(name)
+            leftover.bytes += int(size)
+        return list(found.values())
+
+    def drop_leftover_staging(self, leftovers: Sequence[StagingLeftover]) -> list[str]:
+        """Drop these staging tables and their runs' checkpoints, in one transaction; the tables dropped."""
+        dropped: list[str] = []
+        if not leftovers:
+            return dropped
+        with self._session() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            for leftover in leftovers:
+                for name in leftover.names:
+                    conn.execute(f"DROP TABLE IF EXISTS {STAGING_SCHEMA}.{self.q(name)}")
+                    dropped.append(f"{STAGING_SCHEMA}.{name}")
+                if leftover.rollback_id is not None and self._has_staging():
+                    conn.execute(
+                        "DELETE FROM sensei_staging.reverse_chunks WHERE rollback_id = %s",
+                        (leftover.rollback_id,),
+                    )
+        return dropped
 
     def discard(self, rollback_id: str) -> None:
         """Drop a rollback's staging tables and checkpoints (to start over)."""

@@ -19,14 +19,14 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from sensei_airflow import consumers, notify
 from sensei_airflow.anchors import Anchor, make_anchor, verify_trail, write_anchor
+from sensei_airflow.lock import MigrationLocks
 from sensei_airflow.manifest import Strategy, load_manifests
 from sensei_airflow.names import markdown_cell
-from sensei_airflow.operators.base import ERROR_XCOM_KEY, RunbookOperator, StepRun, log
+from sensei_airflow.operators.base import ERROR_XCOM_KEY, RunbookOperator, StepRun, lock_ttl, log
 from sensei_airflow.plan import RefusedError, RollbackPlan
 from sensei_airflow.redaction import redact, redact_error
 from sensei_airflow.report import render_markdown
 from sensei_airflow.runbook import (
-    DEFAULT_LOCK_TTL,
     RunContext,
     assess,
     find_manifest,
@@ -34,7 +34,7 @@ from sensei_airflow.runbook import (
     rollback_status,
     status_document,
 )
-from sensei_airflow.state import LockHeld, utcnow
+from sensei_airflow.state import utcnow
 from sensei_airflow.strategies import strategy_class
 from sensei_airflow.verify import Verification
 
@@ -51,36 +51,8 @@ def execute_task_id(strategy: str) -> str:
     return f"execute_{strategy}"
 
 
-def lock_ttl() -> timedelta:
-    """``[sensei] lock_ttl_seconds``: how long a run's lock lasts unless a step renews it."""
-    from airflow.configuration import conf
-
-    seconds = conf.getint("sensei", "lock_ttl_seconds", fallback=int(DEFAULT_LOCK_TTL.total_seconds()))
-    return timedelta(seconds=seconds)
-
-
 def _conf(step: StepRun) -> dict[str, Any]:
     return {**dict(step.context["params"]), **dict(step.context["dag_run"].conf or {})}
-
-
-def _renew_lock(step: StepRun, *, strict: bool = False) -> None:
-    """Extend this run's lock: a run that still works keeps it, a crashed one loses it.
-
-    A lock that ran out (a long wait for approval) is taken again if nobody else took it.
-    :param strict: refuse to go on when another rollback of the migration holds it now (the
-        steps that change something).
-    """
-    if step.plan is None or step.plan.dry_run or step.state is None:
-        return
-    migration_id = step.plan.migration_id
-    if step.state.refresh_lock(migration_id, step.rollback_id, lock_ttl()):
-        return
-    try:
-        step.state.acquire_lock(migration_id, step.rollback_id, lock_ttl())
-    except LockHeld as exc:
-        if strict:
-            raise RefusedError(f"this rollback's lock ran out and {exc}; nothing more is changed") from None
-        log.warning("rollback %s lost the lock of %s: %s", step.rollback_id, migration_id, exc)
 
 
 def executed(step: StepRun) -> tuple[RollbackPlan | None, dict[str, Any] | None, dict[str, Any] | None]:
@@ -245,7 +217,6 @@ class NotifyOperator(RunbookOperator):
     def run(self, step: StepRun) -> dict[str, Any]:
         plan = self.require_plan(step)
         assert step.manifest is not None
-        _renew_lock(step)
         event = notify.RollbackEvent(
             event=notify.STARTED,
             migration_id=plan.migration_id,
@@ -297,11 +268,11 @@ class HaltOperator(_ConsumerStep):
     def run(self, step: StepRun) -> dict[str, Any]:
         plan = self.require_plan(step)
         assert step.manifest is not None and step.state is not None
-        _renew_lock(step, strict=True)
         target = self.target(step)
-        result = consumers.halt(
-            step.manifest, step.rollback_id, step.state, target, plan.table_names, self.api
-        )
+        with step.fence(plan):
+            result = consumers.halt(
+                step.manifest, step.rollback_id, step.state, target, plan.table_names, self.api
+            )
         step.record("halted", sql=result.statements, detail=result.as_json())
         return {**result.as_json(), "fingerprints": target.table_fingerprints(plan.table_names)}
 
@@ -351,21 +322,23 @@ class FallbackOperator(RunbookOperator):
                 f"{plan.strategy} failed ({error['error']}) after changing {', '.join(changed)}: the "
                 f"fallback {plan.fallback} is not run on a half-changed target; investigate first"
             )
-        _renew_lock(step, strict=True)
         request = parse_request(_conf(step)).model_copy(update={"strategy": plan.fallback.value})
         run = RunContext(rollback_id=step.rollback_id, actor=step.actor, now=utcnow())
-        fallback_plan = assess(step.manifest, request, run, lock_ttl())
-        why = f"{plan.strategy} failed after its retries without changing the target: {error['error']}"
-        fallback_plan = fallback_plan.model_copy(
-            update={
-                "requested_strategy": "auto",
-                "notes": [*plan.notes, f"fell back to {fallback_plan.strategy}: {why}"],
-                "started_at": plan.started_at,
-            }
-        )
-        step.record("falling back", detail={"from": plan.strategy, "to": fallback_plan.strategy, "why": why})
-        strategy = strategy_class(fallback_plan.strategy)(step.manifest, step.state)
-        execution = strategy.execute(fallback_plan)
+        with step.fence(plan, plan.fallback):
+            fallback_plan = assess(step.manifest, request, run, lock_ttl(), lock_token=plan.lock_token)
+            why = f"{plan.strategy} failed after its retries without changing the target: {error['error']}"
+            fallback_plan = fallback_plan.model_copy(
+                update={
+                    "requested_strategy": "auto",
+                    "notes": [*plan.notes, f"fell back to {fallback_plan.strategy}: {why}"],
+                    "started_at": plan.started_at,
+                }
+            )
+            step.record(
+                "falling back", detail={"from": plan.strategy, "to": fallback_plan.strategy, "why": why}
+            )
+            strategy = strategy_class(fallback_plan.strategy)(step.manifest, step.state)
+            execution = strategy.execute(fallback_plan)
         step.record(
             "executed",
             sql=execution.statements,
@@ -413,18 +386,18 @@ class ResetSequencesOperator(RunbookOperator):
         if plan is None or execution is None:
             raise AirflowSkipException("no strategy was executed")
         assert step.manifest is not None
-        _renew_lock(step)
         sides = [("target", step.manifest.target.conn_id, plan.table_names)]
         if plan.strategy == Strategy.REVERSE_MIGRATION:
             sides.append(("source", step.manifest.source.conn_id, [t.source for t in plan.tables]))
         resets: list[dict[str, Any]] = []
         warnings: list[str] = []
-        for side, conn_id, tables in sides:
-            engine = get_engine(conn_id)
-            try:
-                resets += [{"side": side, **r.as_json()} for r in engine.reset_sequences(tables)]
-            except NotImplementedError as exc:
-                warnings.append(f"{side}: {exc}")
+        with step.fence(plan):
+            for side, conn_id, tables in sides:
+                engine = get_engine(conn_id)
+                try:
+                    resets += [{"side": side, **r.as_json()} for r in engine.reset_sequences(tables)]
+                except NotImplementedError as exc:
+                    warnings.append(f"{side}: {exc}")
         step.record("sequences reset", detail={"sequences": resets, "warnings": warnings})
         return {"sequences": resets, "warnings": warnings}
 
@@ -446,7 +419,6 @@ class VerifyOperator(RunbookOperator):
         plan, _, _ = executed(step)
         plan = plan or self.require_plan(step)
         assert step.manifest is not None and step.state is not None
-        _renew_lock(step)
         if not plan.verify_after:
             return Verification.skipped().model_dump(mode="json")
         verification = strategy_class(plan.strategy)(step.manifest, step.state).verify(plan)
@@ -474,10 +446,12 @@ class ResumeOperator(_ConsumerStep):
     step = "resume"
 
     def run(self, step: StepRun) -> dict[str, Any]:
-        self.require_plan(step)
+        plan = self.require_plan(step)
         assert step.manifest is not None and step.state is not None
-        _renew_lock(step)
-        result = consumers.resume(step.manifest, step.rollback_id, step.state, self.target(step), self.api)
+        with step.fence(plan):
+            result = consumers.resume(
+                step.manifest, step.rollback_id, step.state, self.target(step), self.api
+            )
         step.record("resumed", sql=result["statements"], detail=result)
         return result
 
@@ -675,6 +649,8 @@ class DocumentOperator(RunbookOperator):
 
     step = "document"
     skipped_in_dry_run = False
+    #: document gives the lock back; nothing it does needs the lock kept alive.
+    keeps_lock_alive = False
     ui_color = "#cfe2ff"
 
     def __init__(self, *, watched_task_ids: list[str], **kwargs: Any) -> None:
@@ -737,8 +713,10 @@ class DocumentOperator(RunbookOperator):
         if step.state is not None and step.manifest is not None:
             holds = step.state.open_holds(step.manifest.id)
             report["consumers"]["still_halted"] = [h.as_json() for h in holds]
-            if plan is not None and not plan.dry_run:
-                report["lock_released"] = step.state.release_lock(step.manifest.id, step.rollback_id)
+            token = step.plan.lock_token if step.plan is not None else None
+            if token is not None:
+                # only while the lock still carries this run's token: never another run's lock
+                report["lock_released"] = MigrationLocks(step.state).release(step.manifest.id, token)
         if step.manifest is not None and step.manifest.notify:
             report["notifications"]["end"] = self._notify_end(step, document, report)
         anchor: Anchor | None = None

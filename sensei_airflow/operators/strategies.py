@@ -16,7 +16,11 @@ from sensei_airflow.strategies import strategy_class
 
 
 class ExecuteStrategyOperator(RunbookOperator):
-    """Run one strategy's execute, if assess chose it."""
+    """Run one strategy's execute, if assess chose it, inside the run's fence.
+
+    The fence (:meth:`StepRun.fence`) refuses before anything changes when this run no longer
+    holds the migration's lock, and keeps it held until the strategy's changes have committed.
+    """
 
     step = "execute"
     strategy: ClassVar[Strategy]
@@ -27,7 +31,8 @@ class ExecuteStrategyOperator(RunbookOperator):
         if plan.strategy != self.strategy:
             raise AirflowSkipException(f"assess chose {plan.strategy}, not {self.strategy}")
         assert step.manifest is not None and step.state is not None
-        execution = strategy_class(self.strategy)(step.manifest, step.state).execute(plan)
+        with step.fence(plan):
+            execution = strategy_class(self.strategy)(step.manifest, step.state).execute(plan)
         step.record(
             "executed",
             sql=execution.statements,

@@ -21,9 +21,10 @@ from typing import Any
 
 from sensei_airflow.conf import RollbackRequest
 from sensei_airflow.engines import Engine, UnsupportedEngine, get_engine
-from sensei_airflow.manifest import Strategy, TableMapping
+from sensei_airflow.manifest import Manifest, Strategy, TableMapping
 from sensei_airflow.names import format_name
 from sensei_airflow.plan import RefusedError, RollbackPlan, check_names, dependency_order
+from sensei_airflow.state import StateStore
 from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
 from sensei_airflow.transforms import column_plan, irreversible_columns, key_is_copied
 from sensei_airflow.verify import TableCheck, Verification, compare_table, comparison_verification
@@ -225,12 +226,31 @@ class ReverseMigrationStrategy(RollbackStrategy):
         writer = self.writer
         done = writer.applied_result(plan.rollback_id)
         if done is not None:
-            return self._execution(done, {"resumed": "the apply had already committed"})
+            cleanup = self.drop_leftover_staging(plan.rollback_id)
+            return self._execution(done, {"resumed": "the apply had already committed", **cleanup})
         specs = self._specs(plan)
         readers = {spec.source: self.target.reverse_reader(spec) for spec in specs}
-        applied, staging = writer.migrate(plan.rollback_id, specs, readers)
+        applied, staging = writer.migrate(plan.rollback_id, specs, readers, migration_id=self.manifest.id)
         result = {name: vars(r) for name, r in applied.items()}
-        return self._execution(result, {"chunks": staging})
+        return self._execution(result, {"chunks": staging, **self.drop_leftover_staging(plan.rollback_id)})
+
+    def drop_leftover_staging(self, rollback_id: str) -> dict[str, Any]:
+        """After the apply committed: drop the staging earlier runs of this migration left behind.
+
+        Only runs that no longer hold the migration's lock (crashed, stopped) lose theirs; this
+        run's own staging went with its apply. A failure here does not undo the rollback: it is
+        reported, and the staging stays listed by ``sensei migration status``.
+        """
+        try:
+            leftovers = [
+                s
+                for s in leftover_staging(self.manifest, self.state)
+                if not s.holds_lock or s.rollback_id == rollback_id
+            ]
+            dropped = self.writer.drop_leftover_staging(leftovers)
+        except Exception as exc:
+            return {"staging_cleanup_error": f"{type(exc).__name__}: {exc}"}
+        return {"staging_dropped": dropped} if dropped else {}
 
     def _execution(self, result: dict[str, Any], extra: dict[str, Any]) -> Execution:
         by_target = {
@@ -277,3 +297,25 @@ def _describe(changes: dict[str, Any]) -> str:
         return f"source changes not counted ({changes['why']})"
     counts = f"insert {changes['insert']}, update {changes['update']}, delete {changes['delete']} source rows"
     return counts if changes["exact"] else f"at least {counts}"
+
+
+def leftover_staging(manifest: Manifest, state: StateStore) -> list[Any]:
+    """Staging tables of this migration's reverse migrations on its source, each run's marked
+    ``holds_lock`` when that run holds the migration's lock now (it is running).
+
+    :returns: :class:`~sensei_airflow.engines.postgres_copy.StagingLeftover` items (empty for a
+        source engine without reverse staging).
+    """
+    from sensei_airflow.lock import MigrationLocks
+
+    try:
+        writer = get_engine(manifest.source.conn_id).reverse_writer(chunk_rows=1)
+    except NotImplementedError:
+        return []
+    found = [s for s in writer.leftover_staging() if s.migration_id == manifest.id]
+    if not found:
+        return []
+    holder = MigrationLocks(state).holder(manifest.id)
+    for leftover in found:
+        leftover.holds_lock = holder is not None and holder.rollback_id == leftover.rollback_id
+    return found

@@ -14,10 +14,12 @@ from datetime import timedelta
 from typing import Any
 
 from sensei_airflow.audit import AuditTrail
+from sensei_airflow.lock import MigrationLocks
 from sensei_airflow.manifest import load_manifests
 from sensei_airflow.plugins.api import document_from_record
 from sensei_airflow.state import StateStore, utcnow
 from tests.e2e.seed_payloads import assert_status_shape
+from tests.e2e.test_truncate_e2e import assess_error
 from tests.fixtures import migrate_demo, run_dag
 from tests.integration.runbook.support import api_server, write_manifest  # noqa: F401 - fixture
 
@@ -39,7 +41,7 @@ class Approver:
                 request = wait_for_approval_request(client)
                 run_id = request["task_instance"]["dag_run_id"]
                 self.seen["request"] = request
-                self.seen["lock_holder"] = self.store.lock_holder("mig_shop_2026").rollback_id
+                self.seen["lock_holder"] = MigrationLocks(self.store).holder("mig_shop_2026").rollback_id
                 answer = client.patch(
                     f"/api/v2/dags/sensei_rollback/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
                     json={"chosen_options": ["Reject"], "params_input": {}},
@@ -106,7 +108,7 @@ def test_a_rejected_approval_stops_the_run_with_nothing_changed(
     actions = [e["action"] for e in AuditTrail(store).events(run_id)]
     assert "awaiting approval" in actions and "rejected" in actions
     assert "executed" not in actions
-    assert store.lock_holder("mig_shop_2026") is None
+    assert MigrationLocks(store).holder("mig_shop_2026") is None
     assert "REJECTED (nothing was changed)" in store.get_run(run_id)["report_markdown"]
 
 
@@ -114,14 +116,19 @@ def test_a_crashed_runs_lock_refuses_until_it_expires(databases, migrations_dir,
     write_manifest(migrations_dir)
     migrate_demo(load_manifests(migrations_dir).get("mig_shop_2026"))
     store = StateStore("sensei_state")
-    store.acquire_lock("mig_shop_2026", "manual__crashed", timedelta(minutes=10))
+    locks = MigrationLocks(store)
+    locks.acquire("mig_shop_2026", "manual__crashed", timedelta(minutes=10))
 
     refused = run_dag("sensei_rollback", {"migration_id": "mig_shop_2026", "strategy": "truncate"})
 
     assert refused.task_states["assess"] == "failed"
+    reason = assess_error(refused)
+    assert "rollback manual__crashed of mig_shop_2026 is already running" in reason
+    # the refusal says how to clear a crashed run's lock
+    assert "sensei lock release mig_shop_2026 --force" in reason
     assert databases.scalar("target", "SELECT count(*) FROM sales.orders") > 0
     # nobody renews the crashed run's lock: it runs out
-    store.acquire_lock("mig_shop_2026", "manual__crashed", timedelta(seconds=1))
+    locks.acquire("mig_shop_2026", "manual__crashed", timedelta(seconds=1))
     time.sleep(1.2)
 
     outcome = run_dag("sensei_rollback", {"migration_id": "mig_shop_2026", "strategy": "truncate"})
@@ -130,4 +137,4 @@ def test_a_crashed_runs_lock_refuses_until_it_expires(databases, migrations_dir,
     notes = outcome.xcoms["assess"]["notes"]
     assert any(n.startswith("took over the lock of rollback manual__crashed") for n in notes)
     assert databases.scalar("target", "SELECT count(*) FROM sales.orders") == 0
-    assert store.lock_holder("mig_shop_2026") is None
+    assert MigrationLocks(store).holder("mig_shop_2026") is None

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sensei_airflow.engines import get_engine
+from sensei_airflow.lock import MigrationLocks
 from sensei_airflow.state import StateStore
 from tests.fixtures import migrate_demo, run_dag
 from tests.integration.runbook.support import (  # noqa: F401 - fixtures
@@ -134,7 +135,7 @@ def test_consumers_halted_during_the_rollback_and_restored_after(
     markdown = Path(report["published"][1]).read_text()
     assert "## Consumers halted and resumed" in markdown
     assert "DAG consumer_paused left paused (was paused)" in markdown
-    assert store.lock_holder("mig_shop_2026") is None
+    assert MigrationLocks(store).holder("mig_shop_2026") is None
     assert store.open_holds("mig_shop_2026") == []
 
 

@@ -1,16 +1,14 @@
-"""Database roles lose and regain exactly their grants; locks; sequences — against real PostgreSQL."""
+"""Database roles lose and regain exactly their grants; sequences — against real PostgreSQL (locks: tests/integration/test_lock.py)."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from datetime import timedelta
 
 import pytest
 
 from sensei_airflow import consumers
 from sensei_airflow.engines import get_engine
-from sensei_airflow.state import LockHeld, StateStore
+from sensei_airflow.state import StateStore
 
 GRANTS_OF = """
 SELECT n.nspname || '.' || c.relname, a.privilege_type, a.is_grantable
@@ -100,25 +98,6 @@ def test_an_unknown_role_refuses_before_anything_changes(databases, migrations_d
     with pytest.raises(RefusedError, match="role nobody_here does not exist"):
         consumers.halt(manifest, "run_x", store, target, ["sales.orders"], api=None)
     assert store.open_holds(manifest.id) == []
-
-
-def test_one_lock_per_migration_and_a_crashed_runs_lock_expires(databases):
-    store = StateStore("sensei_state")
-    assert store.acquire_lock("mig_a", "run_1", timedelta(seconds=1)) is None
-    assert store.acquire_lock("mig_a", "run_1", timedelta(seconds=1)) is None  # a retry of the holder
-    with pytest.raises(LockHeld, match="rollback run_1 of mig_a is already running"):
-        store.acquire_lock("mig_a", "run_2", timedelta(minutes=5))
-    assert store.acquire_lock("mig_b", "run_3", timedelta(minutes=5)) is None  # other migrations are free
-    assert not store.release_lock("mig_a", "run_2")  # only the holder releases
-
-    time.sleep(1.2)  # run_1 "crashed": nobody renews its lock
-    stale = store.acquire_lock("mig_a", "run_2", timedelta(minutes=5))
-
-    assert stale is not None and stale.rollback_id == "run_1"
-    assert store.lock_holder("mig_a").rollback_id == "run_2"
-    assert not store.refresh_lock("mig_a", "run_1", timedelta(minutes=5))
-    assert store.release_lock("mig_a", "run_2")
-    assert store.lock_holder("mig_a") is None
 
 
 def test_sequences_follow_the_highest_key_after_rows_are_removed(databases, migrated):
