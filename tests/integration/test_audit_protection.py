@@ -18,7 +18,7 @@ from psycopg import sql
 from sensei_airflow.audit import AuditEvent, AuditKey, AuditKeyError, AuditTrail
 from sensei_airflow.backups.catalog import BackupCatalog
 from sensei_airflow.cli import main as sensei_cli
-from sensei_airflow.state import StateSchemaMissing, StateStore
+from sensei_airflow.state import SCHEMA_VERSION, StateSchemaMissing, StateStore
 
 KEY = AuditKey("Prüfschlüssel für den Audit-Trail ✓ 4e1d".encode())
 
@@ -127,7 +127,8 @@ def test_a_state_role_that_may_not_create_the_schema_is_told_who_must(databases,
     with pytest.raises(StateSchemaMissing) as refused:
         StateStore("sensei_state").ensure_schema()
     assert str(refused.value) == (
-        "the sensei schema of state store sensei_state is missing (this sensei-airflow needs version 2) and "
+        "the sensei schema of state store sensei_state is missing (this sensei-airflow needs version "
+        f"{SCHEMA_VERSION}) and "
         f"the state role {app} may not create it (permission denied for database {databases.state}): have "
         f"its owner run: sensei audit init --conn-id <owner connection> --grant-to {app}"
     )
