@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 _HOME = Path(tempfile.mkdtemp(prefix="sensei-test-airflow-"))
 os.environ.update(
@@ -30,14 +32,13 @@ os.environ.update(
 pytest_plugins = ["tests.fixtures"]
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[Any]) -> None:
     """Spread the suite over pytest-xdist workers a module at a time (``--dist loadgroup``).
 
     Module-scoped fixtures are then set up once, and every test that talks to the session's
     ``airflow standalone`` runs on the same worker, so only one such server starts.
     """
-    import pytest
-
     for item in items:
         group = "airflow_server" if "airflow_server" in item.fixturenames else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))
