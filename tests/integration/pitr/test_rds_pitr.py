@@ -17,7 +17,7 @@ import pytest
 
 from sensei_airflow.engines.base import PointInTimeRefused, RecoveryTarget
 from sensei_airflow.engines.postgres import PostgresEngine
-from sensei_airflow.engines.rds import RdsRecovery, aside_identifier, restored_identifier
+from sensei_airflow.engines.postgres.rds import RdsRecovery, aside_identifier, restored_identifier
 from sensei_airflow.manifest import PointInTimeSettings
 from tests.fixtures import aws_client, use_aws_connection
 

@@ -3,7 +3,7 @@
 The inverse expressions (PostgreSQL-flavoured in the manifest) are rendered in the target's
 dialect and run inside the target's ``SELECT``; rows come back through the provider's DB-API
 connection in batches (``fetchmany``) and are written to the PostgreSQL source's staging with
-``COPY`` (see :class:`sensei_airflow.engines.postgres_copy.PostgresReverseWriter`). Memory stays
+``COPY`` (see :class:`sensei_airflow.engines.postgres.reverse.PostgresReverseWriter`). Memory stays
 at one batch.
 
 Checksums of two different engines do not compare (their hash functions differ), so this
