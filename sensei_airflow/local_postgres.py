@@ -11,8 +11,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import socket
 from dataclasses import dataclass
 from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
 
 from sensei_airflow.engines.postgres.cluster import PostgresUnavailable, Server, new_cluster_dir, program
 
@@ -62,9 +66,6 @@ class LocalCluster(Server):
 
     def create_database(self, name: str) -> str:
         """Create (or re-create, empty) a database; returns its URI."""
-        import psycopg
-        from psycopg import sql
-
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -72,8 +73,6 @@ class LocalCluster(Server):
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -16,6 +16,8 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sensei_airflow.names import exact_part, format_name, parse_name
+
 if TYPE_CHECKING:
     from sensei_airflow.verify import KeyRange, KeyValues
 
@@ -256,8 +258,6 @@ class Engine(ABC):
 
     def _written_parts(self, table: str) -> tuple[str, ...]:
         """The exact parts of a written table name, as written (no default schema added)."""
-        from sensei_airflow.names import exact_part, parse_name
-
         return tuple(exact_part(p, folds=self.folds_unquoted) for p in parse_name(table, self.max_name_parts))
 
     def name_parts(self, table: str) -> tuple[str, ...]:
@@ -275,8 +275,6 @@ class Engine(ABC):
 
     def table_name(self, *parts: str) -> str:
         """The canonical written form of exact name parts (what catalog methods return)."""
-        from sensei_airflow.names import format_name
-
         return format_name(parts, folds=self.folds_unquoted)
 
     def qualify(self, table: str) -> str:
@@ -288,8 +286,6 @@ class Engine(ABC):
 
     def identifier(self, written: str) -> str:
         """The exact name of a one-part written name (a column, a key, a role), folded as the engine folds."""
-        from sensei_airflow.names import exact_part, parse_name
-
         return exact_part(parse_name(written, 1)[0], folds=self.folds_unquoted)
 
     def column_name(self, written: str) -> str:

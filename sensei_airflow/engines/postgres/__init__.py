@@ -6,6 +6,11 @@ credentials), :mod:`.copy` (the binary COPY relay, replacing tables from a recov
 :mod:`.reverse` (reverse migration), :mod:`.backup` (logical backups), :mod:`.basebackup`
 (base backups, shared by physical backups and PITR), :mod:`.wal`, :mod:`.cluster` and
 :mod:`.pitr` (point-in-time recovery from a WAL archive) and :mod:`.rds` (RDS/Aurora PITR).
+
+The modules depend on :mod:`.catalog`, :mod:`.client`, :mod:`.copy` and ``engines/base.py``
+only, except :mod:`.pitr`, which composes :mod:`.basebackup`, :mod:`.wal` and :mod:`.cluster`.
+None of them imports this facade (its type only, for annotations), so every import here is at
+module level.
 """
 
 from __future__ import annotations

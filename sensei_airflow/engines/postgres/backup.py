@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import psycopg
 from psycopg import sql
 
 from sensei_airflow.engines.postgres import catalog
@@ -324,8 +325,6 @@ def _comment(cur: Any, target: str, text: str) -> None:
 @contextmanager
 def scratch_database(engine: PostgresEngine) -> Iterator[tuple[str, Any]]:
     """A throw-away database on the engine's server: its name and a psycopg connection factory."""
-    import psycopg
-
     name = f"sensei_scratch_{uuid.uuid4().hex[:12]}"
     with engine.connect() as conn:
         conn.autocommit = True

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from psycopg.conninfo import make_conninfo
+
 INSTALL_HINT = "install PostgreSQL (Debian/Ubuntu: apt-get install postgresql)"
 
 
@@ -125,8 +127,6 @@ def client_login(hook: Any, **override: Any) -> Iterator[ClientLogin]:
     :param hook: a ``PostgresHook``.
     :param override: libpq keywords to set instead (``dbname``, ...).
     """
-    from psycopg.conninfo import make_conninfo
-
     params = connection_params(hook, **override)
     password = params.pop("password", None)
     conninfo = make_conninfo(**{k: str(v) for k, v in params.items()})
