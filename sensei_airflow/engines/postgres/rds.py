@@ -37,6 +37,7 @@ from sensei_airflow.engines.base import (
     RecoveryTarget,
     RecoveryWindow,
 )
+from sensei_airflow.engines.postgres.client import connection_params
 from sensei_airflow.engines.postgres.copy import CopyBackRecovery, replace_statements, replacement_scope
 from sensei_airflow.manifest import RdsPointInTime
 
@@ -400,18 +401,15 @@ class RdsRecovery(CopyBackRecovery[RdsPointInTime]):
         return {"address": instance["Endpoint"]["Address"], "port": int(instance["Endpoint"]["Port"])}
 
     def restored_conninfo(self, endpoint: dict[str, Any], database: str) -> dict[str, Any]:
-        """libpq parameters for the restored instance: the live connection's credentials, its endpoint."""
-        conn = self.engine.hook.get_connection(self.engine.conn_id)
-        extra = conn.extra_dejson or {}
-        return {
-            "host": endpoint["address"],
-            "port": endpoint["port"],
-            "dbname": database,
-            "user": conn.login,
-            "password": conn.password,
-            "sslmode": extra.get("sslmode", "prefer"),
-            "connect_timeout": 30,
-        }
+        """libpq parameters for the restored instance: the live connection's, as ``PostgresHook`` builds
+        them (login, password, extras such as ``sslmode``), at the restored endpoint."""
+        return connection_params(
+            self.engine.hook,
+            host=endpoint["address"],
+            port=endpoint["port"],
+            dbname=database,
+            connect_timeout=30,
+        )
 
     def _copy_back(self, plan: PointInTimePlan, endpoint: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
         info = self.restored_conninfo(endpoint, str(plan.detail["database"]))
