@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -184,6 +184,32 @@ class ReverseReader(Protocol):
         self, forwards: Sequence[Any], target_types: dict[str, str], n: int
     ) -> tuple[dict[str, Any] | None, int]:
         """Inverse then forward on about ``n`` target rows: the first row that does not come back."""
+
+
+#: integer types whose key ranges are cut arithmetically (between the lowest and highest key).
+INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+
+
+def integer_cuts(
+    query: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]],
+    table: str,
+    key: str,
+    where: tuple[str, Sequence[Any]],
+    parts: int,
+) -> list[KeyValues]:
+    """Up to ``parts - 1`` ascending cuts of a single integer key, evenly between its lowest and
+    highest value in the range.
+
+    :param query: runs a query on the reader's database and returns its rows.
+    :param table: the quoted table; ``key`` its quoted key column.
+    :param where: the range's predicate and its bind parameters.
+    """
+    predicate, params = where
+    low, high = query(f"SELECT min({key}), max({key}) FROM {table} WHERE {predicate}", params)[0]  # noqa: S608
+    if low is None or high <= low:
+        return []
+    step = (high - low) / parts
+    return [(str(c),) for c in sorted({low + int(step * i) for i in range(1, parts)}) if low <= c < high]
 
 
 class BatchReader(Protocol):

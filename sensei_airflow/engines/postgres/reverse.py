@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql as pgsql
 
-from sensei_airflow.engines.base import ReverseTable
+from sensei_airflow.engines.base import INTEGER_TYPES, ReverseTable, integer_cuts
 from sensei_airflow.engines.postgres import catalog
 from sensei_airflow.engines.postgres.copy import relay_copy, session
 from sensei_airflow.verify import KeyRange, KeyValues, both, split_range
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from sensei_airflow.engines.postgres import PostgresEngine
 
 STAGING_SCHEMA = "sensei_staging"
-_INTEGER_TYPES = {"smallint", "integer", "bigint"}
 _LOCK_KEY = 7_346_201
 
 _STAGING_DDL = f"""
@@ -150,16 +149,8 @@ class PostgresRowSource:
         if parts < 2:
             return []
         where, params = self._where(key_range)
-        if len(self.keys) == 1 and self.key_types[0] in _INTEGER_TYPES:
-            low, high = self._query(
-                f"SELECT min({self.keys[0]}), max({self.keys[0]}) FROM {self.table} WHERE {where}",  # noqa: S608
-                params,
-            )[0]
-            if low is None or high <= low:
-                return []
-            step = (high - low) / parts
-            cuts = sorted({low + int(step * i) for i in range(1, parts)} - {high})
-            return [(str(c),) for c in cuts if low <= c < high]
+        if len(self.keys) == 1 and self.key_types[0] in INTEGER_TYPES:
+            return integer_cuts(self._query, self.table, self.keys[0], (where, params), parts)
         key_list = ", ".join(self.keys)
         texts = ", ".join(f"{k}::text" for k in self.keys)
         sql = (
