@@ -500,12 +500,12 @@ class Engine(ABC):
         """Column name -> type of a table, in column order (empty when the table does not exist)."""
         raise NotImplementedError(f"{type(self).__name__} cannot take part in a reverse migration yet")
 
-    def reverse_reader(self, table: ReverseTable) -> Any:
-        """Read a target table as source rows through the inverse expressions of ``table`` (a :class:`ReverseReader`)."""
+    def reverse_reader(self, table: ReverseTable) -> ReverseReader:
+        """Read a target table as source rows through the inverse expressions of ``table``."""
         raise NotImplementedError(f"{type(self).__name__} cannot be read by a reverse migration yet")
 
-    def reverse_writer(self, *, chunk_rows: int) -> Any:
-        """The writer that stages and applies reverse-migrated rows on this (source) database (a :class:`ReverseWriter`)."""
+    def reverse_writer(self, *, chunk_rows: int) -> ReverseWriter:
+        """The writer that stages and applies reverse-migrated rows on this (source) database."""
         raise NotImplementedError(f"{type(self).__name__} cannot be written by a reverse migration yet")
 
     # -- backups (backups/, strategies/backup_restore.py; defaults: not supported) -------------
