@@ -83,7 +83,7 @@ def _run(cluster: object, home: Path, repeat: int) -> list[str]:
     from sensei_airflow.backups import logical
     from sensei_airflow.backups.catalog import BackupCatalog
     from sensei_airflow.engines.postgres import PostgresEngine
-    from sensei_airflow.engines.postgres_dump import find_tool
+    from sensei_airflow.engines.postgres.client import find_program
     from sensei_airflow.state import StateStore
 
     os.environ["AIRFLOW_CONN_BENCH_TARGET"] = cluster.create_database("bench")  # type: ignore[attr-defined]
@@ -96,7 +96,7 @@ def _run(cluster: object, home: Path, repeat: int) -> list[str]:
     catalog = BackupCatalog(StateStore("bench_state"))
     total_rows = sum(ROWS.values())
     dump_file = home / "tables.dump"
-    pg_dump, pg_restore = str(find_tool("pg_dump")), str(find_tool("pg_restore"))
+    pg_dump, pg_restore = str(find_program("pg_dump")), str(find_program("pg_restore"))
     table_args = [arg for t in TABLES for arg in ("-t", t)]
 
     def baseline_dump() -> None:

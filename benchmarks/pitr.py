@@ -27,7 +27,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from sensei_airflow.local_postgres import LocalCluster, find_bindir, free_port
+from sensei_airflow.engines.postgres.client import ToolMissing, find_program
+from sensei_airflow.local_postgres import LocalCluster, free_port
 
 ROWS = int(os.environ.get("SENSEI_BENCH_ROWS", "1000000"))
 REPEAT = int(os.environ.get("SENSEI_BENCH_REPEAT", "3"))
@@ -35,13 +36,16 @@ GOAL = 1.25
 
 
 def _psql() -> str:
-    bindir = find_bindir()
-    return str(bindir / "psql") if (bindir / "psql").exists() else "psql"
+    try:
+        return str(find_program("psql"))
+    except ToolMissing:
+        return "psql"
 
 
 def raw_restore(archiving: object, point: str, scratch: Path, port: int) -> float:
     """The raw steps, timed: copy the backup, recover to the point, pipe the table back."""
-    from sensei_airflow.engines.postgres_pitr import _chown_to_postgres, list_base_backups
+    from sensei_airflow.engines.postgres.basebackup import list_base_backups
+    from sensei_airflow.engines.postgres.cluster import chown_to_postgres
 
     backup = list_base_backups(archiving.backups)[0]  # type: ignore[attr-defined]
     live = archiving.cluster  # type: ignore[attr-defined]
@@ -61,14 +65,14 @@ def raw_restore(archiving: object, point: str, scratch: Path, port: int) -> floa
     subprocess.run(["cp", "-a", str(backup.path), str(data)], check=True)
     (data / "recovery.signal").touch()
     (data / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
-    _chown_to_postgres(scratch)
+    chown_to_postgres(scratch)
     cluster = LocalCluster(
         scratch, port,
         settings={"restore_command": f"cp {archiving.archive}/%f %p",  # type: ignore[attr-defined]
                   "recovery_target_time": point, "recovery_target_action": "promote", "archive_mode": "off"},
     )  # fmt: skip
     (scratch / "sock").mkdir(exist_ok=True)
-    _chown_to_postgres(scratch / "sock")
+    chown_to_postgres(scratch / "sock")
     cluster.start()
     while (
         subprocess.run(
@@ -93,7 +97,7 @@ def raw_restore(archiving: object, point: str, scratch: Path, port: int) -> floa
 def sensei_restore(point_time: object) -> tuple[float, dict[str, int]]:
     from sensei_airflow.engines.base import RecoveryTarget
     from sensei_airflow.engines.postgres import PostgresEngine
-    from sensei_airflow.engines.postgres_pitr import PostgresWalRecovery
+    from sensei_airflow.engines.postgres.pitr import PostgresWalRecovery
     from sensei_airflow.manifest import PointInTimeSettings
 
     settings = PointInTimeSettings.model_validate({"postgres": _SETTINGS})

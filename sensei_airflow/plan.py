@@ -6,15 +6,24 @@ plan can be shown (dry run) before anything runs, and tested without a database.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sensei_airflow.conf import RollbackRequest
-from sensei_airflow.engines.base import Engine, ForeignKey
+from sensei_airflow.engines.base import Engine, dependency_order
 from sensei_airflow.manifest import Manifest, Strategy, TableMapping
+
+__all__ = [
+    "PlannedTable",
+    "RefusedError",
+    "RollbackPlan",
+    "check_names",
+    "dependency_order",
+    "resolve_scope",
+    "strategy_candidates",
+]
 
 
 class RefusedError(Exception):
@@ -67,39 +76,6 @@ def check_names(engine: Engine, scope: Sequence[TableMapping], side: str = "targ
         problems = engine.name_problems(name, columns)
         if problems:
             raise RefusedError(f"{side} {problems[0]}: the database cannot hold it; correct the manifest")
-
-
-def dependency_order(tables: Sequence[str], foreign_keys: Iterable[ForeignKey]) -> list[str]:
-    """Order tables parents first; ties (and cycles) keep the given order.
-
-    Only foreign keys between the given tables count. A cycle is broken at the table that comes
-    first in the given order, so the result always holds every table once.
-    """
-    position = {t: i for i, t in enumerate(tables)}
-    parents: dict[str, set[str]] = {t: set() for t in tables}
-    children: dict[str, set[str]] = {t: set() for t in tables}
-    for fk in foreign_keys:
-        if fk.child in position and fk.parent in position and fk.child != fk.parent:
-            parents[fk.child].add(fk.parent)
-            children[fk.parent].add(fk.child)
-    waiting = {t: len(p) for t, p in parents.items()}
-    ready = [position[t] for t, n in waiting.items() if n == 0]
-    heapq.heapify(ready)
-    ordered: list[str] = []
-    done: set[str] = set()
-    while len(ordered) < len(tables):
-        if not ready:  # a cycle: release the earliest table still waiting
-            heapq.heappush(ready, min(position[t] for t in tables if t not in done))
-        table = tables[heapq.heappop(ready)]
-        if table in done:
-            continue
-        ordered.append(table)
-        done.add(table)
-        for child in sorted(children[table], key=position.__getitem__):
-            waiting[child] -= 1
-            if waiting[child] == 0 and child not in done:
-                heapq.heappush(ready, position[child])
-    return ordered
 
 
 def strategy_candidates(manifest: Manifest, request: RollbackRequest) -> list[Strategy]:

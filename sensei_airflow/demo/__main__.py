@@ -35,7 +35,8 @@ import yaml
 
 from sensei_airflow.demo import shop
 from sensei_airflow.demo.standalone import Login, StandaloneAirflow, spawn, standalone_env, stop_group
-from sensei_airflow.local_postgres import LocalCluster, PostgresUnavailable, find_bindir
+from sensei_airflow.engines.postgres.cluster import program
+from sensei_airflow.local_postgres import LocalCluster, PostgresUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO / ".demo"
@@ -156,7 +157,7 @@ class Demo:
         name = time.strftime("base_%Y%m%dT%H%M%SZ", time.gmtime())
         run_as_postgres(
             [
-                str(find_bindir() / "pg_basebackup"),
+                str(program("pg_basebackup")),
                 "-h",
                 "127.0.0.1",
                 "-p",

@@ -7,13 +7,19 @@ by pure methods (testable without a server) and run by :meth:`Engine.run_in_tran
 
 from __future__ import annotations
 
+import heapq
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sensei_airflow.names import exact_part, format_name, parse_name
+
+if TYPE_CHECKING:
+    from sensei_airflow.verify import KeyRange, KeyValues
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,39 @@ class ForeignKey:
     name: str
     child: str
     parent: str
+
+
+def dependency_order(tables: Sequence[str], foreign_keys: Iterable[ForeignKey]) -> list[str]:
+    """Order tables parents first; ties (and cycles) keep the given order.
+
+    Only foreign keys between the given tables count. A cycle is broken at the table that comes
+    first in the given order, so the result always holds every table once.
+    """
+    position = {t: i for i, t in enumerate(tables)}
+    parents: dict[str, set[str]] = {t: set() for t in tables}
+    children: dict[str, set[str]] = {t: set() for t in tables}
+    for fk in foreign_keys:
+        if fk.child in position and fk.parent in position and fk.child != fk.parent:
+            parents[fk.child].add(fk.parent)
+            children[fk.parent].add(fk.child)
+    waiting = {t: len(p) for t, p in parents.items()}
+    ready = [position[t] for t, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    ordered: list[str] = []
+    done: set[str] = set()
+    while len(ordered) < len(tables):
+        if not ready:  # a cycle: release the earliest table still waiting
+            heapq.heappush(ready, min(position[t] for t in tables if t not in done))
+        table = tables[heapq.heappop(ready)]
+        if table in done:
+            continue
+        ordered.append(table)
+        done.add(table)
+        for child in sorted(children[table], key=position.__getitem__):
+            waiting[child] -= 1
+            if waiting[child] == 0 and child not in done:
+                heapq.heappush(ready, position[child])
+    return ordered
 
 
 @dataclass(frozen=True)
@@ -85,6 +124,132 @@ class Statement:
     purpose: str = ""
 
 
+# -- reverse migration: what a strategy hands to and gets from the engines -------------------
+@dataclass(frozen=True)
+class ReverseTable:
+    """One table of a reverse migration, resolved against both catalogs.
+
+    ``source`` and ``target`` are qualified written names; ``columns`` and ``source_key`` the
+    source's exact column names; ``target_key`` and ``written_columns`` the manifest's written
+    names (an engine turns them into its own spelling with ``quote_column``).
+    """
+
+    source: str
+    target: str
+    columns: list[str]
+    types: list[str]
+    inverses: list[str]
+    source_key: list[str]
+    target_key: list[str]
+    key_types: list[str]
+    unique_key: bool = True
+    #: the source columns as the manifest writes them (aliases of the inverse expressions on the target).
+    written_columns: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "target": self.target,
+            "columns": [
+                {"column": c, "type": t, "inverse": e}
+                for c, t, e in zip(self.columns, self.types, self.inverses, strict=True)
+            ],
+            "key": self.source_key,
+        }
+
+
+class ReverseReader(Protocol):
+    """A target table read as source rows through its inverse expressions (``Engine.reverse_reader``).
+
+    It is also one side of a verification (:class:`sensei_airflow.verify.RowSource`).
+    """
+
+    columns: list[str]
+
+    @property
+    def hash_family(self) -> str:
+        """Checksums of two readers compare only when they hash rows the same way."""
+
+    def count_rows(self, key_range: KeyRange) -> int: ...
+
+    def checksum(self, key_range: KeyRange) -> tuple[int, int]: ...
+
+    def boundaries(self, key_range: KeyRange, parts: int) -> list[KeyValues]: ...
+
+    def sample_keys(self, n: int) -> list[KeyValues]: ...
+
+    def rows(self, keys: Sequence[KeyValues]) -> dict[KeyValues, tuple[str | None, ...]]: ...
+
+    def round_trip(
+        self, forwards: Sequence[Any], target_types: dict[str, str], n: int
+    ) -> tuple[dict[str, Any] | None, int]:
+        """Inverse then forward on about ``n`` target rows: the first row that does not come back."""
+
+
+#: integer types whose key ranges are cut arithmetically (between the lowest and highest key).
+INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+
+
+def integer_cuts(
+    query: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]],
+    table: str,
+    key: str,
+    where: tuple[str, Sequence[Any]],
+    parts: int,
+) -> list[KeyValues]:
+    """Up to ``parts - 1`` ascending cuts of a single integer key, evenly between its lowest and
+    highest value in the range.
+
+    :param query: runs a query on the reader's database and returns its rows.
+    :param table: the quoted table; ``key`` its quoted key column.
+    :param where: the range's predicate and its bind parameters.
+    """
+    predicate, params = where
+    low, high = query(f"SELECT min({key}), max({key}) FROM {table} WHERE {predicate}", params)[0]  # noqa: S608
+    if low is None or high <= low:
+        return []
+    step = (high - low) / parts
+    return [(str(c),) for c in sorted({low + int(step * i) for i in range(1, parts)}) if low <= c < high]
+
+
+class BatchReader(Protocol):
+    """What a writer needs from a target it cannot relay COPY blocks from: the range's rows in batches."""
+
+    def batches(self, key_range: KeyRange) -> Iterator[Sequence[tuple[Any, ...]]]: ...
+
+
+class ReverseWriter(Protocol):
+    """The source side of a reverse migration (``Engine.reverse_writer``): checks, staging, one apply."""
+
+    def column_types(self, table: str) -> dict[str, str]: ...
+
+    def unique_keys(self, table: str) -> list[set[str]]: ...
+
+    def writability(self, tables: Sequence[str]) -> list[str]: ...
+
+    def existing_tables(self, tables: Sequence[str]) -> set[str]: ...
+
+    def source_reader(self, table: ReverseTable) -> Any: ...
+
+    def applied_result(self, rollback_id: str) -> dict[str, Any] | None: ...
+
+    def migrate(
+        self,
+        rollback_id: str,
+        tables: Sequence[ReverseTable],
+        readers: dict[str, Any],
+        *,
+        skip_unchanged: bool = True,
+        migration_id: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, dict[str, int]]]: ...
+
+    def sequence_positions(self, table: ReverseTable) -> list[tuple[str, int, int]]: ...
+
+    def leftover_staging(self) -> list[Any]: ...
+
+    def drop_leftover_staging(self, leftovers: Sequence[Any]) -> list[str]: ...
+
+
 class ChangeLockHeld(Exception):
     """Another session holds the migration's change lock on this database (it is changing it now)."""
 
@@ -119,8 +284,6 @@ class Engine(ABC):
 
     def _written_parts(self, table: str) -> tuple[str, ...]:
         """The exact parts of a written table name, as written (no default schema added)."""
-        from sensei_airflow.names import exact_part, parse_name
-
         return tuple(exact_part(p, folds=self.folds_unquoted) for p in parse_name(table, self.max_name_parts))
 
     def name_parts(self, table: str) -> tuple[str, ...]:
@@ -138,8 +301,6 @@ class Engine(ABC):
 
     def table_name(self, *parts: str) -> str:
         """The canonical written form of exact name parts (what catalog methods return)."""
-        from sensei_airflow.names import format_name
-
         return format_name(parts, folds=self.folds_unquoted)
 
     def qualify(self, table: str) -> str:
@@ -151,8 +312,6 @@ class Engine(ABC):
 
     def identifier(self, written: str) -> str:
         """The exact name of a one-part written name (a column, a key, a role), folded as the engine folds."""
-        from sensei_airflow.names import exact_part, parse_name
-
         return exact_part(parse_name(written, 1)[0], folds=self.folds_unquoted)
 
     def column_name(self, written: str) -> str:
@@ -341,11 +500,11 @@ class Engine(ABC):
         """Column name -> type of a table, in column order (empty when the table does not exist)."""
         raise NotImplementedError(f"{type(self).__name__} cannot take part in a reverse migration yet")
 
-    def reverse_reader(self, table: Any) -> Any:
-        """Read a target table as source rows through the inverse expressions of ``table`` (a ReverseTable)."""
+    def reverse_reader(self, table: ReverseTable) -> ReverseReader:
+        """Read a target table as source rows through the inverse expressions of ``table``."""
         raise NotImplementedError(f"{type(self).__name__} cannot be read by a reverse migration yet")
 
-    def reverse_writer(self, *, chunk_rows: int) -> Any:
+    def reverse_writer(self, *, chunk_rows: int) -> ReverseWriter:
         """The writer that stages and applies reverse-migrated rows on this (source) database."""
         raise NotImplementedError(f"{type(self).__name__} cannot be written by a reverse migration yet")
 

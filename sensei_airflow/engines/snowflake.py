@@ -165,7 +165,7 @@ class SnowflakeEngine(DbApiEngine):
         )
 
     # -- reverse migration: the target read through the inverse expressions -------------------
-    # (owned by the reverse-migration strategy; the batched reading is engines/batched_read.py)
+    # (owned by the reverse-migration strategy; the batched reading is engines/dbapi_reverse.py)
     def reverse_column_types(self, table: str) -> dict[str, str]:
         """Exact column name -> type (``ID``: an unquoted ``id`` in a manifest is ``ID`` here)."""
         schema, name = self.name_parts(table)
@@ -177,7 +177,7 @@ class SnowflakeEngine(DbApiEngine):
         return {c: (f"{t}({p}, {s})" if t.upper() == "NUMBER" and p else t) for c, t, p, s in rows}
 
     def reverse_reader(self, table: Any) -> Any:
-        from sensei_airflow.engines.batched_read import BatchedRowSource
+        from sensei_airflow.engines.dbapi_reverse import BatchedRowSource
 
         return BatchedRowSource(
             self,

@@ -21,6 +21,7 @@ from typing import Any
 
 from sensei_airflow.conf import RollbackRequest
 from sensei_airflow.engines import Engine, UnsupportedEngine, get_engine
+from sensei_airflow.engines.base import ReverseTable
 from sensei_airflow.manifest import Manifest, Strategy, TableMapping
 from sensei_airflow.names import format_name
 from sensei_airflow.plan import RefusedError, RollbackPlan, check_names, dependency_order
@@ -63,8 +64,6 @@ class ReverseMigrationStrategy(RollbackStrategy):
 
         :raises RefusedError: for a missing table, column or key.
         """
-        from sensei_airflow.engines.postgres_copy import ReverseTable
-
         source_types = self.writer.column_types(table.source)
         if not source_types:
             raise RefusedError(
@@ -303,7 +302,7 @@ def leftover_staging(manifest: Manifest, state: StateStore) -> list[Any]:
     """Staging tables of this migration's reverse migrations on its source, each run's marked
     ``holds_lock`` when that run holds the migration's lock now (it is running).
 
-    :returns: :class:`~sensei_airflow.engines.postgres_copy.StagingLeftover` items (empty for a
+    :returns: :class:`~sensei_airflow.engines.postgres.reverse.StagingLeftover` items (empty for a
         source engine without reverse staging).
     """
     from sensei_airflow.lock import MigrationLocks

@@ -17,7 +17,9 @@ import yaml
 from sensei_airflow.demo import shop
 from sensei_airflow.demo.migration import prepare_target
 from sensei_airflow.engines.postgres import PostgresEngine
-from sensei_airflow.engines.postgres_pitr import PostgresWalRecovery, archived_segments, list_base_backups
+from sensei_airflow.engines.postgres.basebackup import list_base_backups
+from sensei_airflow.engines.postgres.pitr import PostgresWalRecovery
+from sensei_airflow.engines.postgres.wal import archived_segments
 from sensei_airflow.manifest import PointInTimeSettings, load_manifests
 from tests.fixtures import run_dag
 from tests.integration.pitr.clusters import ArchivingCluster, archiving_cluster

@@ -42,7 +42,7 @@ def test_a_preferred_point_in_time_that_cannot_apply_falls_back_to_reverse_migra
 def test_a_preferred_strategy_that_fails_without_changing_the_target_falls_back(
     databases, migrations_dir, airflow_db, monkeypatch
 ):
-    from sensei_airflow.engines.postgres_copy import PostgresReverseWriter
+    from sensei_airflow.engines.postgres.reverse import PostgresReverseWriter
 
     counts = _migrated(migrations_dir, preferred_strategy="reverse_migration", fallback_strategy="truncate")
     # a writer on the source keeps reverse migration from its lock: it fails, the target unchanged

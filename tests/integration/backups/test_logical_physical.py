@@ -14,7 +14,7 @@ from sensei_airflow.backups.catalog import BackupCatalog, render_listing
 from sensei_airflow.backups.files import CorruptBackup
 from sensei_airflow.backups.storage import storage_for
 from sensei_airflow.engines.postgres import PostgresEngine
-from sensei_airflow.engines.postgres_dump import find_tool
+from sensei_airflow.engines.postgres.client import find_program
 from sensei_airflow.state import StateStore
 from tests.integration.backups.conftest import MIGRATED, checksums, fill_target, next_ids, structure
 
@@ -164,7 +164,7 @@ def test_physical_base_backup_and_fetch(databases, target, catalog, backup_dir):
     with tempfile.TemporaryDirectory(prefix="sensei-fetch-") as scratch:
         data_dir = physical.fetch_base_backup(entry, Path(scratch) / "data")
         assert (data_dir / "PG_VERSION").is_file() and (data_dir / "pg_wal").is_dir()
-        result = subprocess.run([str(find_tool("pg_verifybackup")), "-n", str(data_dir)],
+        result = subprocess.run([str(find_program("pg_verifybackup")), "-n", str(data_dir)],
                                 capture_output=True, text=True, check=False)  # fmt: skip
         assert result.returncode == 0, result.stderr
 

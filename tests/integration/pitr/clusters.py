@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sensei_airflow.engines.postgres_pitr import BaseBackup, take_base_backup
+from sensei_airflow.engines.postgres.basebackup import BaseBackup, take_base_backup
 from sensei_airflow.local_postgres import LocalCluster, PostgresUnavailable, free_port, new_cluster_dir
 
 
@@ -43,10 +43,17 @@ class ArchivingCluster:
 
         return psycopg.connect(self.cluster.dsn(database), autocommit=True)
 
+    def hook(self) -> Any:
+        """A ``PostgresHook`` on the cluster (no Airflow connection id needed)."""
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+        from airflow.sdk import Connection
+
+        live = Connection(conn_id="pitr_live", conn_type="postgres", host="127.0.0.1", port=self.cluster.port,
+                          login="postgres", schema="postgres")  # fmt: skip
+        return PostgresHook(connection=live)
+
     def base_backup(self) -> BaseBackup:
-        return take_base_backup(
-            {"host": "127.0.0.1", "port": self.cluster.port, "user": "postgres"}, self.backups
-        )
+        return take_base_backup(self.hook(), self.backups)
 
     def now(self, database: str = "postgres") -> datetime:
         """The server's clock, then a short pause so later commits are strictly after it."""

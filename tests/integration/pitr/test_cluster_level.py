@@ -11,7 +11,7 @@ import pytest
 
 from sensei_airflow.engines.base import RecoveryTarget
 from sensei_airflow.engines.postgres import PostgresEngine
-from sensei_airflow.engines.postgres_pitr import PostgresWalRecovery
+from sensei_airflow.engines.postgres.pitr import PostgresWalRecovery
 from sensei_airflow.manifest import PointInTimeSettings
 from tests.integration.pitr.clusters import ArchivingCluster, archiving_cluster
 

@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 
 from sensei_airflow.engines.base import RecoveryTarget
-from sensei_airflow.engines.postgres_pitr import (
-    _postmaster_options,
-    archive_gap,
-    format_lsn,
-    parse_lsn,
-    recovery_settings,
-    segment_name,
-    segment_number,
-)
-from sensei_airflow.engines.rds import restored_identifier
+from sensei_airflow.engines.postgres.basebackup import format_lsn, parse_lsn
+from sensei_airflow.engines.postgres.cluster import postmaster_options
+from sensei_airflow.engines.postgres.rds import restored_identifier
+from sensei_airflow.engines.postgres.wal import archive_gap, recovery_settings, segment_name, segment_number
 from sensei_airflow.manifest import Manifest, Strategy
 from sensei_airflow.windows import StrategyWindow, closing_soon, describe, migration_windows
 
@@ -78,7 +72,7 @@ def test_postmaster_options_drop_the_data_directory(tmp_path: Path):
         '/usr/lib/postgresql/15/bin/postgres "-D" "/x/data" "-c" "port=5433" "-c" '
         '"archive_command=test ! -f /a/%f && cp %p /a/%f"\n'
     )
-    assert _postmaster_options(tmp_path) == "-c port=5433 -c 'archive_command=test ! -f /a/%f && cp %p /a/%f'"
+    assert postmaster_options(tmp_path) == "-c port=5433 -c 'archive_command=test ! -f /a/%f && cp %p /a/%f'"
 
 
 def test_restored_instance_name_is_stable_and_valid():

@@ -15,12 +15,10 @@ import pytest
 
 from sensei_airflow.engines.base import PointInTimeRefused, RecoveryTarget
 from sensei_airflow.engines.postgres import PostgresEngine
-from sensei_airflow.engines.postgres_pitr import (
-    PostgresWalRecovery,
-    archived_segments,
-    list_base_backups,
-    recover,
-)
+from sensei_airflow.engines.postgres.basebackup import list_base_backups
+from sensei_airflow.engines.postgres.cluster import remove_cluster
+from sensei_airflow.engines.postgres.pitr import PostgresWalRecovery, recover
+from sensei_airflow.engines.postgres.wal import archived_segments
 from sensei_airflow.manifest import PointInTimeSettings
 from tests.integration.pitr.clusters import ArchivingCluster
 
@@ -192,9 +190,7 @@ def test_missing_segment_during_replay_fails_and_leaves_no_scratch(archiving, sh
                 user="postgres",
             )
         finally:
-            from sensei_airflow.engines.postgres_pitr import _remove_cluster
-
-            _remove_cluster(base)
+            remove_cluster(base)
     assert "recovery ended before configured recovery target was reached" in str(refused.value)
     assert snapshot(archiving, shop_db) == after
     assert archiving.scratch_leftovers() == []
@@ -254,10 +250,8 @@ def test_scratch_clusters_listen_on_a_private_socket_only_even_two_at_once(
                     f"host=127.0.0.1 port={cluster.port} dbname={shop_db} user=postgres", connect_timeout=5
                 )
     finally:
-        from sensei_airflow.engines.postgres_pitr import _remove_cluster
-
         for base in bases:
-            _remove_cluster(base)
+            remove_cluster(base)
 
 
 def test_windows_follow_backup_and_wal_retention(archiving, shop_db):
@@ -277,7 +271,7 @@ def test_tar_format_base_backup_is_usable(archiving, shop_db, changed_after_poin
     """Physical backups in pg_basebackup's tar format, zstd-compressed as the backup DAG stores them, serve PITR."""
     import subprocess
 
-    from sensei_airflow.local_postgres import find_bindir
+    from sensei_airflow.engines.postgres.client import find_program
 
     point, before, after = changed_after_point
     tar_backups = archiving.root / "tar-backups"
@@ -294,7 +288,7 @@ def test_tar_format_base_backup_is_usable(archiving, shop_db, changed_after_poin
     assert sorted(p.name for p in dest.iterdir()) == ["backup_manifest", "base.tar.zst", "pg_wal.tar.zst"]
     [described] = list_base_backups(tar_backups)
     assert (described.start_lsn, described.start_wal_file) == (plain.start_lsn, plain.start_wal_file)
-    assert find_bindir()  # the server binaries the recovery uses
+    assert find_program("pg_ctl")  # the server binaries the recovery uses
 
     pitr = recovery(archiving, base_backups=str(tar_backups))
     target = RecoveryTarget(time=point)

@@ -7,6 +7,7 @@ copy at it through :meth:`RdsRecovery.restored_conninfo` after checking the endp
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 
 from sensei_airflow.engines.base import PointInTimeRefused, RecoveryTarget
 from sensei_airflow.engines.postgres import PostgresEngine
-from sensei_airflow.engines.rds import RdsRecovery, aside_identifier, restored_identifier
+from sensei_airflow.engines.postgres.rds import RdsRecovery, aside_identifier, restored_identifier
 from sensei_airflow.manifest import PointInTimeSettings
 from tests.fixtures import aws_client, use_aws_connection
 
@@ -363,3 +364,24 @@ def test_verify_notices_when_the_live_name_no_longer_serves_the_restored_instanc
     live = checks["the live instance is the restored one"]
     assert not live.ok and live.expected == restored_identifier(instance, target) and live.actual is None
     assert not checks["the replaced instance is kept"].ok
+
+
+def test_the_restored_instance_is_reached_with_the_live_connections_login_and_extras(monkeypatch):
+    """The one seam the other tests replace: the live connection's credentials at the new endpoint."""
+    live = {"conn_type": "postgres", "host": "live.example.internal", "port": 5432, "login": "Shop Owner",
+            "password": "pa ss 'wörd'", "schema": "shop", "extra": {"sslmode": "verify-full",
+                                                                   "sslrootcert": "/etc/rds-ca.pem"}}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_PITR_TARGET", json.dumps(live))
+    info = recovery("shop-db").restored_conninfo(
+        {"address": "shop-db-pitr.example.internal", "port": 5433}, "shop"
+    )
+    assert info == {
+        "host": "shop-db-pitr.example.internal",
+        "port": 5433,
+        "dbname": "shop",
+        "user": "Shop Owner",
+        "password": "pa ss 'wörd'",
+        "sslmode": "verify-full",
+        "sslrootcert": "/etc/rds-ca.pem",
+        "connect_timeout": 30,
+    }

@@ -28,7 +28,7 @@ TABLES = ["crm.customers", "sales.orders", "sales.order_items"]
 @pytest.fixture
 def short_locks(monkeypatch: pytest.MonkeyPatch) -> None:
     from sensei_airflow.engines.postgres import PostgresEngine
-    from sensei_airflow.engines.postgres_copy import PostgresReverseWriter
+    from sensei_airflow.engines.postgres.reverse import PostgresReverseWriter
 
     monkeypatch.setattr(PostgresEngine, "lock_timeout", "500ms")
     monkeypatch.setattr(PostgresReverseWriter, "lock_timeout", "500ms")
@@ -94,7 +94,7 @@ def test_a_target_table_locked_elsewhere_fails_the_try_within_the_lock_timeout_a
 def test_the_staging_ddl_lock_held_elsewhere_fails_the_try_within_the_lock_timeout(
     databases, demo, short_locks
 ):
-    from sensei_airflow.engines.postgres_copy import _LOCK_KEY
+    from sensei_airflow.engines.postgres.reverse import _LOCK_KEY
 
     change_target(databases)
     before = _snapshot(databases)

@@ -1,9 +1,9 @@
-"""PostgreSQL backups: table data out and back in, table checksums, schema archives, base backups.
+"""PostgreSQL logical backups: table data out and back in, table checksums, schema archives.
 
 Called through thin methods of :class:`~sensei_airflow.engines.postgres.PostgresEngine`. What
 this module produces are raw byte streams (binary ``COPY`` data, a ``pg_dump`` custom-format
-schema archive, ``pg_basebackup`` tar files); compressing, hashing and storing them is the
-business of :mod:`sensei_airflow.backups`.
+schema archive); compressing, hashing and storing them is the business of
+:mod:`sensei_airflow.backups`. Physical (base) backups are :mod:`.basebackup`'s.
 
 Why these tools (measured, 5M rows; see ``benchmarks/backup.py`` and ADR 0101):
 
@@ -22,10 +22,7 @@ Why these tools (measured, 5M rows; see ``benchmarks/backup.py`` and ADR 0101):
 from __future__ import annotations
 
 import functools
-import glob
-import os
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -36,16 +33,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import psycopg
+from psycopg import sql
+
+from sensei_airflow.engines.postgres import catalog
+from sensei_airflow.engines.postgres.client import (
+    ClientLogin,
+    client_login,
+    connection_params,
+    find_program,
+    run,
+)
+
 if TYPE_CHECKING:
     from sensei_airflow.engines.postgres import PostgresEngine
 
-INSTALL_HINT = "install the PostgreSQL client tools (Debian/Ubuntu: apt-get install postgresql-client)"
 #: relay chunk between psql and the caller, and between the caller and COPY FROM.
 CHUNK = 1 << 20
-
-
-class ToolMissing(RuntimeError):
-    """A PostgreSQL client program (psql, pg_dump, pg_restore, pg_basebackup) is not installed."""
 
 
 class Readable(Protocol):
@@ -71,105 +75,21 @@ class TableState:
     foreign_keys: list[dict[str, str]] = field(default_factory=list)  # {name, parent}
 
 
-# -- tools and connection ----------------------------------------------------------------------
-def find_tool(name: str) -> Path:
-    """The newest installed ``name`` (``SENSEI_PG_BINDIR``, ``/usr/lib/postgresql/*/bin``, ``PATH``)."""
-    candidates = [os.environ["SENSEI_PG_BINDIR"]] if os.environ.get("SENSEI_PG_BINDIR") else []
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
-    for folder in candidates:
-        if (Path(folder) / name).is_file():
-            return Path(folder) / name
-    found = shutil.which(name)
-    if found:
-        return Path(found)
-    raise ToolMissing(f"{name} not found: {INSTALL_HINT}")
-
-
-def _version_key(path: str) -> int:
-    try:
-        return int(Path(path).parent.name)
-    except ValueError:
-        return 0
-
-
-@dataclass(frozen=True)
-class Libpq:
-    """How a client program reaches the database: a conninfo string plus a password in the environment."""
-
-    params: dict[str, str]
-    password: str | None
-
-    def conninfo(self, **override: str) -> str:
-        merged = {**self.params, **override}
-        return " ".join(f"{k}={_conninfo_value(v)}" for k, v in merged.items() if v)
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        if self.password:
-            env["PGPASSWORD"] = self.password
-        return env
-
-
-def _conninfo_value(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{escaped}'" if not value or re.search(r"[\s'\\]", value) else escaped
-
-
-def libpq_for(conn: Any) -> Libpq:
-    """Libpq parameters of an Airflow connection (host, port, database, user, sslmode)."""
-    extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
-    params = {
-        "host": conn.host or "",
-        "port": str(conn.port or 5432),
-        "dbname": getattr(conn, "schema", None) or getattr(conn, "database", None) or "postgres",
-        "user": conn.login or "",
-    }
-    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "application_name"):
-        if extra.get(key):
-            params[key] = str(extra[key])
-    return Libpq(params=params, password=conn.password)
-
-
-def _run(args: Sequence[str], env: dict[str, str], what: str) -> str:
-    result = subprocess.run(list(args), capture_output=True, text=True, env=env, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{what} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
-    return result.stdout
-
-
-# -- catalog queries -----------------------------------------------------------------------------
-_COLUMNS = """
-SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
-WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum
-"""
-_SEQUENCES = """
-SELECT s.oid::regclass::text FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-  AND d.refobjid = %s::regclass AND d.deptype IN ('a', 'i') ORDER BY 1
-"""
-_FOREIGN_KEYS = """
-SELECT con.conname, pn.nspname, p.relname FROM pg_constraint con
-JOIN pg_class p ON p.oid = con.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
-WHERE con.contype = 'f' AND con.conrelid = %s::regclass ORDER BY 1
-"""
-
-
+# -- catalog ----------------------------------------------------------------------------------
 def column_signature(cur: Any, quoted_table: str) -> list[list[str]]:
-    cur.execute(_COLUMNS, (quoted_table,))
-    return [[name, type_] for name, type_ in cur.fetchall()]
+    """``[name, type]`` of each column in order: what binary COPY data needs to load back."""
+    return [[name, type_] for name, type_ in catalog.columns(cur, quoted_table)]
 
 
 def _table_state(cur: Any, quoted_table: str, table_name: Callable[..., str]) -> TableState:
     columns = column_signature(cur, quoted_table)
     sequences = []
-    cur.execute(_SEQUENCES, (quoted_table,))
-    for (sequence,) in cur.fetchall():
-        cur.execute(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 - regclass text, quoted
-        last_value, is_called = cur.fetchone()
-        sequences.append({"name": sequence, "last_value": int(last_value), "is_called": bool(is_called)})
-    cur.execute(_FOREIGN_KEYS, (quoted_table,))
+    for sequence in catalog.owned_sequences(cur, quoted_table):
+        last_value, is_called = catalog.sequence_state(cur, sequence)
+        sequences.append({"name": sequence, "last_value": last_value, "is_called": is_called})
     foreign_keys = [
-        {"name": name, "parent": table_name(schema, parent)} for name, schema, parent in cur.fetchall()
+        {"name": name, "parent": table_name(schema, parent)}
+        for name, schema, parent in catalog.foreign_key_parents(cur, quoted_table)
     ]
     return TableState(rows=0, checksum="", columns=columns, sequences=sequences, foreign_keys=foreign_keys)
 
@@ -208,10 +128,9 @@ def dump_tables(
     Checksums and row counts are taken in the same snapshot, on a second connection, while the
     data streams. Returns each table's state (rows, checksum, columns, sequences, foreign keys).
     """
-    psql = find_tool("psql")
-    libpq = libpq_for(engine.hook.get_connection(engine.conn_id))
+    psql = find_program("psql")
     quoted = {t: engine.quote_table(t) for t in tables}
-    with closing(engine.hook.get_conn()) as holder:
+    with client_login(engine.hook) as login, closing(engine.hook.get_conn()) as holder:
         holder.autocommit = True  # explicit BEGIN below: the snapshot needs REPEATABLE READ
         with holder.cursor() as cur:
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -237,7 +156,7 @@ def dump_tables(
         worker.start()
         try:
             for table in tables:
-                _dump_one(psql, libpq, snapshot, quoted[table], functools.partial(write, table))
+                _dump_one(psql, login, snapshot, quoted[table], functools.partial(write, table))
         finally:
             worker.join()
         holder.execute("ROLLBACK")
@@ -249,17 +168,17 @@ def dump_tables(
 
 
 def _dump_one(
-    psql: Path, libpq: Libpq, snapshot: str, quoted_table: str, consume: Callable[[Readable], None]
+    psql: Path, login: ClientLogin, snapshot: str, quoted_table: str, consume: Callable[[Readable], None]
 ) -> None:
     args = [
-        str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", libpq.conninfo(),
+        str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", login.conninfo,
         "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
         "-c", f"SET TRANSACTION SNAPSHOT '{snapshot}'",
         "-c", f"COPY {quoted_table} TO STDOUT (FORMAT binary)",
         "-c", "COMMIT",
     ]  # fmt: skip
     with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors, env=libpq.env())
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors, env=login.env)
         assert process.stdout is not None
         try:
             consume(process.stdout)
@@ -277,13 +196,13 @@ def _dump_one(
 
 def dump_schema(engine: PostgresEngine, tables: Sequence[str], path: Path) -> None:
     """Write a ``pg_dump`` custom-format archive of the tables' definitions (no data) to ``path``."""
-    libpq = libpq_for(engine.hook.get_connection(engine.conn_id))
-    args = [str(find_tool("pg_dump")), "--schema-only", "--format=custom", "--no-owner", "--no-privileges",
-            "-f", str(path), "-d", libpq.conninfo()]  # fmt: skip
+    args = [str(find_program("pg_dump")), "--schema-only", "--format=custom", "--no-owner", "--no-privileges",
+            "-f", str(path)]  # fmt: skip
     for table in tables:
         schema, name = engine.name_parts(table)
         args += ["-t", f"{_pattern_quote(schema)}.{_pattern_quote(name)}"]
-    _run(args, libpq.env(), "pg_dump --schema-only")
+    with client_login(engine.hook) as login:
+        run([*args, "-d", login.conninfo], login.env, "pg_dump --schema-only")
 
 
 def _pattern_quote(identifier: str) -> str:
@@ -319,7 +238,7 @@ def restore_tables(
     The foreign keys and indexes of the tables are set aside for the load and built again, by
     their own definition and name, before commit: one validating join per foreign key instead
     of one lookup per row, one sorted build per index instead of one insertion per row
-    (:func:`_rebuildable_indexes` says which are kept in place). Nobody sees the moment without
+    (:func:`.catalog.rebuildable_indexes` says which are kept in place). Nobody sees the moment without
     them: the tables are locked ACCESS EXCLUSIVE until commit. Triggers and grants are untouched. Any error, a checksum mismatch of a file or a row that breaks a foreign key
     included, rolls everything back.
 
@@ -340,12 +259,12 @@ def restore_tables(
                 raise ValueError(f"{table} changed shape since the backup: {problem}")
             cur.execute(f"SELECT count(*) FROM {quoted}")  # noqa: S608
             removed[table] = int(cur.fetchone()[0])
-        foreign_keys = _foreign_keys_of(cur, [engine.quote_table(t) for t in tables])
+        foreign_keys = catalog.foreign_key_definitions(cur, [engine.quote_table(t) for t in tables])
         for fk in foreign_keys:
             sql = f"ALTER TABLE {fk['table']} DROP CONSTRAINT {engine.quote_identifier(fk['name'])}"
             cur.execute(sql)
             statements.append(sql)
-        indexes = _rebuildable_indexes(cur, [engine.quote_table(t) for t in tables])
+        indexes = catalog.rebuildable_indexes(cur, [engine.quote_table(t) for t in tables])
         for index in indexes:
             if index["constraint"]:
                 constraint = engine.quote_identifier(index["constraint"])
@@ -399,73 +318,20 @@ def restore_tables(
 
 def _comment(cur: Any, target: str, text: str) -> None:
     """``COMMENT ON ... IS '<text>'``: a utility statement takes no bind parameters, so quote the literal."""
-    from psycopg import sql
-
     cur.execute(sql.SQL(target + " IS {}").format(sql.Literal(text)))  # type: ignore[arg-type]
-
-
-_FOREIGN_KEYS_OF = """
-SELECT con.conname, con.conrelid::regclass::text, pg_get_constraintdef(con.oid),
-       obj_description(con.oid, 'pg_constraint')
-FROM pg_constraint con
-WHERE con.contype = 'f' AND con.conrelid = ANY(%s::regclass[])
-ORDER BY con.conrelid::regclass::text, con.conname
-"""
-
-
-def _foreign_keys_of(cur: Any, quoted_tables: list[str]) -> list[dict[str, Any]]:
-    """The foreign keys whose referencing side is one of the tables: name, table, definition, comment."""
-    cur.execute(_FOREIGN_KEYS_OF, (quoted_tables,))
-    return [
-        {"name": name, "table": table, "definition": definition, "comment": comment}
-        for name, table, definition, comment in cur.fetchall()
-    ]
-
-
-_REBUILDABLE_INDEXES = """
-SELECT i.indexrelid::regclass::text, i.indrelid::regclass::text, con.conname, pg_get_constraintdef(con.oid),
-       pg_get_indexdef(i.indexrelid), obj_description(i.indexrelid, 'pg_class'),
-       obj_description(con.oid, 'pg_constraint')
-FROM pg_index i
-LEFT JOIN pg_constraint con
-       ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x')
-WHERE i.indrelid = ANY(%s::regclass[]) AND i.indisvalid AND NOT i.indisclustered AND NOT i.indisreplident
-  AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = i.indexrelid)
-ORDER BY 2, con.conname IS NULL, 1
-"""
-
-
-def _rebuildable_indexes(cur: Any, quoted_tables: list[str]) -> list[dict[str, Any]]:
-    """Indexes of the tables that can be dropped for the load and built again after it.
-
-    Run after the tables' own foreign keys were set aside: an index that a foreign key of a table
-    outside the scope still relies on is kept, as are clustered, replica-identity and invalid ones.
-    Primary-key, unique and exclusion indexes come back through their constraint (same name,
-    same definition), the others through their own ``CREATE INDEX``; comments are kept.
-    """
-    cur.execute(_REBUILDABLE_INDEXES, (quoted_tables,))
-    return [
-        {"index": index, "table": table, "constraint": constraint, "constraint_definition": constraint_def,
-         "definition": definition, "comment": comment, "constraint_comment": constraint_comment}
-        for index, table, constraint, constraint_def, definition, comment, constraint_comment in cur.fetchall()
-    ]  # fmt: skip
 
 
 # -- restore test in a scratch database ------------------------------------------------------------
 @contextmanager
 def scratch_database(engine: PostgresEngine) -> Iterator[tuple[str, Any]]:
     """A throw-away database on the engine's server: its name and a psycopg connection factory."""
-    import psycopg
-    from psycopg import sql
-
     name = f"sensei_scratch_{uuid.uuid4().hex[:12]}"
     with engine.connect() as conn:
         conn.autocommit = True
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    libpq = libpq_for(engine.hook.get_connection(engine.conn_id))
 
     def connect() -> Any:
-        return psycopg.connect(libpq.conninfo(dbname=name), password=libpq.password or None)
+        return psycopg.connect(**connection_params(engine.hook, dbname=name))
 
     try:
         yield name, connect
@@ -488,8 +354,7 @@ def restore_test(
     constraints; foreign keys to tables outside the backup are left out, their parents are not
     there). The scratch database is dropped afterwards, also on failure.
     """
-    libpq = libpq_for(engine.hook.get_connection(engine.conn_id))
-    pg_restore = str(find_tool("pg_restore"))
+    pg_restore = str(find_program("pg_restore"))
     in_backup = {engine.qualify(t) for t in tables}
 
     def outside(parent: str) -> bool:
@@ -503,13 +368,13 @@ def restore_test(
         if outside(fk["parent"])
     }  # fmt: skip
     quoted = {t: engine.quote_table(t) for t in tables}
-    with scratch_database(engine) as (name, connect):
-        target = libpq.conninfo(dbname=name)
+    with scratch_database(engine) as (name, connect), client_login(engine.hook, dbname=name) as login:
+        target, env = login.conninfo, login.env
         with connect() as conn, conn.transaction():
             for schema in sorted({engine.name_parts(t)[0] for t in tables}):
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {engine.quote_identifier(schema)}")
-        _run([pg_restore, "--section=pre-data", "--no-owner", "--no-privileges", "--exit-on-error",
-              "-d", target, str(schema_archive)], libpq.env(), "pg_restore (definitions)")  # fmt: skip
+        run([pg_restore, "--section=pre-data", "--no-owner", "--no-privileges", "--exit-on-error",
+              "-d", target, str(schema_archive)], env, "pg_restore (definitions)")  # fmt: skip
         with connect() as conn, conn.transaction(), conn.cursor() as cur:
             for table in tables:
                 with (
@@ -518,13 +383,13 @@ def restore_test(
                 ):
                     while chunk := source.read(CHUNK):
                         copy.write(chunk)
-        listing = _run([pg_restore, "-l", str(schema_archive)], libpq.env(), "pg_restore -l")
+        listing = run([pg_restore, "-l", str(schema_archive)], env, "pg_restore -l")
         kept = [line for line in listing.splitlines() if not _is_outside_fk(line, outside_fks)]
         with tempfile.NamedTemporaryFile("w", suffix=".list") as toc:
             toc.write("\n".join(kept) + "\n")
             toc.flush()
-            _run([pg_restore, "--section=post-data", "--no-owner", "--no-privileges", "--exit-on-error",
-                  "-L", toc.name, "-d", target, str(schema_archive)], libpq.env(), "pg_restore (constraints)")  # fmt: skip
+            run([pg_restore, "--section=post-data", "--no-owner", "--no-privileges", "--exit-on-error",
+                  "-L", toc.name, "-d", target, str(schema_archive)], env, "pg_restore (constraints)")  # fmt: skip
         with connect() as conn, conn.cursor() as cur:
             return table_checksums(cur, quoted)
 
@@ -543,25 +408,3 @@ def _is_outside_fk(line: str, outside: set[tuple[str, str, str]]) -> bool:
         return False
     rest = match[1]
     return any(rest.startswith(f"{schema} {table} {name} ") for schema, table, name in outside)
-
-
-# -- physical: base backup of the cluster -------------------------------------------------------
-def base_backup(engine: PostgresEngine, directory: Path) -> list[Path]:
-    """``pg_basebackup`` of the engine's whole cluster into ``directory``, as tar files.
-
-    Fast checkpoint, WAL streamed alongside (``pg_wal.tar``), and a ``backup_manifest`` with
-    SHA-256 checksums that ``pg_verifybackup`` can check once the tars are extracted. Needs a
-    role with the REPLICATION attribute and a ``replication`` entry in ``pg_hba.conf``.
-
-    :returns: the files written (``base.tar``, ``pg_wal.tar``, ``backup_manifest`` and a tar per
-        extra tablespace).
-    """
-    libpq = libpq_for(engine.hook.get_connection(engine.conn_id))
-    directory.mkdir(parents=True, exist_ok=True)
-    if any(directory.iterdir()):
-        raise ValueError(f"base backup folder {directory} is not empty")
-    os.chmod(directory, 0o700)
-    args = [str(find_tool("pg_basebackup")), "-D", str(directory), "-Ft", "-X", "stream", "-c", "fast",
-            "--manifest-checksums=SHA256", "--no-password", "-d", libpq.conninfo(dbname="replication")]  # fmt: skip
-    _run(args, libpq.env(), "pg_basebackup")
-    return sorted(p for p in directory.iterdir() if p.is_file())

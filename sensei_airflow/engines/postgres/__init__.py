@@ -1,78 +1,43 @@
-"""PostgreSQL, through the postgres provider's ``PostgresHook`` (psycopg 3)."""
+"""PostgreSQL, through the postgres provider's ``PostgresHook`` (psycopg 3).
+
+:class:`PostgresEngine` is the facade; the work lives in the modules beside it:
+:mod:`.catalog` (every ``pg_catalog`` query), :mod:`.client` (the PostgreSQL programs and their
+credentials), :mod:`.copy` (the binary COPY relay, replacing tables from a recovered copy),
+:mod:`.reverse` (reverse migration), :mod:`.backup` (logical backups), :mod:`.basebackup`
+(base backups, shared by physical backups and PITR), :mod:`.wal`, :mod:`.cluster` and
+:mod:`.pitr` (point-in-time recovery from a WAL archive) and :mod:`.rds` (RDS/Aurora PITR).
+
+The modules depend on :mod:`.catalog`, :mod:`.client`, :mod:`.copy` and ``engines/base.py``
+only, except :mod:`.pitr`, which composes :mod:`.basebackup`, :mod:`.wal` and :mod:`.cluster`.
+None of them imports this facade (its type only, for annotations), so every import here is at
+module level.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 from sensei_airflow.engines.base import (
     ChangeLockHeld,
     Engine,
     ForeignKey,
     Grant,
+    PointInTimeRefused,
+    ReverseTable,
     SequenceReset,
     Statement,
     check_outside_empty,
 )
+from sensei_airflow.engines.postgres import backup, basebackup, catalog
+from sensei_airflow.engines.postgres.pitr import PostgresWalRecovery
+from sensei_airflow.engines.postgres.rds import RdsRecovery
+from sensei_airflow.engines.postgres.reverse import PostgresReverseWriter, PostgresRowSource
 
-_USER_TABLES = """
-SELECT n.nspname, c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
-ORDER BY 1, 2
-"""
-
-_FOREIGN_KEYS = """
-SELECT con.conname, cn.nspname, c.relname, pn.nspname, p.relname
-FROM pg_constraint con
-JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace
-JOIN pg_class p ON p.oid = con.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
-WHERE con.contype = 'f'
-ORDER BY 2, 3, 1
-"""
-
-_OWNED_SEQUENCES = """
-SELECT s.oid::regclass::text
-FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-  AND d.refobjid = %s::regclass AND d.deptype IN ('a', 'i')
-ORDER BY 1
-"""
-
-
-_SEQUENCE_COLUMNS = """
-SELECT s.oid::regclass::text, a.attname, q.seqstart
-FROM pg_depend d
-JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-JOIN pg_sequence q ON q.seqrelid = s.oid
-JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-  AND d.refobjid = %s::regclass AND d.deptype IN ('a', 'i')
-ORDER BY a.attnum
-"""
-
-_TABLE_GRANTS = """
-SELECT r.rolname, n.nspname, c.relname, a.privilege_type, a.is_grantable
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-CROSS JOIN LATERAL aclexplode(c.relacl) a
-JOIN pg_roles r ON r.oid = a.grantee
-WHERE r.rolname = ANY(%s) AND c.oid = ANY(ARRAY(SELECT to_regclass(t) FROM unnest(%s::text[]) t))
-  AND a.grantee <> c.relowner
-ORDER BY 1, 2, 3, 4
-"""
-
-#: who holds a bigint advisory lock (split into its high and low halves) on the current database.
-_CHANGE_LOCK_HOLDER = """
-SELECT a.pid, a.application_name, a.backend_start
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid
-"""
+T = TypeVar("T")
 
 
 class PostgresEngine(Engine):
@@ -95,6 +60,14 @@ class PostgresEngine(Engine):
         with closing(self.hook.get_conn()) as conn:
             yield conn
 
+    def read(self, ask: Callable[..., T], *args: Any) -> T:
+        """One catalog question (a function of :mod:`.catalog`) on its own connection, rolled back."""
+        with self.connect() as conn:
+            try:
+                return ask(conn, *args)
+            finally:
+                conn.rollback()
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.connect() as conn, conn.cursor() as cur:
             cur.execute(sql, params or None)
@@ -114,9 +87,7 @@ class PostgresEngine(Engine):
             conn.autocommit = True
             conn.execute("SELECT set_config('application_name', %s, false)", (holder[:63],))
             if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-                row = conn.execute(
-                    _CHANGE_LOCK_HOLDER, ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
-                ).fetchone()
+                row = catalog.advisory_lock_holder(conn, key)
                 who = (
                     f"session {row[0]} ({row[1] or 'no application name'}, connected since {row[2].isoformat()})"
                     if row
@@ -135,8 +106,7 @@ class PostgresEngine(Engine):
             cur.execute("SELECT current_database()")
             database = cur.fetchone()[0]
             try:
-                cur.execute("SELECT system_identifier FROM pg_control_system()")
-                server = str(cur.fetchone()[0])
+                server = catalog.system_identifier(cur)
             except Exception:  # the function is restricted on some managed services
                 conn.rollback()
                 cur.execute("SELECT coalesce(host(inet_server_addr()), 'local') || ':' || inet_server_port()")
@@ -145,12 +115,12 @@ class PostgresEngine(Engine):
         return f"postgres:{server}/{database}"
 
     def user_tables(self) -> list[str]:
-        return [self.table_name(schema, name) for schema, name in self.query(_USER_TABLES)]
+        return [self.table_name(schema, name) for schema, name in self.read(catalog.user_tables)]
 
     def foreign_keys(self) -> list[ForeignKey]:
         return [
             ForeignKey(name=con, child=self.table_name(cs, cn), parent=self.table_name(ps, pn))
-            for con, cs, cn, ps, pn in self.query(_FOREIGN_KEYS)
+            for con, cs, cn, ps, pn in self.read(catalog.foreign_keys)
         ]
 
     def row_counts(self, tables: Iterable[str]) -> dict[str, int]:
@@ -165,26 +135,17 @@ class PostgresEngine(Engine):
 
     def columns(self, table: str) -> list[str]:
         """Column names of a table, in order."""
-        rows = self.query(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-            "AND NOT attisdropped ORDER BY attnum",
-            (self.quote_table(table),),
-        )
-        return [row[0] for row in rows]
+        return self.read(catalog.column_names, self.quote_table(table))
 
     def owned_sequences(self, table: str) -> list[str]:
         """Sequences owned by the table's serial and identity columns."""
-        return [row[0] for row in self.query(_OWNED_SEQUENCES, (self.quote_table(table),))]
+        return self.read(catalog.owned_sequences, self.quote_table(table))
 
-    # -- reverse migration (the SQL lives in postgres_copy.py) --------------------------------
+    # -- reverse migration (reverse.py) --------------------------------------------------------
     def reverse_column_types(self, table: str) -> dict[str, str]:
-        from sensei_airflow.engines.postgres_copy import column_types
+        return dict(self.read(catalog.columns, self.quote_table(table)))
 
-        return column_types(self, table)
-
-    def reverse_reader(self, table: Any) -> Any:
-        from sensei_airflow.engines.postgres_copy import PostgresRowSource
-
+    def reverse_reader(self, table: ReverseTable) -> PostgresRowSource:
         return PostgresRowSource(
             self,
             self.quote_table(table.target),
@@ -194,9 +155,7 @@ class PostgresEngine(Engine):
             list(table.key_types),
         )
 
-    def reverse_writer(self, *, chunk_rows: int) -> Any:
-        from sensei_airflow.engines.postgres_copy import PostgresReverseWriter
-
+    def reverse_writer(self, *, chunk_rows: int) -> PostgresReverseWriter:
         return PostgresReverseWriter(self, chunk_rows=chunk_rows)
 
     # -- target truncate -----------------------------------------------------------------
@@ -222,27 +181,24 @@ class PostgresEngine(Engine):
             )
         return statements
 
-    def lock_sql(self, tables: Sequence[str]) -> list[Statement]:
+    def _lock_statements(self, tables: Sequence[str], mode: str, purpose: str) -> list[Statement]:
+        """``LOCK TABLE`` in ``mode``, its wait bounded by :attr:`lock_timeout` (nothing for no tables)."""
         if not tables:
             return []
         quoted = ", ".join(self.quote_table(t) for t in tables)
         return [
             Statement(f"SET LOCAL lock_timeout = '{self.lock_timeout}'", purpose="bound the wait for locks"),
-            Statement(f"LOCK TABLE {quoted} IN ACCESS EXCLUSIVE MODE", purpose="lock tables in scope"),
+            Statement(f"LOCK TABLE {quoted} IN {mode} MODE", purpose=purpose),
         ]
+
+    def lock_sql(self, tables: Sequence[str]) -> list[Statement]:
+        return self._lock_statements(tables, "ACCESS EXCLUSIVE", "lock tables in scope")
 
     def guard_sql(self, outside: Sequence[str]) -> list[Statement]:
         """``SHARE`` locks on the outside tables: readers go on, writers wait until the commit."""
-        if not outside:
-            return []
-        quoted = ", ".join(self.quote_table(t) for t in outside)
-        return [
-            Statement(f"SET LOCAL lock_timeout = '{self.lock_timeout}'", purpose="bound the wait for locks"),
-            Statement(
-                f"LOCK TABLE {quoted} IN SHARE MODE",
-                purpose="keep writers out of the tables outside the scope that reference it",
-            ),
-        ]
+        return self._lock_statements(
+            outside, "SHARE", "keep writers out of the tables outside the scope that reference it"
+        )
 
     def empty_tables(
         self, tables: Sequence[str], referenced_from_outside: Iterable[str], outside: Sequence[str] = ()
@@ -283,8 +239,7 @@ class PostgresEngine(Engine):
         resets: list[SequenceReset] = []
         with self.connect() as conn, conn.transaction(), conn.cursor() as cur:
             for table in tables:
-                cur.execute(_SEQUENCE_COLUMNS, (self.quote_table(table),))
-                for sequence, column, start in cur.fetchall():
+                for sequence, column, start in catalog.sequence_columns(cur, self.quote_table(table)):
                     cur.execute(
                         f"SELECT setval(%s::regclass, coalesce(max({self.quote_identifier(column)}), %s), "  # noqa: S608
                         f"max({self.quote_identifier(column)}) IS NOT NULL) FROM {self.quote_table(table)}",
@@ -305,7 +260,9 @@ class PostgresEngine(Engine):
             Grant(
                 role=role, table=self.table_name(schema, name), privilege=privilege, grantable=bool(grantable)
             )
-            for role, schema, name, privilege, grantable in self.query(_TABLE_GRANTS, (list(roles), quoted))
+            for role, schema, name, privilege, grantable in self.read(
+                catalog.table_grants, list(roles), quoted
+            )
         ]
 
     def _grant_sql(self, grants: Sequence[Grant], revoke: bool) -> list[Statement]:
@@ -340,7 +297,7 @@ class PostgresEngine(Engine):
         return self._run_statements(self._grant_sql(grants, revoke=False))
 
     def role_exists(self, role: str) -> bool:
-        return bool(self.query("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)))
+        return self.read(catalog.role_exists, role)
 
     def table_fingerprints(self, tables: Iterable[str]) -> dict[str, str]:
         """Row count and an order-independent sum of row hashes, computed in the database."""
@@ -360,27 +317,15 @@ class PostgresEngine(Engine):
         Each name is percent-encoded (a plain name is unchanged; ``Sales Data`` becomes
         ``Sales%20Data``, a ``/`` inside a name cannot split the path).
         """
-        from urllib.parse import quote
-
         conn = self.hook.get_connection(self.conn_id)
         if not conn.host or not conn.schema:
             return None
         schema, name = (quote(part, safe="") for part in self.name_parts(table))
         return f"postgres://{conn.host}:{conn.port or 5432}/{conn.schema}/{schema}/{name}"
 
-    def row_source(self, table: str, key: Sequence[str]) -> Any | None:
+    def row_source(self, table: str, key: Sequence[str]) -> PostgresRowSource | None:
         """The table's key columns, read through the reverse migration's ``PostgresRowSource``."""
-        try:
-            from sensei_airflow.engines.postgres_copy import PostgresRowSource
-        except ImportError:
-            return None
-        types = dict(
-            self.query(
-                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
-                (self.quote_table(table),),
-            )
-        )
+        types = dict(self.read(catalog.columns, self.quote_table(table)))
         exact = [self.column_name(k) for k in key]
         quoted = [self.quote_identifier(k) for k in exact]
         return PostgresRowSource(
@@ -395,50 +340,36 @@ class PostgresEngine(Engine):
     # -- point-in-time recovery -----------------------------------------------------------
     def point_in_time(self, settings: Any) -> Any:
         """RDS/Aurora PITR with an ``rds`` block, WAL-archive PITR with a ``postgres`` block."""
-        from sensei_airflow.engines.base import PointInTimeRefused
-
         if settings.rds is not None:
-            from sensei_airflow.engines.rds import RdsRecovery
-
             return RdsRecovery(self, settings)
         if settings.postgres is not None:
-            from sensei_airflow.engines.postgres_pitr import PostgresWalRecovery
-
             return PostgresWalRecovery(self, settings)
         raise PointInTimeRefused(
             f"the manifest does not say where {self.conn_id}'s WAL archive and base backups are: add "
             "rollback.point_in_time.postgres (wal_archive, base_backups), or rollback.point_in_time.rds"
         )
 
-    # -- backups (the work is in postgres_dump.py) ---------------------------------------------
+    # -- backups (the work is in backup.py and basebackup.py) ------------------------------------
     def table_checksums(self, tables: Iterable[str]) -> dict[str, Any]:
-        from sensei_airflow.engines import postgres_dump
-
         quoted = {self.qualify(t): self.quote_table(t) for t in tables}
         with self.connect() as conn, conn.cursor() as cur:
             conn.autocommit = True
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            result = postgres_dump.table_checksums(cur, quoted)
+            result = backup.table_checksums(cur, quoted)
             cur.execute("ROLLBACK")
         return result
 
     def column_signature(self, table: str) -> list[list[str]]:
-        from sensei_airflow.engines import postgres_dump
-
         with self.connect() as conn, conn.cursor() as cur:
-            signature = postgres_dump.column_signature(cur, self.quote_table(table))
+            signature = backup.column_signature(cur, self.quote_table(table))
             conn.rollback()
         return signature
 
     def dump_tables(self, tables: Sequence[str], write: Any) -> dict[str, Any]:
-        from sensei_airflow.engines import postgres_dump
-
-        return postgres_dump.dump_tables(self, tables, write)
+        return backup.dump_tables(self, tables, write)
 
     def dump_schema(self, tables: Sequence[str], path: Any) -> None:
-        from sensei_airflow.engines import postgres_dump
-
-        postgres_dump.dump_schema(self, tables, path)
+        backup.dump_schema(self, tables, path)
 
     def restore_tables(
         self,
@@ -447,18 +378,12 @@ class PostgresEngine(Engine):
         open_data: Any,
         referenced_from_outside: Iterable[str],
     ) -> tuple[list[str], dict[str, int], dict[str, int]]:
-        from sensei_airflow.engines import postgres_dump
-
-        return postgres_dump.restore_tables(self, tables, states, open_data, referenced_from_outside)
+        return backup.restore_tables(self, tables, states, open_data, referenced_from_outside)
 
     def restore_test(
         self, tables: Sequence[str], states: dict[str, Any], schema_archive: Any, open_data: Any
     ) -> Any:
-        from sensei_airflow.engines import postgres_dump
-
-        return postgres_dump.restore_test(self, tables, states, schema_archive, open_data)
+        return backup.restore_test(self, tables, states, schema_archive, open_data)
 
     def base_backup(self, directory: Any) -> list[Any]:
-        from sensei_airflow.engines import postgres_dump
-
-        return postgres_dump.base_backup(self, directory)
+        return basebackup.tar_backup(self.hook, Path(directory))

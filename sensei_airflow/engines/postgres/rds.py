@@ -25,21 +25,21 @@ from collections.abc import Sequence
 from contextlib import closing, suppress
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import psycopg
 
 from sensei_airflow.engines.base import (
     PointInTimeOutcome,
     PointInTimePlan,
-    PointInTimeRecovery,
     PointInTimeRefused,
     RecoveryCheck,
     RecoveryTarget,
     RecoveryWindow,
 )
-
-if TYPE_CHECKING:
-    from sensei_airflow.engines.postgres import PostgresEngine
-    from sensei_airflow.manifest import PointInTimeSettings, RdsPointInTime
+from sensei_airflow.engines.postgres.client import connection_params
+from sensei_airflow.engines.postgres.copy import CopyBackRecovery, replace_statements, replacement_scope
+from sensei_airflow.manifest import RdsPointInTime
 
 MECHANISM = "AWS RDS point-in-time restore"
 TAG_KEY = "sensei:rollback-of"
@@ -65,16 +65,11 @@ def aside_identifier(source: str, target: RecoveryTarget) -> str:
     return f"{source[: 63 - len(stamp) - 8].rstrip('-')}-before-{stamp}"
 
 
-class RdsRecovery(PointInTimeRecovery):
+class RdsRecovery(CopyBackRecovery[RdsPointInTime]):
     """RDS / Aurora PostgreSQL: restore into a new instance, then copy back or swap."""
 
     mechanism = MECHANISM
-
-    def __init__(self, engine: PostgresEngine, settings: PointInTimeSettings) -> None:
-        assert settings.rds is not None
-        self.engine = engine
-        self.settings = settings
-        self.config: RdsPointInTime = settings.rds
+    block = "rds"
 
     @cached_property
     def hook(self) -> Any:
@@ -122,11 +117,7 @@ class RdsRecovery(PointInTimeRecovery):
         return earliest, latest, retention
 
     def _instance_exists(self, identifier: str) -> bool:
-        try:
-            self.client.describe_db_instances(DBInstanceIdentifier=identifier)
-        except self.client.exceptions.DBInstanceNotFoundFault:
-            return False
-        return True
+        return self._instance(identifier) is not None
 
     def _cluster_exists(self, identifier: str) -> bool:
         try:
@@ -220,22 +211,7 @@ class RdsRecovery(PointInTimeRecovery):
                 f"{latest.isoformat()} (RDS uploads transaction logs every few minutes: wait, or choose an "
                 "earlier point)"
             )
-        existing = set(self.engine.user_tables())
-        missing = [t for t in tables if t not in existing]
-        if missing:
-            raise PointInTimeRefused(f"target table {missing[0]} does not exist on {self.engine.conn_id}")
-        foreign_keys = self.engine.foreign_keys()
-        outside = [fk for fk in foreign_keys if fk.parent in tables and fk.child not in tables]
-        counts = self.engine.row_counts({fk.child for fk in outside})
-        for fk in outside:
-            if counts[fk.child] > 0:
-                raise PointInTimeRefused(
-                    f"{fk.child} (outside the scope) references {fk.parent} through {fk.name} and holds "
-                    f"{counts[fk.child]} rows: replacing {fk.parent} alone could break it; add it to the scope"
-                )
-        from sensei_airflow.plan import dependency_order
-
-        ordered = dependency_order(list(tables), foreign_keys)
+        ordered, referenced = replacement_scope(self.engine, tables)
         path, warnings = "table", []
         if self.config.method == "swap":
             if whole_database and not self.is_cluster:
@@ -250,8 +226,7 @@ class RdsRecovery(PointInTimeRecovery):
             f"wait until {restored} is available",
         ]
         if path == "table":
-            referenced = {fk.parent for fk in outside}
-            steps += [s.sql for s in self.replace_statements(ordered, referenced)]
+            steps += [s.sql for s in replace_statements(self.engine, ordered, referenced)]
             steps += [
                 "COPY each table from the restored instance, parents first; set its sequences",
                 "COMMIT",
@@ -266,23 +241,16 @@ class RdsRecovery(PointInTimeRecovery):
                 f"check that {self.source_id} is the instance restored to {target.time.isoformat()}",
             ]
         database = self.engine.query("SELECT current_database()")[0][0]
-        return PointInTimePlan(
-            tables=ordered,
-            path=path,
-            steps=steps,
-            warnings=warnings,
-            detail={
-                "mechanism": MECHANISM,
-                "source": self.source_id,
-                "restored": restored,
-                "aside": aside_identifier(self.source_id, target),
-                "swap_state": "ready" if path == "database" else None,
-                "database": database,
-                "referenced_from_outside": sorted({fk.parent for fk in outside}),
-                "earliest_restorable": earliest.isoformat(),
-                "latest_restorable": latest.isoformat(),
-            },
-        )
+        detail = {
+            "source": self.source_id,
+            "restored": restored,
+            "aside": aside_identifier(self.source_id, target),
+            "swap_state": "ready" if path == "database" else None,
+            "database": database,
+            "earliest_restorable": earliest.isoformat(),
+            "latest_restorable": latest.isoformat(),
+        }
+        return self.assessed(ordered, referenced, path, steps, warnings, detail)
 
     def _resume_swap(
         self, tables: Sequence[str], target: RecoveryTarget, state: str, tags: dict[str, str]
@@ -326,13 +294,6 @@ class RdsRecovery(PointInTimeRecovery):
                 "swap_state": state,
             },
         )
-
-    def replace_statements(self, ordered: Sequence[str], referenced_from_outside: set[str]) -> list[Any]:
-        children_first = list(reversed(ordered))
-        return [
-            *self.engine.lock_sql(children_first),
-            *self.engine.empty_tables_sql(children_first, referenced_from_outside),
-        ]
 
     def restore(self, plan: PointInTimePlan, target: RecoveryTarget) -> PointInTimeOutcome:
         restored = str(plan.detail["restored"])
@@ -440,30 +401,20 @@ class RdsRecovery(PointInTimeRecovery):
         return {"address": instance["Endpoint"]["Address"], "port": int(instance["Endpoint"]["Port"])}
 
     def restored_conninfo(self, endpoint: dict[str, Any], database: str) -> dict[str, Any]:
-        """libpq parameters for the restored instance: the live connection's credentials, its endpoint."""
-        conn = self.engine.hook.get_connection(self.engine.conn_id)
-        extra = conn.extra_dejson or {}
-        return {
-            "host": endpoint["address"],
-            "port": endpoint["port"],
-            "dbname": database,
-            "user": conn.login,
-            "password": conn.password,
-            "sslmode": extra.get("sslmode", "prefer"),
-            "connect_timeout": 30,
-        }
+        """libpq parameters for the restored instance: the live connection's, as ``PostgresHook`` builds
+        them (login, password, extras such as ``sslmode``), at the restored endpoint."""
+        return connection_params(
+            self.engine.hook,
+            host=endpoint["address"],
+            port=endpoint["port"],
+            dbname=database,
+            connect_timeout=30,
+        )
 
     def _copy_back(self, plan: PointInTimePlan, endpoint: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
-        import psycopg
-
-        from sensei_airflow.engines.postgres_pitr import replace_tables_from
-
-        referenced = set(plan.detail.get("referenced_from_outside", []))
         info = self.restored_conninfo(endpoint, str(plan.detail["database"]))
         with closing(psycopg.connect(**{k: v for k, v in info.items() if v is not None})) as source:
-            return replace_tables_from(
-                self.engine, source, plan.tables, self.replace_statements(plan.tables, referenced)
-            )
+            return self.copy_back_from(source, plan)
 
     def _rename(self, old: str, new: str) -> str:
         self.client.modify_db_instance(

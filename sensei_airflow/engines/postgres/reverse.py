@@ -27,29 +27,22 @@ import json
 import math
 import queue
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql as pgsql
 
-from sensei_airflow.verify import KeyRange, KeyValues
+from sensei_airflow.engines.base import INTEGER_TYPES, ReverseTable, integer_cuts
+from sensei_airflow.engines.postgres import catalog
+from sensei_airflow.engines.postgres.copy import relay_copy, session
+from sensei_airflow.verify import KeyRange, KeyValues, both, split_range
 
 if TYPE_CHECKING:
     from sensei_airflow.engines.postgres import PostgresEngine
 
 STAGING_SCHEMA = "sensei_staging"
-#: merged write size of the COPY relay.
-WRITE_BYTES = 1 << 17
-#: session settings that make both sides render values (checksums, samples) the same way.
-SESSION_SETTINGS = (
-    "SET TimeZone TO 'UTC'",
-    "SET DateStyle TO 'ISO, MDY'",
-    "SET IntervalStyle TO 'postgres'",
-    "SET extra_float_digits TO 3",
-)
-_INTEGER_TYPES = {"smallint", "integer", "bigint"}
 _LOCK_KEY = 7_346_201
 
 _STAGING_DDL = f"""
@@ -71,34 +64,6 @@ CREATE TABLE IF NOT EXISTS {STAGING_SCHEMA}.reverse_applied (
     applied_at    timestamptz NOT NULL DEFAULT now()
 );
 """
-
-
-def column_types(engine: PostgresEngine, table: str) -> dict[str, str]:
-    """Column name -> ``format_type`` of a table, in column order (empty if the table is missing)."""
-    rows = engine.query(
-        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-        (engine.quote_table(table),),
-    )
-    return dict(rows)
-
-
-@contextmanager
-def session(engine: PostgresEngine, *, lock_timeout: str | None = None) -> Iterator[Any]:
-    """A connection with :data:`SESSION_SETTINGS` applied and every lock wait bounded.
-
-    :param lock_timeout: how long any statement may wait for a lock (table, row or advisory);
-        the engine's ``lock_timeout`` when not given. A wait longer than that fails with
-        ``LockNotAvailable`` instead of hanging behind another session's lock.
-    """
-    timeout = lock_timeout or getattr(engine, "lock_timeout", None)
-    with engine.connect() as conn:
-        for statement in SESSION_SETTINGS:
-            conn.execute(statement)
-        if timeout:
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (str(timeout),))
-        conn.commit()
-        yield conn
 
 
 def range_predicate(
@@ -149,6 +114,13 @@ class PostgresRowSource:
             conn.rollback()
             return rows
 
+    def _sample_percent(self, n: int) -> float:
+        """The ``TABLESAMPLE`` percentage that yields about ``3 n`` rows (all rows when never analysed)."""
+        with session(self.engine) as conn:
+            rows = catalog.estimated_rows(conn, self.table)
+            conn.rollback()
+        return 100.0 if rows <= 0 else min(100.0, 100.0 * 3 * n / rows)
+
     def row_sql(self) -> str:
         return "ROW(" + ", ".join(self.exprs) + ")::text"
 
@@ -177,16 +149,8 @@ class PostgresRowSource:
         if parts < 2:
             return []
         where, params = self._where(key_range)
-        if len(self.keys) == 1 and self.key_types[0] in _INTEGER_TYPES:
-            low, high = self._query(
-                f"SELECT min({self.keys[0]}), max({self.keys[0]}) FROM {self.table} WHERE {where}",  # noqa: S608
-                params,
-            )[0]
-            if low is None or high <= low:
-                return []
-            step = (high - low) / parts
-            cuts = sorted({low + int(step * i) for i in range(1, parts)} - {high})
-            return [(str(c),) for c in cuts if low <= c < high]
+        if len(self.keys) == 1 and self.key_types[0] in INTEGER_TYPES:
+            return integer_cuts(self._query, self.table, self.keys[0], (where, params), parts)
         key_list = ", ".join(self.keys)
         texts = ", ".join(f"{k}::text" for k in self.keys)
         sql = (
@@ -198,12 +162,7 @@ class PostgresRowSource:
         return [tuple(r) for r in rows[:-1]]
 
     def sample_keys(self, n: int) -> list[KeyValues]:
-        schema_table = self.table
-        estimate = self._query(
-            "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = %s::regclass", (schema_table,)
-        )
-        rows = float(estimate[0][0]) if estimate else 0.0
-        percent = 100.0 if rows <= 0 else min(100.0, 100.0 * 3 * n / rows)
+        percent = self._sample_percent(n)
         texts = ", ".join(f"{k}::text" for k in self.keys)
         sql = f"SELECT {texts} FROM {self.table} TABLESAMPLE BERNOULLI (%s) LIMIT %s"  # noqa: S608
         return [tuple(r) for r in self._query(sql, (percent, n))]
@@ -238,11 +197,7 @@ class PostgresRowSource:
             f"{self.engine.quote_column(f.target)} AS {q(f'__sensei_t{i}')}" for i, f in enumerate(forwards)
         ]
         inner_cols += [f"{e} AS {q(c)}" for c, e in zip(self.columns, self.exprs, strict=True)]
-        estimate = self._query(
-            "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = %s::regclass", (self.table,)
-        )
-        rows = float(estimate[0][0]) if estimate else 0.0
-        percent = 100.0 if rows <= 0 else min(100.0, 100.0 * 3 * n / rows)
+        percent = self._sample_percent(n)
         inner = f"SELECT {', '.join(inner_cols)} FROM {self.table} TABLESAMPLE BERNOULLI (%s) LIMIT %s"  # noqa: S608
         back = [f"CAST(({f.forward}) AS {target_types[f.target]})" for f in forwards]
         kept = [q(f"__sensei_t{i}") for i in range(len(forwards))]
@@ -275,45 +230,6 @@ class PostgresRowSource:
         """``SELECT`` of the range's rows (no order: they land in a staging table)."""
         where, params = self._where(key_range)
         return f"SELECT {', '.join(self.exprs)} FROM {self.table} WHERE {where}", params  # noqa: S608
-
-
-class BatchReader(Protocol):
-    """What the writer needs from a non-PostgreSQL target: the range's rows in batches."""
-
-    def batches(self, key_range: KeyRange) -> Iterator[Sequence[tuple[Any, ...]]]: ...
-
-
-@dataclass(frozen=True)
-class ReverseTable:
-    """One table of a reverse migration, resolved against both catalogs.
-
-    ``source`` and ``target`` are qualified written names; ``columns`` and ``source_key`` the
-    source's exact column names; ``target_key`` and ``written_columns`` the manifest's written
-    names (an engine turns them into its own spelling with ``quote_column``).
-    """
-
-    source: str
-    target: str
-    columns: list[str]
-    types: list[str]
-    inverses: list[str]
-    source_key: list[str]
-    target_key: list[str]
-    key_types: list[str]
-    unique_key: bool = True
-    #: the source columns as the manifest writes them (aliases of the inverse expressions on the target).
-    written_columns: tuple[str, ...] = ()
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "target": self.target,
-            "columns": [
-                {"column": c, "type": t, "inverse": e}
-                for c, t, e in zip(self.columns, self.types, self.inverses, strict=True)
-            ],
-            "key": self.source_key,
-        }
 
 
 @dataclass
@@ -439,19 +355,21 @@ class PostgresReverseWriter:
             return rows
 
     # -- catalog and checks ----------------------------------------------------------------
+    def _read(self, ask: Any, *args: Any) -> Any:
+        """One catalog question (a function of :mod:`.catalog`) on a source session, rolled back."""
+        with self._session() as conn:
+            try:
+                return ask(conn, *args)
+            finally:
+                conn.rollback()
+
     def column_types(self, table: str) -> dict[str, str]:
-        return column_types(self.engine, table)
+        """Column name -> type of a source table, in column order (empty when it does not exist)."""
+        return dict(self._read(catalog.columns, self.engine.quote_table(table)))
 
     def unique_keys(self, table: str) -> list[set[str]]:
         """Column sets of the table's primary key and unique indexes (no expressions, no predicates)."""
-        rows = self.engine.query(
-            "SELECT array_agg(a.attname::text) FROM pg_index i "
-            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) "
-            "WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL "
-            "GROUP BY i.indexrelid",
-            (self.engine.quote_table(table),),
-        )
-        return [set(r[0]) for r in rows]
+        return list(self._read(catalog.unique_keys, self.engine.quote_table(table)))
 
     def writability(self, tables: Sequence[str]) -> list[str]:
         """Why the source cannot take the reverse migration's writes (empty when it can).
@@ -486,12 +404,8 @@ class PostgresReverseWriter:
         return problems
 
     def existing_tables(self, tables: Sequence[str]) -> set[str]:
-        found = self.engine.query(
-            "SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(t) IS NOT NULL",
-            ([self.engine.quote_table(t) for t in tables],),
-        )
         by_quoted = {self.engine.quote_table(t): t for t in tables}
-        return {by_quoted[r[0]] for r in found}
+        return {by_quoted[q] for q in self._read(catalog.existing_tables, list(by_quoted))}
 
     # -- staging -----------------------------------------------------------------------------
     def ensure_staging(self, conn: Any) -> None:
@@ -521,7 +435,7 @@ class PostgresReverseWriter:
         return rows[0][0] if rows else None
 
     def _has_staging(self) -> bool:
-        return bool(self._query("SELECT to_regclass('sensei_staging.reverse_applied') IS NOT NULL")[0][0])
+        return bool(self._read(catalog.exists, f"{STAGING_SCHEMA}.reverse_applied"))
 
     def chunks(self, rollback_id: str, table: ReverseTable) -> list[tuple[int, KeyRange, str, int | None]]:
         if not self._has_staging():
@@ -545,7 +459,7 @@ class PostgresReverseWriter:
             return existing
         total = reader.count_rows(KeyRange())
         parts = max(1, math.ceil(total / self.chunk_rows))
-        ranges = [KeyRange()] if parts == 1 else _ranges(reader.boundaries(KeyRange(), parts))
+        ranges = [KeyRange()] if parts == 1 else split_range(KeyRange(), reader.boundaries(KeyRange(), parts))
         with self._session() as conn, conn.transaction():
             self.ensure_staging(conn)
             with conn.cursor() as cur:
@@ -644,64 +558,41 @@ class PostgresReverseWriter:
         skip_unchanged: bool,
     ) -> dict[str, int]:
         chunks = self.plan_chunks(rollback_id, table, reader)
-        compare = skip_unchanged and isinstance(reader, PostgresRowSource) and self.source_has_rows(table)
-        source_side = self.source_reader(table)
-        outcome = {"staged": 0, "same": 0, "resumed": 0}
+        relayed = isinstance(reader, PostgresRowSource)
         with ExitStack() as stack:
-            conn = stack.enter_context(self._session())
-            source_conn = (
-                stack.enter_context(session(reader.engine)) if isinstance(reader, PostgresRowSource) else None
+            run = _TableRun(
+                owner=owner,
+                rollback_id=rollback_id,
+                table=table,
+                reader=reader,
+                applier=applier,
+                conn=stack.enter_context(self._session()),
+                source_conn=stack.enter_context(session(reader.engine)) if relayed else None,
+                compare=skip_unchanged and relayed and self.source_has_rows(table),
+                source_side=self.source_reader(table),
             )
             for number, key_range, state, _rows in chunks:
-                self._stage_chunk(
-                    owner,
-                    rollback_id,
-                    table,
-                    reader,
-                    applier,
-                    outcome,
-                    conn,
-                    source_conn,
-                    number,
-                    key_range,
-                    state,
-                    compare,
-                    source_side,
-                )
-        return outcome
+                self._stage_chunk(run, number, key_range, state)
+        return run.outcome
 
-    def _stage_chunk(
-        self,
-        owner: StagingOwner,
-        rollback_id: str,
-        table: ReverseTable,
-        reader: Any,
-        applier: _Applier,
-        outcome: dict[str, int],
-        conn: Any,
-        source_conn: Any,
-        number: int,
-        key_range: KeyRange,
-        state: str,
-        compare: bool,
-        source_side: PostgresRowSource,
-    ) -> None:
+    def _stage_chunk(self, run: _TableRun, number: int, key_range: KeyRange, state: str) -> None:
         """Stage one chunk (or mark it unchanged) and hand it to the applier."""
+        table, reader, applier, outcome, conn = run.table, run.reader, run.applier, run.outcome, run.conn
         applier.check()
         if state != "pending":
             outcome["resumed"] += 1
             applier.put(table, number, key_range, state)
             return
-        if compare:
-            from sensei_airflow.verify import both
-
-            left, right = both(lambda: source_side.checksum(key_range), lambda: reader.checksum(key_range))
+        if run.compare:
+            left, right = both(
+                lambda: run.source_side.checksum(key_range), lambda: reader.checksum(key_range)
+            )
             if left == right:
-                self._mark(rollback_id, table, number, "same", left[0])
+                self._mark(run.rollback_id, table, number, "same", left[0])
                 outcome["same"] += 1
                 applier.put(table, number, key_range, "same")
                 return
-        stage = self.stage_path(rollback_id, table, number)
+        stage = self.stage_path(run.rollback_id, table, number)
         columns = ", ".join(self.q(c) for c in table.columns)
         with conn.transaction():
             conn.execute(f"DROP TABLE IF EXISTS {stage}")
@@ -709,15 +600,15 @@ class PostgresReverseWriter:
                 f"CREATE UNLOGGED TABLE {stage} AS SELECT {columns} "  # noqa: S608 - quoted identifiers
                 f"FROM {self.engine.quote_table(table.source)} WITH NO DATA"
             )
-            label = owner.label(table.source, number)
+            label = run.owner.label(table.source, number)
             conn.execute(
                 pgsql.SQL("COMMENT ON TABLE {} IS {}").format(pgsql.SQL(stage), pgsql.Literal(label))
             )
-            moved = self._copy_range(conn, stage, table, reader, key_range, source_conn)
+            moved = self._copy_range(conn, stage, table, reader, key_range, run.source_conn)
             conn.execute(
                 "UPDATE sensei_staging.reverse_chunks SET state = 'staged', rows = %s, "
                 "updated_at = now() WHERE rollback_id = %s AND source_table = %s AND chunk = %s",
-                (moved, rollback_id, table.source, number),
+                (moved, run.rollback_id, table.source, number),
             )
         outcome["staged"] += 1
         applier.put(table, number, key_range, "staged")
@@ -736,9 +627,16 @@ class PostgresReverseWriter:
         columns = ", ".join(self.q(c) for c in table.columns)
         if isinstance(reader, PostgresRowSource):
             select, params = reader.copy_select(key_range)
-            return relay_copy(
-                source_conn, select, params, conn, f"COPY {stage} ({columns}) FROM STDIN (FORMAT binary)"
-            )
+            with source_conn.cursor() as src, conn.cursor() as dst:
+                moved = relay_copy(
+                    src,
+                    dst,
+                    f"COPY ({select}) TO STDOUT (FORMAT binary)",
+                    f"COPY {stage} ({columns}) FROM STDIN (FORMAT binary)",
+                    params,
+                )
+            source_conn.rollback()
+            return moved
         moved = 0
         with conn.cursor() as cur, cur.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy_in:
             for batch in reader.batches(key_range):
@@ -785,14 +683,8 @@ class PostgresReverseWriter:
     def _advance_sequences(self, conn: Any, table: ReverseTable) -> dict[str, int]:
         """Set each sequence owned by a column of the table past the column's highest value."""
         quoted = self.engine.quote_table(table.source)
-        owned = conn.execute(
-            "SELECT attname, pg_get_serial_sequence(%s, attname) FROM pg_attribute "
-            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
-            "AND pg_get_serial_sequence(%s, attname) IS NOT NULL",
-            (quoted, quoted, quoted),
-        ).fetchall()
         done = {}
-        for column, sequence in owned:
+        for sequence, column, _start in catalog.sequence_columns(conn, quoted):
             highest = f"(SELECT coalesce(max({self.q(column)}), 0) FROM {quoted})"  # noqa: S608
             value = conn.execute(
                 f"SELECT setval(%s::regclass, greatest({highest}, "
@@ -805,14 +697,8 @@ class PostgresReverseWriter:
     def sequence_positions(self, table: ReverseTable) -> list[tuple[str, int, int]]:
         """``(sequence, its last value, the column's highest value)`` for each sequence the table owns."""
         quoted = self.engine.quote_table(table.source)
-        owned = self._query(
-            "SELECT attname, pg_get_serial_sequence(%s, attname) FROM pg_attribute "
-            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
-            "AND pg_get_serial_sequence(%s, attname) IS NOT NULL",
-            (quoted, quoted, quoted),
-        )
         found = []
-        for column, sequence in owned:
+        for sequence, column, _start in self._read(catalog.sequence_columns, quoted):
             last, highest = self._query(
                 f"SELECT coalesce(pg_sequence_last_value(%s::regclass), 0), "  # noqa: S608
                 f"(SELECT coalesce(max({self.q(column)}), 0) FROM {quoted})",
@@ -828,14 +714,9 @@ class PostgresReverseWriter:
         matched to its rollback through the checkpoints when they still name it, else reported
         with neither id.
         """
-        if not self._query("SELECT to_regnamespace(%s) IS NOT NULL", (STAGING_SCHEMA,))[0][0]:
+        if not self._read(catalog.schema_exists, STAGING_SCHEMA):
             return []
-        rows = self._query(
-            "SELECT c.relname, obj_description(c.oid, 'pg_class'), pg_total_relation_size(c.oid) "
-            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relkind = 'r' AND c.relname LIKE 'rev\\_%%' ORDER BY c.relname",
-            (STAGING_SCHEMA,),
-        )
+        rows = self._read(catalog.tables_in_schema, STAGING_SCHEMA, "rev_")
         by_name: dict[str, str] = {}
         if any(StagingOwner.parse(comment) is None for _, comment, _ in rows) and self._has_staging():
             for rollback_id, source_table, chunk in self._query(
@@ -887,6 +768,22 @@ class PostgresReverseWriter:
                 f"DROP TABLE IF EXISTS {STAGING_SCHEMA}.{self.q(stage_name(rollback_id, name, chunk))}"
             )
         conn.execute("DELETE FROM sensei_staging.reverse_chunks WHERE rollback_id = %s", (rollback_id,))
+
+
+@dataclass
+class _TableRun:
+    """One table being staged: who it is staged for, its reader, its connections and its tallies."""
+
+    owner: StagingOwner
+    rollback_id: str
+    table: ReverseTable
+    reader: Any
+    applier: _Applier
+    conn: Any
+    source_conn: Any
+    compare: bool
+    source_side: PostgresRowSource
+    outcome: dict[str, int] = field(default_factory=lambda: {"staged": 0, "same": 0, "resumed": 0})
 
 
 _DONE = object()
@@ -977,42 +874,3 @@ class _Applier(threading.Thread):
                 (self.rollback_id, json.dumps({name: vars(r) for name, r in self.results.items()})),
             )
             writer._drop_staging(conn, self.rollback_id)
-
-
-def _ranges(boundaries: Sequence[KeyValues]) -> list[KeyRange]:
-    from sensei_airflow.verify import split_range
-
-    return split_range(KeyRange(), boundaries)
-
-
-def relay_copy(
-    source: PostgresEngine | Any, select: str, params: Sequence[Any], dest_conn: Any, copy_in_sql: str
-) -> int:
-    """Binary ``COPY (select) TO STDOUT`` on ``source`` into ``copy_in_sql`` on ``dest_conn``.
-
-    ``source`` is an engine (a connection is opened for the copy) or an open connection.
-    Blocks are merged into writes of about :data:`WRITE_BYTES`; rows are never decoded, so
-    memory stays flat whatever the table's size. Returns the rows copied (as the server counts).
-    """
-    if hasattr(source, "connect") and not hasattr(source, "cursor"):
-        with source.connect() as opened:
-            return relay_copy(opened, select, params, dest_conn, copy_in_sql)
-    src: Any = source
-    copy_out_sql = f"COPY ({select}) TO STDOUT (FORMAT binary)"
-    with (
-        dest_conn.cursor() as dest_cur,
-        dest_cur.copy(copy_in_sql) as copy_in,
-        src.cursor().copy(copy_out_sql, params or None) as copy_out,
-    ):
-        pending: list[bytes] = []
-        size = 0
-        for block in copy_out:
-            pending.append(bytes(block))
-            size += len(block)
-            if size >= WRITE_BYTES:
-                copy_in.write(b"".join(pending))
-                pending, size = [], 0
-        if pending:
-            copy_in.write(b"".join(pending))
-    src.rollback()
-    return max(dest_cur.rowcount, 0)

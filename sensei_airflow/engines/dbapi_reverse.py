@@ -3,7 +3,7 @@
 The inverse expressions (PostgreSQL-flavoured in the manifest) are rendered in the target's
 dialect and run inside the target's ``SELECT``; rows come back through the provider's DB-API
 connection in batches (``fetchmany``) and are written to the PostgreSQL source's staging with
-``COPY`` (see :class:`sensei_airflow.engines.postgres_copy.PostgresReverseWriter`). Memory stays
+``COPY`` (see :class:`sensei_airflow.engines.postgres.reverse.PostgresReverseWriter`). Memory stays
 at one batch.
 
 Checksums of two different engines do not compare (their hash functions differ), so this
@@ -21,11 +21,11 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+from sensei_airflow.engines.base import INTEGER_TYPES, integer_cuts
 from sensei_airflow.verify import KeyRange, KeyValues
 
 #: rows per fetch.
 BATCH_ROWS = 10_000
-_INTEGER_TYPES = {"smallint", "integer", "bigint"}
 _SCALE = re.compile(r"^numeric\(\d+,\s*(\d+)\)$")
 
 
@@ -79,7 +79,7 @@ class BatchedRowSource:
         return f"{self.engine.dialect}: not comparable"
 
     def _value(self, text: str, position: int) -> Any:
-        return int(text) if self.key_types[position] in _INTEGER_TYPES else text
+        return int(text) if self.key_types[position] in INTEGER_TYPES else text
 
     def _where(self, key_range: KeyRange) -> tuple[str, list[Any]]:
         if len(self.keys) != 1 and (key_range.lo or key_range.hi):
@@ -107,17 +107,9 @@ class BatchedRowSource:
 
     def boundaries(self, key_range: KeyRange, parts: int) -> list[KeyValues]:
         """Cuts of a single integer key (other keys: one range)."""
-        if parts < 2 or len(self.keys) != 1 or self.key_types[0] not in _INTEGER_TYPES:
+        if parts < 2 or len(self.keys) != 1 or self.key_types[0] not in INTEGER_TYPES:
             return []
-        where, params = self._where(key_range)
-        low, high = self._query(
-            f"SELECT min({self.keys[0]}), max({self.keys[0]}) FROM {self.table} WHERE {where}",  # noqa: S608
-            params,
-        )[0]
-        if low is None or high <= low:
-            return []
-        step = (high - low) / parts
-        return [(str(c),) for c in sorted({low + int(step * i) for i in range(1, parts)}) if low <= c < high]
+        return integer_cuts(self._query, self.table, self.keys[0], self._where(key_range), parts)
 
     def batches(self, key_range: KeyRange) -> Iterator[Sequence[tuple[Any, ...]]]:
         where, params = self._where(key_range)
