@@ -28,7 +28,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Final, NamedTuple
 
-from sensei_airflow.state import CHAIN_LOCK, StateStore, utcnow
+from sensei_airflow.state import APPEND_ONLY_TRIGGERS, CHAIN_LOCK, StateStore, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -391,10 +391,6 @@ class AuditTrail:
         )
         rows = (ChainRow(r[0], r[1], r[2], r[3], r[4], tuple(r[5:])) for r in cur)
         return check_chain(rows, self.key, self.key_conn_id)
-
-
-#: the append-only triggers ``state._DDL`` creates on ``sensei.audit_events``.
-APPEND_ONLY_TRIGGERS = ("audit_events_no_update", "audit_events_no_truncate")
 
 
 @dataclass(frozen=True)
