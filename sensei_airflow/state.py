@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
+from sensei_airflow.status import StatusDocument
+
 #: advisory lock keys (arbitrary constants) on the state store, and on the target for a migration
 #: (:func:`change_lock_key`). Every ``pg_advisory_*`` lock sensei takes uses one of these.
 SCHEMA_LOCK = 7_346_001
@@ -366,14 +368,9 @@ class StateStore:
             )
 
     def finish_run(
-        self,
-        rollback_id: str,
-        *,
-        status: str,
-        status_document: Mapping[str, Any],
-        report: Mapping[str, Any],
-        report_markdown: str,
+        self, rollback_id: str, *, document: StatusDocument, report: Mapping[str, Any], report_markdown: str
     ) -> None:
+        """Store the run's status document (its status too) and report."""
         with self.transaction() as cur:
             cur.execute(
                 """
@@ -381,7 +378,13 @@ class StateStore:
                     report_markdown = %s, finished_at = now(), updated_at = now()
                 WHERE rollback_id = %s
                 """,
-                (status, _json(status_document), _json(report), report_markdown, rollback_id),
+                (
+                    document.rollback_status,
+                    _json(document.as_json()),
+                    _json(report),
+                    report_markdown,
+                    rollback_id,
+                ),
             )
             if cur.rowcount == 0:
                 raise LookupError(f"no run record for rollback {rollback_id}")
