@@ -40,6 +40,7 @@ from sensei_airflow.conf import InvalidRequest, RollbackRequest
 from sensei_airflow.manifest import Manifest
 from sensei_airflow.names import split_list
 from sensei_airflow.plan import RefusedError
+from sensei_airflow.status import StatusDocument
 
 ROLLBACK_DAG_ID = "sensei_rollback"
 URL_PREFIX = "/sensei"
@@ -234,15 +235,11 @@ def _iso(value: Any) -> str | None:
 
 def document_from_record(record: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """The status document of a run record; built from the plan while the run is unfinished."""
-    from sensei_airflow.status import StatusDocument
-
     return StatusDocument.of_record(record, now).as_json()
 
 
 def queued_document(migration_id: str, dag_run: Any, now: datetime) -> dict[str, Any]:
     """A run Airflow holds whose first task has not written its record yet."""
-    from sensei_airflow.status import StatusDocument
-
     return StatusDocument.queued(
         migration_id=migration_id,
         rollback_id=dag_run.run_id,

@@ -1,6 +1,7 @@
 """The state store's schema: numbered steps applied once, older stores upgraded in place, no DDL after.
 
-Older stores are made by hand, from the DDL those releases ran, in a real PostgreSQL.
+Older stores are made by hand, from the DDL those releases ran (``state_schema_before/``), in a real
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from psycopg import sql
@@ -19,98 +21,9 @@ from sensei_airflow.backups.catalog import BackupCatalog
 from sensei_airflow.lock import MigrationLocks
 from sensei_airflow.state import SCHEMA_STEPS, SCHEMA_VERSION, StateSchemaMissing, StateStore
 
-#: the whole schema of the first release that recorded a version (1).
-VERSION_1_DDL = """
-CREATE SCHEMA IF NOT EXISTS sensei;
-CREATE TABLE IF NOT EXISTS sensei.rollback_runs (
-    rollback_id      text PRIMARY KEY,
-    migration_id     text NOT NULL,
-    status           text NOT NULL,
-    strategy         text,
-    dry_run          boolean NOT NULL DEFAULT false,
-    request          jsonb NOT NULL DEFAULT '{}',
-    plan             jsonb,
-    status_document  jsonb,
-    report           jsonb,
-    report_markdown  text,
-    triggered_by     text,
-    reason           text,
-    started_at       timestamptz NOT NULL DEFAULT now(),
-    finished_at      timestamptz,
-    updated_at       timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS rollback_runs_by_migration ON sensei.rollback_runs (migration_id, started_at DESC);
-CREATE TABLE IF NOT EXISTS sensei.table_baselines (
-    migration_id     text NOT NULL,
-    target_table     text NOT NULL,
-    rows_before      bigint NOT NULL,
-    recorded_at      timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (migration_id, target_table)
-);
-CREATE TABLE IF NOT EXISTS sensei.audit_events (
-    seq              bigint PRIMARY KEY,
-    recorded_at      timestamptz NOT NULL,
-    rollback_id      text,
-    migration_id     text,
-    task_id          text,
-    try_number       integer,
-    step             text NOT NULL,
-    action           text NOT NULL,
-    actor            text,
-    payload          text NOT NULL,
-    prev_hash        text NOT NULL,
-    hash             text NOT NULL UNIQUE
-);
-CREATE INDEX IF NOT EXISTS audit_events_by_run ON sensei.audit_events (rollback_id, seq);
-CREATE OR REPLACE FUNCTION sensei.audit_events_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'sensei.audit_events is append-only: % is not allowed', TG_OP;
-END $$;
-CREATE OR REPLACE TRIGGER audit_events_no_update BEFORE UPDATE OR DELETE ON sensei.audit_events
-    FOR EACH ROW EXECUTE FUNCTION sensei.audit_events_append_only();
-CREATE OR REPLACE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON sensei.audit_events
-    FOR EACH STATEMENT EXECUTE FUNCTION sensei.audit_events_append_only();
-CREATE TABLE IF NOT EXISTS sensei.schema_version (version integer NOT NULL);
-CREATE TABLE IF NOT EXISTS sensei.rollback_locks (
-    migration_id     text PRIMARY KEY,
-    rollback_id      text NOT NULL,
-    acquired_at      timestamptz NOT NULL DEFAULT now(),
-    expires_at       timestamptz NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sensei.consumer_holds (
-    id               bigserial PRIMARY KEY,
-    migration_id     text NOT NULL,
-    rollback_id      text NOT NULL,
-    kind             text NOT NULL,
-    name             text NOT NULL,
-    object           text NOT NULL DEFAULT '',
-    detail           jsonb NOT NULL DEFAULT '{}',
-    halted_at        timestamptz NOT NULL DEFAULT now(),
-    resumed_at       timestamptz,
-    resumed_by       text
-);
-CREATE UNIQUE INDEX IF NOT EXISTS consumer_holds_open
-    ON sensei.consumer_holds (migration_id, kind, name, object) WHERE resumed_at IS NULL;
-"""
-#: what version 2 added (the audit chain's link kind and anchors).
-VERSION_2_DDL = """-- version 2: the link kind of each audit event, and each run's anchor of the chain (audit.py, anchors.py).
--- Only when missing: ALTER TABLE locks the table exclusively, and appends hold a share lock on it.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'sensei.audit_events'::regclass
-                   AND attname = 'hash_kind' AND NOT attisdropped) THEN
-        ALTER TABLE sensei.audit_events ADD COLUMN hash_kind text NOT NULL DEFAULT 'sha256';
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'sensei.rollback_runs'::regclass
-                   AND attname = 'audit_head_hash' AND NOT attisdropped) THEN
-        ALTER TABLE sensei.rollback_runs
-            ADD COLUMN IF NOT EXISTS audit_events bigint,
-            ADD COLUMN IF NOT EXISTS audit_head_seq bigint,
-            ADD COLUMN IF NOT EXISTS audit_head_hash text;
-    END IF;
-END $$;
-"""
+#: the DDL older releases ran, frozen as they shipped it.
+BEFORE = Path(__file__).parent / "state_schema_before"
+
 
 MIGRATION = 'mig "Bestellungen" ✓'
 ROLLBACK = "manual__2026-02-02 Zürich ✓"
@@ -118,9 +31,9 @@ ROLLBACK = "manual__2026-02-02 Zürich ✓"
 
 def make_old_store(databases, version: int) -> None:
     with databases.connect("state") as conn:
-        conn.execute(VERSION_1_DDL)
+        conn.execute((BEFORE / "version_1.sql").read_text(encoding="utf-8"))
         if version >= 2:
-            conn.execute(VERSION_2_DDL)
+            conn.execute((BEFORE / "version_2.sql").read_text(encoding="utf-8"))
         conn.execute("INSERT INTO sensei.schema_version VALUES (%s)", (version,))
         conn.execute(
             "INSERT INTO sensei.rollback_runs (rollback_id, migration_id, status, request) VALUES (%s, %s, %s, %s)",

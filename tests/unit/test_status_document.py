@@ -10,20 +10,11 @@ from pydantic import ValidationError
 from sensei_airflow.plan import PlannedTable, RollbackPlan
 from sensei_airflow.status import StatusDocument
 from sensei_airflow.verify import Verification
+from tests.e2e.seed_payloads import STATUS_KEYS, assert_status_shape
 
 STARTED = datetime(2026, 2, 2, 7, 59, tzinfo=UTC)
 FINISHED = STARTED + timedelta(seconds=847)
 TABLES = ['sales."order"', 'crm."user"', "crm.Kundenstämme"]
-CONTRACT_KEYS = {
-    "migration_id",
-    "rollback_id",
-    "rollback_status",
-    "strategy_used",
-    "restored_to",
-    "scope",
-    "verification",
-    "duration_seconds",
-}
 
 
 def plan(*, dry_run: bool = False, strategy: str = "point_in_time") -> RollbackPlan:
@@ -59,6 +50,7 @@ def of_run(**kwargs: object) -> StatusDocument:
 
 def test_a_verified_rollback_is_completed_in_the_seed_shape():
     document = of_run().as_json()
+    assert_status_shape(document)
     assert document == {
         "migration_id": "mig_shop_2026",
         "rollback_id": "manual__2026-02-02 ✓",
@@ -98,7 +90,7 @@ def test_a_rollback_that_did_not_verify_is_failed(why, kwargs):
     document = of_run(**kwargs)
     assert document.rollback_status == "failed", why
     assert document.failed
-    assert set(document.as_json()) == CONTRACT_KEYS
+    assert set(document.as_json()) == STATUS_KEYS
 
 
 def test_a_run_without_a_plan_keeps_the_requested_scope_and_migration():
@@ -121,8 +113,9 @@ def test_a_rejected_plan_says_who_rejected_it_and_nothing_else_changes():
     }
     document = of_run(executed=False, verification=None, approval=approval).as_json()
     assert document["rollback_status"] == "rejected"
+    assert_status_shape(document)
     assert document["approval"] == {"answer": "Reject", "by": "Zoë Ops", "at": "2026-02-02"}
-    assert set(document) == CONTRACT_KEYS | {"approval"}
+    assert set(document) == STATUS_KEYS | {"approval"}
 
 
 def test_an_approved_plan_is_not_rejected():
