@@ -451,9 +451,10 @@ def check_protection(cur: Any) -> Protection:
 def grant_statements(role: str) -> list[Any]:
     """What the state role needs, granted by the owner of the ``sensei`` schema.
 
-    Everything on sensei's tables except changing the audit trail: USAGE and CREATE on the schema
-    (some tables are created on first use), SELECT/INSERT/UPDATE/DELETE on the tables, only SELECT
-    and INSERT on ``sensei.audit_events``, USAGE on the sequences. The role never owns the audit
+    Everything on sensei's tables except changing the audit trail: USAGE on the schema (every
+    table is created by the owner's ``init``, from the numbered steps of :mod:`sensei_airflow.state`),
+    SELECT/INSERT/UPDATE/DELETE on the tables, only SELECT and INSERT on ``sensei.audit_events``,
+    USAGE on the sequences. The role never owns the audit
     table or the schema, so it cannot disable the append-only trigger or drop the table.
 
     :param role: the role the ``sensei_state`` connection logs in as (quoted as an identifier).
@@ -462,7 +463,7 @@ def grant_statements(role: str) -> list[Any]:
 
     grantee = sql.Identifier(role)
     return [
-        sql.SQL("GRANT USAGE, CREATE ON SCHEMA sensei TO {}").format(grantee),
+        sql.SQL("GRANT USAGE ON SCHEMA sensei TO {}").format(grantee),
         sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA sensei TO {}").format(grantee),
         sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON sensei.audit_events FROM {}").format(grantee),
         sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA sensei TO {}").format(grantee),
