@@ -1,4 +1,4 @@
-"""The runbook's decisions, as plain Python: assess a request, and sum a run up.
+"""The runbook's decisions, as plain Python: assess a request, and whether (and how) to fall back.
 
 The operators in :mod:`sensei_airflow.operators` call these; nothing here knows Airflow.
 """

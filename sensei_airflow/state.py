@@ -274,7 +274,8 @@ class StateStore:
         each once, under an advisory lock, with the version recorded in the same transaction. A
         store at the version runs no DDL, so a role that may only use the tables can use it.
         When the audit trail's append-only triggers are found disabled or missing, the owner's
-        role restores them; another role leaves them for ``sensei audit verify`` to report.
+        role restores them, and a dropped audit table is made again, empty; another role leaves
+        them for ``sensei audit verify`` to report.
 
         :raises StateSchemaMissing: the store is older than this sensei-airflow and the state role
             may not upgrade it (it does not own the schema, see ``sensei audit init``).
@@ -285,15 +286,15 @@ class StateStore:
 
         with self._connect() as conn:
             with conn.transaction(), conn.cursor() as cur:
-                version, protected = _schema_state(cur)
-            if version < SCHEMA_VERSION or not protected:
+                found = _schema_state(cur)
+            if not found.current:
                 try:
                     with conn.transaction(), conn.cursor() as cur:
                         cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                         _upgrade(cur)
                 except InsufficientPrivilege as exc:
                     # a role that may not restore the append-only triggers leaves them to audit verify
-                    if version < SCHEMA_VERSION:
+                    if found.version < SCHEMA_VERSION:
                         self._check_schema_made_by_owner(conn, exc)
         self._schema_ready = True
 
@@ -515,32 +516,51 @@ class ConsumerHold:
         }
 
 
-def _schema_state(cur: Any) -> tuple[int, bool]:
-    """The store's schema version (0: none recorded) and whether the append-only triggers are all enabled."""
+@dataclass(frozen=True)
+class _SchemaState:
+    """What :meth:`StateStore.ensure_schema` reads before deciding to run any DDL."""
+
+    #: the newest step applied (0: none recorded).
+    version: int
+    #: ``sensei.audit_events`` exists.
+    trail: bool
+    #: and its append-only triggers are all there and enabled.
+    protected: bool
+
+    @property
+    def current(self) -> bool:
+        return self.version >= SCHEMA_VERSION and self.protected
+
+
+def _schema_state(cur: Any) -> _SchemaState:
     cur.execute(
-        "SELECT to_regclass('sensei.schema_version') IS NOT NULL, (SELECT count(*) FROM pg_trigger "
-        "WHERE tgrelid = to_regclass('sensei.audit_events') AND tgname = ANY(%s) AND tgenabled <> 'D')",
+        "SELECT to_regclass('sensei.schema_version') IS NOT NULL, to_regclass('sensei.audit_events') IS NOT NULL, "
+        "(SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('sensei.audit_events') "
+        "AND tgname = ANY(%s) AND tgenabled <> 'D')",
         (list(APPEND_ONLY_TRIGGERS),),
     )
-    versioned, enabled = cur.fetchone()
+    versioned, trail, enabled = cur.fetchone()
     version = 0
     if versioned:
         cur.execute("SELECT coalesce(max(version), 0) FROM sensei.schema_version")
         version = cur.fetchone()[0]
-    return version, enabled == len(APPEND_ONLY_TRIGGERS)
+    return _SchemaState(version, trail, trail and enabled == len(APPEND_ONLY_TRIGGERS))
 
 
 def _upgrade(cur: Any) -> None:
     """Run the steps the store lacks, in order, recording each version; restore the append-only triggers.
 
-    The caller holds :data:`SCHEMA_LOCK`, so the version read here is not stale.
+    A dropped audit table is made again, empty, by running every step again (steps only add, and
+    pass on a store that has part of them), so that verify finds it shorter than its anchors. The
+    caller holds :data:`SCHEMA_LOCK`, so what is read here is not stale.
     """
-    version, protected = _schema_state(cur)
+    found = _schema_state(cur)
     for step in SCHEMA_STEPS:
-        if step.version > version:
+        if step.version > found.version or not found.trail:
             cur.execute(step.ddl)
+        if step.version > found.version:
             cur.execute("INSERT INTO sensei.schema_version VALUES (%s)", (step.version,))
-    if version >= 1 and not protected:
+    if found.trail and not found.protected:
         cur.execute(_APPEND_ONLY)
 
 
