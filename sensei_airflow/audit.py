@@ -28,7 +28,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Final, NamedTuple
 
-from sensei_airflow.state import CHAIN_LOCK, StateStore, utcnow
+from sensei_airflow.state import APPEND_ONLY_TRIGGERS, CHAIN_LOCK, StateStore, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -393,10 +393,6 @@ class AuditTrail:
         return check_chain(rows, self.key, self.key_conn_id)
 
 
-#: the append-only triggers ``state._DDL`` creates on ``sensei.audit_events``.
-APPEND_ONLY_TRIGGERS = ("audit_events_no_update", "audit_events_no_truncate")
-
-
 @dataclass(frozen=True)
 class Protection:
     """Whether the append-only protection of ``sensei.audit_events`` holds for the connecting role."""
@@ -455,9 +451,10 @@ def check_protection(cur: Any) -> Protection:
 def grant_statements(role: str) -> list[Any]:
     """What the state role needs, granted by the owner of the ``sensei`` schema.
 
-    Everything on sensei's tables except changing the audit trail: USAGE and CREATE on the schema
-    (some tables are created on first use), SELECT/INSERT/UPDATE/DELETE on the tables, only SELECT
-    and INSERT on ``sensei.audit_events``, USAGE on the sequences. The role never owns the audit
+    Everything on sensei's tables except changing the audit trail: USAGE on the schema (every
+    table is created by the owner's ``init``, from the numbered steps of :mod:`sensei_airflow.state`),
+    SELECT/INSERT/UPDATE/DELETE on the tables, only SELECT and INSERT on ``sensei.audit_events``,
+    USAGE on the sequences. The role never owns the audit
     table or the schema, so it cannot disable the append-only trigger or drop the table.
 
     :param role: the role the ``sensei_state`` connection logs in as (quoted as an identifier).
@@ -466,7 +463,7 @@ def grant_statements(role: str) -> list[Any]:
 
     grantee = sql.Identifier(role)
     return [
-        sql.SQL("GRANT USAGE, CREATE ON SCHEMA sensei TO {}").format(grantee),
+        sql.SQL("GRANT USAGE ON SCHEMA sensei TO {}").format(grantee),
         sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA sensei TO {}").format(grantee),
         sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON sensei.audit_events FROM {}").format(grantee),
         sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA sensei TO {}").format(grantee),

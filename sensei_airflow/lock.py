@@ -21,7 +21,6 @@ The lock is a row of ``sensei.rollback_locks`` in the state store (ADR 0402, ADR
 from __future__ import annotations
 
 import getpass
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +31,7 @@ from typing import Any
 
 from sensei_airflow.engines.base import ChangeLockHeld, Engine
 from sensei_airflow.plan import RefusedError
-from sensei_airflow.state import StateStore
+from sensei_airflow.state import StateStore, change_lock_key
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +129,6 @@ class LockUnverified(Exception):
 
     Not a refusal: a retry goes on once the state store answers again.
     """
-
-
-def change_lock_key(migration_id: str) -> int:
-    """The advisory lock key of a migration (a signed 64-bit integer, stable across processes)."""
-    digest = hashlib.sha256(f"sensei-migration:{migration_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def beat_interval(ttl: timedelta) -> timedelta:

@@ -1,12 +1,25 @@
-"""The final rollback report, as JSON and as Markdown a DBA reads."""
+"""The final rollback report: built from what the run's tasks left, anchored, rendered as Markdown a DBA
+reads, and published to the backup location."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
+from sensei_airflow.anchors import Anchor, make_anchor, verify_trail, write_anchor
 from sensei_airflow.names import markdown_cell
+from sensei_airflow.redaction import redact
+
+if TYPE_CHECKING:
+    from sensei_airflow.audit import AuditTrail
+    from sensei_airflow.plan import RollbackPlan
+    from sensei_airflow.status import StatusDocument
+
+log = logging.getLogger(__name__)
 
 
 def _changes(changes: Mapping[str, Any] | None) -> str:
@@ -231,3 +244,141 @@ def _runbook_sections(report: Mapping[str, Any]) -> list[str]:
     if report.get("published_error"):
         lines += ["", f"Report NOT written to the backup location: {report['published_error']}"]
     return lines
+
+
+# -- building and publishing the report ----------------------------------------------------------
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a rollback run's tasks left behind, as the document step reads it (their XComs)."""
+
+    assessed_plan: RollbackPlan | None
+    #: the plan that was executed: the fallback's when it ran, else the assessed one.
+    plan: RollbackPlan | None
+    execution: Mapping[str, Any] | None
+    fallback: Mapping[str, Any] | None
+    approval: Mapping[str, Any] | None
+    verification: Mapping[str, Any] | None
+    halted: Mapping[str, Any] | None
+    resumed: Mapping[str, Any] | None
+    sequences: Mapping[str, Any] | None
+    notified: Mapping[str, Any] | None
+    investigation: Mapping[str, Any] | None
+    errors: list[dict[str, Any]]
+    triggered_by: str | None
+    reason: str | None
+    started_at: datetime
+    finished_at: datetime
+
+
+def build_report(document: StatusDocument, run: RunOutcome) -> dict[str, Any]:
+    """The report of a run (JSON-ready): the status document, then everything a DBA audits."""
+    return {
+        "status": document.as_json(),
+        "plan": run.assessed_plan.model_dump(mode="json") if run.assessed_plan else None,
+        "executed_plan": run.plan.model_dump(mode="json") if run.fallback and run.plan else None,
+        "fallback": {k: run.fallback[k] for k in ("from", "to", "why")} if run.fallback else None,
+        "approval": run.approval,
+        "execution": run.execution,
+        "sql_executed": [
+            *((run.halted or {}).get("statements", [])),
+            *((run.execution or {}).get("statements", [])),
+            *((run.resumed or {}).get("statements", [])),
+        ],
+        "rows_affected": (run.execution or {}).get("rows_affected"),
+        "sequences": run.sequences,
+        "verification": run.verification,
+        "consumers": {"halted": run.halted, "resumed": run.resumed},
+        "notifications": {"start": run.notified},
+        "investigation": run.investigation,
+        "errors": run.errors,
+        "triggered_by": run.triggered_by,
+        "reason": run.reason,
+        "started_at": run.started_at.isoformat(),
+        "finished_at": run.finished_at.isoformat(),
+    }
+
+
+def timings(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds each task took (last try), from its started and finished/failed/skipped events."""
+    started: dict[str, datetime] = {}
+    took: dict[str, float] = {}
+    for event in events:
+        task = str(event.get("task_id"))
+        at = datetime.fromisoformat(event["recorded_at"])
+        if event["action"] == "started":
+            started[task] = at
+        elif event["action"] in ("finished", "failed", "skipped") and task in started:
+            took[task] = round((at - started[task]).total_seconds(), 3)
+    return took
+
+
+def check_and_anchor(
+    trail: AuditTrail, migration_id: str | None, rollback_id: str, events: list[dict[str, Any]]
+) -> tuple[Anchor, dict[str, Any]]:
+    """Verify the chain against the run records' anchors, and anchor it at this run's documented event.
+
+    Problems and warnings (no audit key, a state role that could disable the append-only trigger)
+    go into the report and the log; they do not fail the step.
+
+    :param events: the run's audit events, its ``documented`` event among them.
+    :returns: the anchor, and the report's ``audit_chain`` section.
+    """
+    check = verify_trail(trail)
+    documented = next(e for e in reversed(events) if e["action"] == "documented")
+    anchor = make_anchor(trail, migration_id, rollback_id, documented["seq"], documented["hash"])
+    for problem in check.problems:
+        log.error("audit trail: %s", problem)
+    for warning in check.warnings:
+        log.warning("audit trail: %s", warning)
+    return anchor, {**check.as_json(), "anchor": anchor.as_json()}
+
+
+def publish_report(
+    location: str, migration_id: str, rollback_id: str, report: Mapping[str, Any], markdown: str
+) -> list[str]:
+    """Write the report (JSON and Markdown) to ``location``/reports/<migration>/; returns where it went.
+
+    ``location`` is the manifest's ``rollback.backup_location``, written through the backup
+    storage backends (local path or ``file://``, ``s3://``, ``gs://``).
+    """
+    from sensei_airflow.backups.storage import storage_for
+
+    storage = storage_for(location)
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in rollback_id)
+    body = json.dumps(report, indent=2, default=str, sort_keys=True)
+    written = []
+    for ext, text in (("json", body), ("md", markdown)):
+        name = f"reports/{migration_id}/{safe_id}.{ext}"
+        with storage.open_write(name) as out:
+            out.write(text.encode("utf-8"))
+        written.append(storage.url_of(name))
+    return written
+
+
+def publish(location: str | None, report: dict[str, Any], anchor: Anchor | None) -> str:
+    """Write the anchor, then the report, to the backup location; returns the report's Markdown.
+
+    The anchor outside the state store comes first. Where either could not go is said in the
+    report (which stays in the state store), never raised.
+
+    :param location: the manifest's ``rollback.backup_location`` (None: nothing is written).
+    :param report: :func:`build_report`'s, updated with where things went.
+    """
+    status = report["status"]
+    if location and anchor is not None:
+        try:
+            report["audit_chain"]["anchor_written"] = write_anchor(location, anchor)
+        except Exception as exc:
+            report["audit_chain"]["anchor_error"] = f"{location}: {type(exc).__name__}: {exc}"
+            log.exception("the audit anchor could not be written to %s", location)
+    markdown = render_markdown(report)
+    if not location:
+        return markdown
+    try:
+        report["published"] = publish_report(
+            location, status["migration_id"], status["rollback_id"], report, markdown
+        )
+    except Exception as exc:
+        report["published_error"] = redact(f"{location}: {type(exc).__name__}: {exc}")
+        log.exception("the report could not be written to %s", location)
+    return render_markdown(report)

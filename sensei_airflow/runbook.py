@@ -1,4 +1,4 @@
-"""The runbook's decisions, as plain Python: assess a request, and sum a run up.
+"""The runbook's decisions, as plain Python: assess a request, and whether (and how) to fall back.
 
 The operators in :mod:`sensei_airflow.operators` call these; nothing here knows Airflow.
 """
@@ -6,7 +6,7 @@ The operators in :mod:`sensei_airflow.operators` call these; nothing here knows 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +26,6 @@ from sensei_airflow.plan import (
 from sensei_airflow.start import migration_start
 from sensei_airflow.state import StateStore
 from sensei_airflow.strategies import RollbackStrategy, strategy_class
-from sensei_airflow.verify import Verification
 
 log = logging.getLogger(__name__)
 
@@ -243,48 +242,78 @@ def staging_warnings(manifest: Manifest, state: StateStore) -> list[str]:
     return [leftover.describe(where) for leftover in found]
 
 
-def rollback_status(
-    plan: RollbackPlan | None, execution: Mapping[str, Any] | None, verification: Verification | None
-) -> str:
-    """``planned`` for a dry run, ``completed`` when executed and verified, else ``failed``.
+class NoFallback(Exception):
+    """The fallback does not run, and that is no failure (the preferred strategy succeeded, ...)."""
 
-    (``rejected``, an approver's no, is decided by the document step, which sees the approval.)
+
+class FallbackRefused(RefusedError):
+    """The preferred strategy failed after changing the target: the fallback must not run on it.
+
+    :param changed: the target tables whose fingerprints differ from those taken at halt.
     """
-    if plan is None:
-        return "failed"
-    if plan.dry_run:
-        return "planned"
-    if execution is None or verification is None or not verification.passed:
-        return "failed"
-    return "completed"
+
+    def __init__(self, message: str, changed: list[str]) -> None:
+        super().__init__(message)
+        self.changed = changed
 
 
-def status_document(
+def fallback_reason(
+    plan: RollbackPlan,
     *,
-    migration_id: str | None,
-    rollback_id: str,
-    plan: RollbackPlan | None,
-    status: str,
-    verification: Verification | None,
-    started_at: datetime,
-    finished_at: datetime,
-    scope: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The status document of CONTRACT.md (the seed's response shape)."""
-    block = (verification or Verification.skipped()).status_block()
-    if verification is None and status == "failed":
-        block = {
-            "source_comparison": "skipped",
-            "record_counts_match": None,
-            "sample_verification": "skipped",
+    halted: Mapping[str, Any] | None,
+    primary_result: Any,
+    primary_error: Mapping[str, Any] | None,
+    fingerprints_now: Callable[[], Mapping[str, Any]],
+) -> str:
+    """Why the fallback runs (ADR 0403): the preferred strategy failed after its retries and the target
+    tables' fingerprints still equal those taken at halt.
+
+    :param halted: the halt step's result (with the fingerprints at halt); None if it did not finish.
+    :param primary_result: the preferred strategy's execute result (None unless it succeeded).
+    :param primary_error: its last try's error record, if it failed.
+    :param fingerprints_now: reads the target tables' fingerprints now.
+    :raises NoFallback: when the fallback has nothing to do.
+    :raises FallbackRefused: when the target changed.
+    """
+    if plan.requested_strategy != "auto" or plan.fallback is None:
+        raise NoFallback("no fallback: the strategy was chosen explicitly or none is set")
+    if not halted:
+        raise NoFallback("halt did not complete: nothing was executed")
+    if primary_result:
+        raise NoFallback(f"{plan.strategy} succeeded")
+    if not primary_error:
+        raise NoFallback(f"{plan.strategy} did not run")
+    now = fingerprints_now()
+    changed = sorted(t for t in plan.table_names if now.get(t) != halted["fingerprints"].get(t))
+    if changed:
+        raise FallbackRefused(
+            f"{plan.strategy} failed ({primary_error['error']}) after changing {', '.join(changed)}: the "
+            f"fallback {plan.fallback} is not run on a half-changed target; investigate first",
+            changed,
+        )
+    return f"{plan.strategy} failed after its retries without changing the target: {primary_error['error']}"
+
+
+def plan_fallback(
+    manifest: Manifest,
+    request: RollbackRequest,
+    run: RunContext,
+    plan: RollbackPlan,
+    why: str,
+    lock_ttl: timedelta,
+) -> RollbackPlan:
+    """Assess the fallback strategy afresh (it may refuse too), under the lock the run already holds.
+
+    :param plan: the preferred strategy's plan.
+    :param why: :func:`fallback_reason`'s answer, kept in the plan's notes.
+    """
+    assert plan.fallback is not None
+    request = request.model_copy(update={"strategy": plan.fallback.value})
+    fallback = assess(manifest, request, run, lock_ttl, lock_token=plan.lock_token)
+    return fallback.model_copy(
+        update={
+            "requested_strategy": "auto",
+            "notes": [*plan.notes, f"fell back to {fallback.strategy}: {why}"],
+            "started_at": plan.started_at,
         }
-    return {
-        "migration_id": migration_id,
-        "rollback_id": rollback_id,
-        "rollback_status": status,
-        "strategy_used": plan.strategy.value if plan else None,
-        "restored_to": plan.restore_to if plan else None,
-        "scope": plan.status_scope() if plan else dict(scope or {"scope": None, "tables": []}),
-        "verification": block,
-        "duration_seconds": round((finished_at - started_at).total_seconds()),
-    }
+    )

@@ -2,11 +2,13 @@
 
 The state store is a PostgreSQL database that is never the target being rolled back (assess
 refuses that), so what it records survives the rollback it records. Its tables live in the
-``sensei`` schema and are created on first use.
+``sensei`` schema, whose every change is a numbered :class:`SchemaStep` here, applied once
+(ADR 0008); the advisory lock keys sensei takes are defined here too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
@@ -15,12 +17,56 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
-#: raise it with every change of ``_DDL``: a state role that may not run the DDL itself (it does
-#: not own the schema, see ``sensei audit init``) checks that the owner brought the schema this far.
-SCHEMA_VERSION = 3
+from sensei_airflow.status import StatusDocument
 
-_DDL = """
+#: advisory lock keys (arbitrary constants) on the state store, and on the target for a migration
+#: (:func:`change_lock_key`). Every ``pg_advisory_*`` lock sensei takes uses one of these.
+SCHEMA_LOCK = 7_346_001
+CHAIN_LOCK = 7_346_002
+
+
+def change_lock_key(migration_id: str) -> int:
+    """The advisory lock key of a migration (a signed 64-bit integer, stable across processes)."""
+    digest = hashlib.sha256(f"sensei-migration:{migration_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+#: the append-only protection of the audit trail; run again (as the owner) when found disabled.
+_APPEND_ONLY = """
+CREATE OR REPLACE FUNCTION sensei.audit_events_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'sensei.audit_events is append-only: % is not allowed', TG_OP;
+END $$;
+CREATE OR REPLACE TRIGGER audit_events_no_update BEFORE UPDATE OR DELETE ON sensei.audit_events
+    FOR EACH ROW EXECUTE FUNCTION sensei.audit_events_append_only();
+CREATE OR REPLACE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON sensei.audit_events
+    FOR EACH STATEMENT EXECUTE FUNCTION sensei.audit_events_append_only();
+"""
+#: the triggers :data:`_APPEND_ONLY` creates.
+APPEND_ONLY_TRIGGERS = ("audit_events_no_update", "audit_events_no_truncate")
+
+
+@dataclass(frozen=True)
+class SchemaStep:
+    """One numbered change of the ``sensei`` schema, applied once, in order, by :meth:`StateStore.ensure_schema`.
+
+    Each step is written so that it also passes on a store whose tables an earlier release made
+    unversioned (``IF NOT EXISTS``, columns added only when missing).
+    """
+
+    version: int
+    what: str
+    ddl: str
+
+
+SCHEMA_STEPS: tuple[SchemaStep, ...] = (
+    SchemaStep(
+        1,
+        "run records, baselines, the append-only audit trail, the migration lock, halted consumers",
+        """
 CREATE SCHEMA IF NOT EXISTS sensei;
+CREATE TABLE IF NOT EXISTS sensei.schema_version (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS sensei.rollback_runs (
     rollback_id      text PRIMARY KEY,
     migration_id     text NOT NULL,
@@ -61,53 +107,15 @@ CREATE TABLE IF NOT EXISTS sensei.audit_events (
     hash             text NOT NULL UNIQUE
 );
 CREATE INDEX IF NOT EXISTS audit_events_by_run ON sensei.audit_events (rollback_id, seq);
-CREATE OR REPLACE FUNCTION sensei.audit_events_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'sensei.audit_events is append-only: % is not allowed', TG_OP;
-END $$;
-CREATE OR REPLACE TRIGGER audit_events_no_update BEFORE UPDATE OR DELETE ON sensei.audit_events
-    FOR EACH ROW EXECUTE FUNCTION sensei.audit_events_append_only();
-CREATE OR REPLACE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON sensei.audit_events
-    FOR EACH STATEMENT EXECUTE FUNCTION sensei.audit_events_append_only();
-CREATE TABLE IF NOT EXISTS sensei.schema_version (version integer NOT NULL);
--- version 2: the link kind of each audit event, and each run's anchor of the chain (audit.py, anchors.py).
--- Only when missing: ALTER TABLE locks the table exclusively, and appends hold a share lock on it.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'sensei.audit_events'::regclass
-                   AND attname = 'hash_kind' AND NOT attisdropped) THEN
-        ALTER TABLE sensei.audit_events ADD COLUMN hash_kind text NOT NULL DEFAULT 'sha256';
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'sensei.rollback_runs'::regclass
-                   AND attname = 'audit_head_hash' AND NOT attisdropped) THEN
-        ALTER TABLE sensei.rollback_runs
-            ADD COLUMN IF NOT EXISTS audit_events bigint,
-            ADD COLUMN IF NOT EXISTS audit_head_seq bigint,
-            ADD COLUMN IF NOT EXISTS audit_head_hash text;
-    END IF;
-END $$;
--- version 3: the fencing token of the migration lock (lock.py).
-CREATE SEQUENCE IF NOT EXISTS sensei.rollback_lock_tokens;
+"""
+        + _APPEND_ONLY
+        + """
 CREATE TABLE IF NOT EXISTS sensei.rollback_locks (
     migration_id     text PRIMARY KEY,
     rollback_id      text NOT NULL,
     acquired_at      timestamptz NOT NULL DEFAULT now(),
-    expires_at       timestamptz NOT NULL,
-    token            bigint NOT NULL DEFAULT nextval('sensei.rollback_lock_tokens'),
-    renewed_at       timestamptz
+    expires_at       timestamptz NOT NULL
 );
--- state stores created before the fencing token (sensei_airflow/lock.py) get its columns; checked
--- first, since ALTER TABLE would wait for every open fence (which holds a row of the table)
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'sensei.rollback_locks'::regclass
-                   AND attname = 'token' AND NOT attisdropped) THEN
-        ALTER TABLE sensei.rollback_locks
-            ADD COLUMN token bigint NOT NULL DEFAULT nextval('sensei.rollback_lock_tokens'),
-            ADD COLUMN renewed_at timestamptz;
-    END IF;
-END $$;
 CREATE TABLE IF NOT EXISTS sensei.consumer_holds (
     id               bigserial PRIMARY KEY,
     migration_id     text NOT NULL,
@@ -122,11 +130,94 @@ CREATE TABLE IF NOT EXISTS sensei.consumer_holds (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS consumer_holds_open
     ON sensei.consumer_holds (migration_id, kind, name, object) WHERE resumed_at IS NULL;
-"""
+""",
+    ),
+    SchemaStep(
+        2,
+        "the link kind of each audit event, and each run's anchor of the chain (audit.py, anchors.py)",
+        """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'sensei.audit_events'::regclass
+                   AND attname = 'hash_kind' AND NOT attisdropped) THEN
+        ALTER TABLE sensei.audit_events ADD COLUMN hash_kind text NOT NULL DEFAULT 'sha256';
+    END IF;
+    ALTER TABLE sensei.rollback_runs
+        ADD COLUMN IF NOT EXISTS audit_events bigint,
+        ADD COLUMN IF NOT EXISTS audit_head_seq bigint,
+        ADD COLUMN IF NOT EXISTS audit_head_hash text;
+END $$;
+""",
+    ),
+    SchemaStep(
+        3,
+        "the fencing token of the migration lock and its heartbeat (lock.py)",
+        """
+CREATE SEQUENCE IF NOT EXISTS sensei.rollback_lock_tokens;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'sensei.rollback_locks'::regclass
+                   AND attname = 'token' AND NOT attisdropped) THEN
+        ALTER TABLE sensei.rollback_locks
+            ADD COLUMN token bigint NOT NULL DEFAULT nextval('sensei.rollback_lock_tokens'),
+            ADD COLUMN renewed_at timestamptz;
+    END IF;
+END $$;
+""",
+    ),
+    SchemaStep(
+        4,
+        "the backup catalog (backups/catalog.py), window warnings (windows.py) and the restore points "
+        "of point-in-time recovery (strategies/point_in_time.py), made on first use before",
+        """
+CREATE TABLE IF NOT EXISTS sensei.backups (
+    backup_id     text PRIMARY KEY,
+    migration_id  text NOT NULL,
+    kind          text NOT NULL,
+    type          text NOT NULL,
+    side          text NOT NULL,
+    conn_id       text NOT NULL,
+    database      text,
+    location      text NOT NULL,
+    status        text NOT NULL,
+    tables        jsonb NOT NULL DEFAULT '[]',
+    files         jsonb NOT NULL DEFAULT '{}',
+    table_stats   jsonb NOT NULL DEFAULT '{}',
+    size_bytes    bigint NOT NULL DEFAULT 0,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    completed_at  timestamptz,
+    expires_at    timestamptz NOT NULL,
+    verified_at   timestamptz,
+    verification  jsonb,
+    error         text,
+    detail        jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS backups_by_migration ON sensei.backups (migration_id, created_at DESC);
+CREATE INDEX IF NOT EXISTS backups_by_expiry ON sensei.backups (expires_at);
+CREATE TABLE IF NOT EXISTS sensei.window_warnings (
+    migration_id  text NOT NULL,
+    strategy      text NOT NULL,
+    target_table  text NOT NULL,
+    closes_at     timestamptz NOT NULL,
+    warned_at     timestamptz NOT NULL,
+    check_run_id  text,
+    PRIMARY KEY (migration_id, strategy, target_table, closes_at)
+);
+CREATE TABLE IF NOT EXISTS sensei.pitr_restore_points (
+    migration_id     text NOT NULL,
+    target_identity  text NOT NULL,
+    name             text NOT NULL,
+    position         text,
+    recorded_at      timestamptz NOT NULL,
+    PRIMARY KEY (migration_id, target_identity)
+);
+""",
+    ),
+)
 
-#: advisory lock keys (arbitrary constants) that serialise schema creation and chain appends.
-SCHEMA_LOCK = 7_346_001
-CHAIN_LOCK = 7_346_002
+#: the version this sensei-airflow needs: the last step's. A state role that may not run the DDL
+#: (it does not own the schema, see ``sensei audit init``) checks that the owner brought it this far.
+SCHEMA_VERSION = SCHEMA_STEPS[-1].version
 
 _RUN_COLUMNS = (
     "rollback_id",
@@ -177,26 +268,34 @@ class StateStore:
             yield conn
 
     def ensure_schema(self) -> None:
-        """Create or upgrade the ``sensei`` schema's tables (idempotent, safe concurrently).
+        """Bring the ``sensei`` schema to :data:`SCHEMA_VERSION` (once per store object; safe concurrently).
 
-        A state role that does not own them (the audit trail's protection, ``sensei audit init``)
-        may not run the DDL: it then only checks that their owner brought them to this version.
+        Reads the store's version; only when it is older are the missing :data:`SCHEMA_STEPS` run,
+        each once, under an advisory lock, with the version recorded in the same transaction. A
+        store at the version runs no DDL, so a role that may only use the tables can use it.
+        When the audit trail's append-only triggers are found disabled or missing, the owner's
+        role restores them, and a dropped audit table is made again, empty; another role leaves
+        them for ``sensei audit verify`` to report.
+
+        :raises StateSchemaMissing: the store is older than this sensei-airflow and the state role
+            may not upgrade it (it does not own the schema, see ``sensei audit init``).
         """
         if self._schema_ready:
             return
         from psycopg.errors import InsufficientPrivilege
 
         with self._connect() as conn:
-            try:
-                with conn.transaction(), conn.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                    cur.execute(_DDL)
-                    cur.execute("SELECT max(version) FROM sensei.schema_version")
-                    version = cur.fetchone()[0]
-                    if version is None or version < SCHEMA_VERSION:
-                        cur.execute("INSERT INTO sensei.schema_version VALUES (%s)", (SCHEMA_VERSION,))
-            except InsufficientPrivilege as exc:
-                self._check_schema_made_by_owner(conn, exc)
+            with conn.transaction(), conn.cursor() as cur:
+                found = _schema_state(cur)
+            if not found.current:
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                        _upgrade(cur)
+                except InsufficientPrivilege as exc:
+                    # a role that may not restore the append-only triggers leaves them to audit verify
+                    if found.version < SCHEMA_VERSION:
+                        self._check_schema_made_by_owner(conn, exc)
         self._schema_ready = True
 
     def _check_schema_made_by_owner(self, conn: Any, refused: Exception) -> None:
@@ -270,14 +369,9 @@ class StateStore:
             )
 
     def finish_run(
-        self,
-        rollback_id: str,
-        *,
-        status: str,
-        status_document: Mapping[str, Any],
-        report: Mapping[str, Any],
-        report_markdown: str,
+        self, rollback_id: str, *, document: StatusDocument, report: Mapping[str, Any], report_markdown: str
     ) -> None:
+        """Store the run's status document (its status too) and report."""
         with self.transaction() as cur:
             cur.execute(
                 """
@@ -285,7 +379,13 @@ class StateStore:
                     report_markdown = %s, finished_at = now(), updated_at = now()
                 WHERE rollback_id = %s
                 """,
-                (status, _json(status_document), _json(report), report_markdown, rollback_id),
+                (
+                    document.rollback_status,
+                    _json(document.as_json()),
+                    _json(report),
+                    report_markdown,
+                    rollback_id,
+                ),
             )
             if cur.rowcount == 0:
                 raise LookupError(f"no run record for rollback {rollback_id}")
@@ -414,6 +514,54 @@ class ConsumerHold:
             "resumed_at": self.resumed_at.isoformat() if self.resumed_at else None,
             "resumed_by": self.resumed_by,
         }
+
+
+@dataclass(frozen=True)
+class _SchemaState:
+    """What :meth:`StateStore.ensure_schema` reads before deciding to run any DDL."""
+
+    #: the newest step applied (0: none recorded).
+    version: int
+    #: ``sensei.audit_events`` exists.
+    trail: bool
+    #: and its append-only triggers are all there and enabled.
+    protected: bool
+
+    @property
+    def current(self) -> bool:
+        return self.version >= SCHEMA_VERSION and self.protected
+
+
+def _schema_state(cur: Any) -> _SchemaState:
+    cur.execute(
+        "SELECT to_regclass('sensei.schema_version') IS NOT NULL, to_regclass('sensei.audit_events') IS NOT NULL, "
+        "(SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('sensei.audit_events') "
+        "AND tgname = ANY(%s) AND tgenabled <> 'D')",
+        (list(APPEND_ONLY_TRIGGERS),),
+    )
+    versioned, trail, enabled = cur.fetchone()
+    version = 0
+    if versioned:
+        cur.execute("SELECT coalesce(max(version), 0) FROM sensei.schema_version")
+        version = cur.fetchone()[0]
+    return _SchemaState(version, trail, trail and enabled == len(APPEND_ONLY_TRIGGERS))
+
+
+def _upgrade(cur: Any) -> None:
+    """Run the steps the store lacks, in order, recording each version; restore the append-only triggers.
+
+    A dropped audit table is made again, empty, by running every step again (steps only add, and
+    pass on a store that has part of them), so that verify finds it shorter than its anchors. The
+    caller holds :data:`SCHEMA_LOCK`, so what is read here is not stale.
+    """
+    found = _schema_state(cur)
+    for step in SCHEMA_STEPS:
+        if step.version > found.version or not found.trail:
+            cur.execute(step.ddl)
+        if step.version > found.version:
+            cur.execute("INSERT INTO sensei.schema_version VALUES (%s)", (step.version,))
+    if found.trail and not found.protected:
+        cur.execute(_APPEND_ONLY)
 
 
 class StateSchemaMissing(RuntimeError):

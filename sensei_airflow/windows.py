@@ -23,19 +23,6 @@ log = logging.getLogger(__name__)
 
 WINDOW_CLOSING = "rollback.window_closing"
 
-_WARNINGS_DDL = """
-CREATE SCHEMA IF NOT EXISTS sensei;
-CREATE TABLE IF NOT EXISTS sensei.window_warnings (
-    migration_id  text NOT NULL,
-    strategy      text NOT NULL,
-    target_table  text NOT NULL,
-    closes_at     timestamptz NOT NULL,
-    warned_at     timestamptz NOT NULL,
-    check_run_id  text,
-    PRIMARY KEY (migration_id, strategy, target_table, closes_at)
-);
-"""
-
 
 @dataclass(frozen=True)
 class StrategyWindow:
@@ -182,7 +169,6 @@ def _not_yet_warned(
 ) -> list[StrategyWindow]:
     fresh = []
     with state.transaction() as cur:
-        cur.execute(_WARNINGS_DDL)
         for window in windows:
             cur.execute(
                 "INSERT INTO sensei.window_warnings VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",

@@ -20,36 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sensei_airflow.state import StateStore, utcnow
 
-#: advisory lock key serialising this module's DDL (state.py uses 7_346_001/2).
-CATALOG_SCHEMA_LOCK = 7_346_010
-
-_DDL = """
-CREATE TABLE IF NOT EXISTS sensei.backups (
-    backup_id     text PRIMARY KEY,
-    migration_id  text NOT NULL,
-    kind          text NOT NULL,
-    type          text NOT NULL,
-    side          text NOT NULL,
-    conn_id       text NOT NULL,
-    database      text,
-    location      text NOT NULL,
-    status        text NOT NULL,
-    tables        jsonb NOT NULL DEFAULT '[]',
-    files         jsonb NOT NULL DEFAULT '{}',
-    table_stats   jsonb NOT NULL DEFAULT '{}',
-    size_bytes    bigint NOT NULL DEFAULT 0,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    completed_at  timestamptz,
-    expires_at    timestamptz NOT NULL,
-    verified_at   timestamptz,
-    verification  jsonb,
-    error         text,
-    detail        jsonb NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS backups_by_migration ON sensei.backups (migration_id, created_at DESC);
-CREATE INDEX IF NOT EXISTS backups_by_expiry ON sensei.backups (expires_at);
-"""
-
 BackupKind = Literal["pre_migration", "scheduled", "manual"]
 BackupType = Literal["logical", "physical"]
 BackupStatus = Literal["running", "completed", "verified", "failed", "pruning"]
@@ -136,20 +106,8 @@ class BackupCatalog:
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        self._ready = False
-
-    def ensure_schema(self) -> None:
-        """Create the catalog table if missing (idempotent; serialised by an advisory lock)."""
-        if self._ready:
-            return
-        self.store.ensure_schema()
-        with self.store._connect() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (CATALOG_SCHEMA_LOCK,))
-            cur.execute(_DDL)
-        self._ready = True
 
     def _cursor(self) -> Any:
-        self.ensure_schema()
         return self.store.transaction()
 
     # -- writing -----------------------------------------------------------------------------------

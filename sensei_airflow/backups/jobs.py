@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -124,6 +126,18 @@ def verify_backup(entry: BackupEntry, catalog: BackupCatalog, *, restore_test: b
     result["ok"] = not problems
     catalog.record_verification(entry.backup_id, result["ok"], result)
     return result
+
+
+def restore_test_sample(backup_ids: list[str], mode: str, fraction: float) -> set[str]:
+    """The backups to restore-test: ``all``, ``none``, or a random ``sample`` of ``fraction`` (at least one).
+
+    :param backup_ids: the new logical backups (physical ones are not restore-tested).
+    """
+    if mode == "all":
+        return set(backup_ids)
+    if mode == "none" or not backup_ids:
+        return set()
+    return set(random.sample(backup_ids, max(1, math.ceil(len(backup_ids) * fraction))))
 
 
 def prune_expired(catalog: BackupCatalog, now: datetime | None = None) -> list[dict[str, Any]]:

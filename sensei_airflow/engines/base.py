@@ -401,7 +401,7 @@ class Engine(ABC):
         holds one keyed by ``key``; it ends with that connection, also when the process dies.
         Engines without such locks return a no-op (the state store's fence alone applies).
 
-        :param key: the migration's lock key (:func:`sensei_airflow.lock.change_lock_key`).
+        :param key: the migration's lock key (:func:`sensei_airflow.state.change_lock_key`).
         :param holder: who holds it, shown to a second holder (``sensei <rollback id>``).
         :raises ChangeLockHeld: when another session holds it.
         """

@@ -8,73 +8,48 @@ of the migration's state store, and hand small summaries on by XCom.
 from __future__ import annotations
 
 import logging
-import math
-import random
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from sensei_airflow.audit import AuditEvent, AuditTrail
+from sensei_airflow.audit import AuditTrail
 from sensei_airflow.manifest import Manifest, load_manifests
+from sensei_airflow.operators.base import OUTCOME_XCOM_KEY, SenseiOperator, TaskRun
 from sensei_airflow.redaction import redact_error
 from sensei_airflow.state import StateStore, utcnow
 
 log = logging.getLogger(__name__)
 
 #: XCom key every backup task pushes, whatever happens (so the outcome task can tell a crash).
-OUTCOME_KEY = "outcome"
+OUTCOME_KEY = OUTCOME_XCOM_KEY
 RESTORE_TEST_CHOICES = ("sample", "all", "none")
 
 
-def audit(
-    state_conn_id: str, action: str, context: Any, *, migration_id: str | None, detail: dict[str, Any]
-) -> None:
-    """Append a ``backup`` step event to the audit trail of a state store (and the task log)."""
-    log.info("backup %s: %s %s", action, migration_id or "", detail)
-    ti = context["ti"]
-    dag_run = context.get("dag_run")
-    AuditTrail(StateStore(state_conn_id)).append(
-        AuditEvent(
-            step="backup",
-            action=action,
+class BackupTaskOperator(SenseiOperator[TaskRun]):
+    """A backup task: pushes its outcome (ok, skipped or the error) for the outcome task, and records
+    each backup, verification and prune as a ``backup`` event in its migration's audit trail."""
+
+    step = "backup"
+
+    def begin(self, context: Any) -> TaskRun:
+        return TaskRun(self, context)
+
+    @staticmethod
+    def audit(
+        task: TaskRun, state_conn_id: str, action: str, *, migration_id: str | None, detail: dict[str, Any]
+    ) -> None:
+        """Append an event to the audit trail of a state store (and the task log)."""
+        task.append(
+            AuditTrail(StateStore(state_conn_id)),
+            action,
             migration_id=migration_id,
-            task_id=ti.task_id,
-            try_number=ti.try_number,
-            actor=getattr(dag_run, "triggering_user_name", None),
-            ended_at=utcnow(),
-            detail={"dag_id": ti.dag_id, "run_id": context["run_id"], **detail},
+            detail={"dag_id": task.ti.dag_id, "run_id": task.run_id, **detail},
+            finished=True,
         )
-    )
 
 
-def _conf(context: Any) -> dict[str, Any]:
-    dag_run = context.get("dag_run")
-    return {**dict(context.get("params") or {}), **dict(getattr(dag_run, "conf", None) or {})}
-
-
-class BackupTaskOperator(BaseOperator):
-    """A task of ``sensei_backup``: pushes its outcome (ok, skipped or the error) for the outcome task."""
-
-    def execute(self, context: Any) -> Any:
-        ti = context["ti"]
-        try:
-            result = self.run(context)
-        except AirflowSkipException as exc:
-            ti.xcom_push(key=OUTCOME_KEY, value={"skipped": str(exc)})
-            raise
-        except Exception as exc:
-            ti.xcom_push(key=OUTCOME_KEY, value={"error": redact_error(exc)})
-            raise
-        ti.xcom_push(key=OUTCOME_KEY, value={"ok": True})
-        return result
-
-    def run(self, context: Any) -> Any:
-        raise NotImplementedError
-
-
-class PreMigrationBackupOperator(BaseOperator):
+class PreMigrationBackupOperator(BackupTaskOperator):
     """Back up a migration's tables before it starts, when its manifest asks for it.
 
     Takes a ``pre_migration`` backup of the target (and of the source if asked), re-reads every
@@ -97,7 +72,7 @@ class PreMigrationBackupOperator(BaseOperator):
             if side not in ("target", "source"):
                 raise ValueError(f"sides: {side!r} is neither 'target' nor 'source'")
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def run(self, task: TaskRun) -> dict[str, Any]:
         from sensei_airflow.backups import jobs
 
         try:
@@ -109,24 +84,29 @@ class PreMigrationBackupOperator(BaseOperator):
             log.info("migration %s does not ask for a pre-migration backup", manifest.id)
             return {"enabled": False, "backups": []}
         catalog = jobs.catalog_of(manifest)
-        backups = []
-        for side in self.sides:
-            try:
-                entry = jobs.backup_migration(manifest, kind="pre_migration", side=side, catalog=catalog)
-            except Exception as exc:
-                audit(manifest.state.conn_id, "backup_failed", context, migration_id=manifest.id,
-                      detail={"kind": "pre_migration", "side": side, "error": redact_error(exc)})  # fmt: skip
-                raise
-            audit(
-                manifest.state.conn_id, "backed_up", context, migration_id=manifest.id, detail=entry.summary()
-            )
-            result = jobs.verify_backup(entry, catalog, restore_test=False)
-            audit(manifest.state.conn_id, "verified" if result["ok"] else "verification_failed", context,
-                  migration_id=manifest.id, detail=result)  # fmt: skip
-            if not result["ok"]:
-                raise RuntimeError(f"backup {entry.backup_id} failed verification: {result['problems'][0]}")
-            backups.append({**entry.summary(), "status": "verified", "row_counts": entry.row_counts()})
-        return {"enabled": True, "backups": backups}
+        return {
+            "enabled": True,
+            "backups": [self._back_up(task, manifest, side, catalog) for side in self.sides],
+        }
+
+    def _back_up(self, task: TaskRun, manifest: Manifest, side: str, catalog: Any) -> dict[str, Any]:
+        """Take, record and re-read one side's backup; returns its summary."""
+        from sensei_airflow.backups import jobs
+
+        state = manifest.state.conn_id
+        try:
+            entry = jobs.backup_migration(manifest, kind="pre_migration", side=side, catalog=catalog)
+        except Exception as exc:
+            detail = {"kind": "pre_migration", "side": side, "error": redact_error(exc)}
+            self.audit(task, state, "backup_failed", migration_id=manifest.id, detail=detail)
+            raise
+        self.audit(task, state, "backed_up", migration_id=manifest.id, detail=entry.summary())
+        result = jobs.verify_backup(entry, catalog, restore_test=False)
+        action = "verified" if result["ok"] else "verification_failed"
+        self.audit(task, state, action, migration_id=manifest.id, detail=result)
+        if not result["ok"]:
+            raise RuntimeError(f"backup {entry.backup_id} failed verification: {result['problems'][0]}")
+        return {**entry.summary(), "status": "verified", "row_counts": entry.row_counts()}
 
 
 # -- the sensei_backup DAG ------------------------------------------------------------------------
@@ -142,8 +122,8 @@ class CheckBackupRequestOperator(BackupTaskOperator):
         super().__init__(**kwargs)
         self.migration_ids = list(migration_ids)
 
-    def run(self, context: Any) -> dict[str, Any]:
-        conf = _conf(context)
+    def run(self, task: TaskRun) -> dict[str, Any]:
+        conf = task.conf()
         unknown_keys = sorted(set(conf) - {"migration_id", "restore_test"})
         if unknown_keys:
             raise AirflowFailException(
@@ -181,10 +161,10 @@ class ScheduledBackupOperator(BackupTaskOperator):
         super().__init__(**kwargs)
         self.migration_id = migration_id
 
-    def run(self, context: Any) -> dict[str, Any]:
+    def run(self, task: TaskRun) -> dict[str, Any]:
         from sensei_airflow.backups import jobs
 
-        chosen = _conf(context).get("migration_id")
+        chosen = task.conf().get("migration_id")
         if chosen and chosen != self.migration_id:
             raise AirflowSkipException(f"this run backs up {chosen} only")
         manifest: Manifest | None = None
@@ -205,12 +185,19 @@ class ScheduledBackupOperator(BackupTaskOperator):
             error = redact_error(exc)
             if manifest is not None:
                 try:
-                    audit(manifest.state.conn_id, "backup_failed", context, migration_id=manifest.id,
-                          detail={"kind": "scheduled", "error": error})  # fmt: skip
+                    self.audit(
+                        task,
+                        manifest.state.conn_id,
+                        "backup_failed",
+                        migration_id=manifest.id,
+                        detail={"kind": "scheduled", "error": error},
+                    )
                 except Exception:  # the state store may be what failed; the task log has it
                     log.exception("could not record the failed backup in the audit trail")
             raise
-        audit(manifest.state.conn_id, "backed_up", context, migration_id=manifest.id, detail=entry.summary())
+        self.audit(
+            task, manifest.state.conn_id, "backed_up", migration_id=manifest.id, detail=entry.summary()
+        )
         return {**entry.summary(), "state_conn_id": manifest.state.conn_id}
 
 
@@ -232,20 +219,15 @@ class VerifyBackupsOperator(BackupTaskOperator):
         super().__init__(**kwargs)
         self.backup_task_ids = list(backup_task_ids)
 
-    def run(self, context: Any) -> dict[str, Any]:
+    def run(self, task: TaskRun) -> dict[str, Any]:
         from sensei_airflow.backups import jobs
         from sensei_airflow.backups.catalog import BackupCatalog
 
-        ti = context["ti"]
+        ti = task.ti
         new = [b for b in (ti.xcom_pull(task_ids=t) for t in self.backup_task_ids) if b]
-        mode = _conf(context).get("restore_test", "sample")
+        mode = task.conf().get("restore_test", "sample")
         logical = [b["backup_id"] for b in new if b["type"] == "logical"]
-        if mode == "all":
-            tested = set(logical)
-        elif mode == "none" or not logical:
-            tested = set()
-        else:
-            tested = set(random.sample(logical, max(1, math.ceil(len(logical) * self.sample_fraction))))
+        tested = jobs.restore_test_sample(logical, mode, self.sample_fraction)
         results, failures = [], []
         for backup in new:
             try:
@@ -258,8 +240,13 @@ class VerifyBackupsOperator(BackupTaskOperator):
                     "ok": False,
                     "problems": [redact_error(exc)],
                 }
-            audit(backup["state_conn_id"], "verified" if result["ok"] else "verification_failed", context,
-                  migration_id=backup["migration_id"], detail=result)  # fmt: skip
+            self.audit(
+                task,
+                backup["state_conn_id"],
+                "verified" if result["ok"] else "verification_failed",
+                migration_id=backup["migration_id"],
+                detail=result,
+            )
             results.append({"backup_id": backup["backup_id"], "ok": result["ok"],
                             "restore_tested": backup["backup_id"] in tested, "problems": result["problems"]})  # fmt: skip
             if not result["ok"]:
@@ -282,7 +269,7 @@ class PruneBackupsOperator(BackupTaskOperator):
         super().__init__(**kwargs)
         self.state_conn_ids = sorted(set(state_conn_ids))
 
-    def run(self, context: Any) -> dict[str, Any]:
+    def run(self, task: TaskRun) -> dict[str, Any]:
         from sensei_airflow.backups import jobs
         from sensei_airflow.backups.catalog import BackupCatalog
 
@@ -294,18 +281,23 @@ class PruneBackupsOperator(BackupTaskOperator):
                 errors.append(f"state store {conn_id}: {redact_error(exc)}")
                 continue
             for record in records:
-                audit(conn_id, "pruned" if record["pruned"] else "prune_failed", context,
-                      migration_id=record["migration_id"], detail=record)  # fmt: skip
+                self.audit(
+                    task,
+                    conn_id,
+                    "pruned" if record["pruned"] else "prune_failed",
+                    migration_id=record["migration_id"],
+                    detail=record,
+                )
                 pruned.append(record)
                 if record["error"]:
                     errors.append(f"{record['backup_id']}: {record['error']}")
         if errors:
-            context["ti"].xcom_push(key="return_value", value={"pruned": pruned})
+            task.ti.xcom_push(key="return_value", value={"pruned": pruned})
             raise AirflowFailException("pruning failed: " + "; ".join(errors))
         return {"pruned": pruned}
 
 
-class BackupOutcomeOperator(BaseOperator):
+class BackupOutcomeOperator(BackupTaskOperator):
     """Last task of ``sensei_backup``: fails the run, naming them, when any task before it failed.
 
     :param check_task_id: the conf check; when it failed, nothing else ran.
@@ -319,8 +311,8 @@ class BackupOutcomeOperator(BaseOperator):
         self.check_task_id = check_task_id
         self.watched_task_ids = list(watched_task_ids)
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        ti = context["ti"]
+    def run(self, task: TaskRun) -> dict[str, Any]:
+        ti = task.ti
         check = ti.xcom_pull(task_ids=self.check_task_id, key=OUTCOME_KEY) or {
             "error": "failed before reporting"
         }

@@ -1,12 +1,13 @@
-"""What every runbook operator shares: the plan from assess, the state store, and audit events."""
+"""What every sensei operator shares: one try's context, its audit events and outcome; for the runbook
+steps also the plan from assess, the state store and the lock."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -22,7 +23,10 @@ from sensei_airflow.state import StateStore, utcnow
 log = logging.getLogger(__name__)
 
 ASSESS_TASK_ID = "assess"
+#: a runbook task's failure: task, try, error, and whether a retry may help.
 ERROR_XCOM_KEY = "error"
+#: how a backup task's try ended (``ok``, ``skipped`` or ``error``), for the outcome task.
+OUTCOME_XCOM_KEY = "outcome"
 
 
 def lock_ttl() -> timedelta:
@@ -33,17 +37,69 @@ def lock_ttl() -> timedelta:
     return timedelta(seconds=conf.getint("sensei", "lock_ttl_seconds", fallback=fallback))
 
 
-class StepRun:
-    """One try of one runbook task: its context, the plan, and the way to the audit trail."""
+class TaskRun:
+    """One try of one sensei task: its context, who triggered it, and the way to the audit trail."""
 
-    def __init__(self, operator: RunbookOperator, context: Any) -> None:
+    def __init__(self, operator: SenseiOperator, context: Any) -> None:
         self.operator = operator
         self.context = context
         self.ti = context["ti"]
-        self.rollback_id: str = context["run_id"]
+        self.run_id: str = context["run_id"]
         self.started_at: datetime = utcnow()
-        dag_run = context.get("dag_run")
-        self.actor: str | None = getattr(dag_run, "triggering_user_name", None)
+        self.dag_run = context.get("dag_run")
+        self.actor: str | None = getattr(self.dag_run, "triggering_user_name", None)
+
+    def conf(self) -> dict[str, Any]:
+        """The run's params, overridden by its conf."""
+        return {**dict(self.context.get("params") or {}), **dict(getattr(self.dag_run, "conf", None) or {})}
+
+    def pull(self, task_ids: str | list[str], key: str = "return_value") -> Any:
+        return self.ti.xcom_pull(task_ids=task_ids, key=key)
+
+    def append(
+        self,
+        trail: AuditTrail,
+        action: str,
+        *,
+        migration_id: str | None,
+        rollback_id: str | None = None,
+        reason: str | None = None,
+        sql: Sequence[str] = (),
+        rows_affected: int | None = None,
+        detail: dict[str, Any] | None = None,
+        finished: bool = False,
+    ) -> None:
+        """Append an event of this task's step to ``trail`` (and the task log).
+
+        :param finished: the event ends the step (it carries the end time).
+        """
+        log.info("%s: %s %s %s", self.operator.step, action, migration_id or "", detail or "")
+        trail.append(
+            AuditEvent(
+                step=self.operator.step,
+                action=action,
+                rollback_id=rollback_id,
+                migration_id=migration_id,
+                task_id=self.ti.task_id,
+                try_number=self.ti.try_number,
+                actor=self.actor,
+                reason=reason,
+                sql=list(sql),
+                rows_affected=rows_affected,
+                started_at=self.started_at,
+                ended_at=utcnow() if finished else None,
+                detail=detail or {},
+            )
+        )
+
+
+class StepRun(TaskRun):
+    """One try of one runbook task: also the plan from assess, its manifest and state store."""
+
+    def __init__(self, operator: RunbookOperator, context: Any) -> None:
+        super().__init__(operator, context)
+        self.operator: RunbookOperator = operator
+        self.rollback_id: str = self.run_id
         self.plan: RollbackPlan | None = None
         self.manifest: Manifest | None = None
         self.state: StateStore | None = None
@@ -73,61 +129,99 @@ class StepRun:
         detail: dict[str, Any] | None = None,
         finished: bool = False,
     ) -> None:
-        """Append an event for this step to the audit trail (and the task log)."""
-        log.info("%s: %s %s", self.operator.step, action, detail or "")
+        """Append an event for this step to the run's audit trail (and the task log)."""
         if self.audit is None:
+            log.info("%s: %s %s", self.operator.step, action, detail or "")
             return
-        self.audit.append(
-            AuditEvent(
-                step=self.operator.step,
-                action=action,
-                rollback_id=self.rollback_id,
-                migration_id=self.manifest.id if self.manifest else None,
-                task_id=self.ti.task_id,
-                try_number=self.ti.try_number,
-                actor=self.actor,
-                reason=self.plan.reason if self.plan else None,
-                sql=list(sql),
-                rows_affected=rows_affected,
-                started_at=self.started_at,
-                ended_at=utcnow() if finished else None,
-                detail=detail or {},
-            )
+        self.append(
+            self.audit,
+            action,
+            migration_id=self.manifest.id if self.manifest else None,
+            rollback_id=self.rollback_id,
+            reason=self.plan.reason if self.plan else None,
+            sql=sql,
+            rows_affected=rows_affected,
+            detail=detail,
+            finished=finished,
         )
-
-    def pull(self, task_ids: str | list[str], key: str = "return_value") -> Any:
-        return self.ti.xcom_pull(task_ids=task_ids, key=key)
 
     @contextmanager
     def fence(self, plan: RollbackPlan, strategy: Strategy | None = None) -> Iterator[None]:
         """The block changes the migration's databases: only while this run holds the lock.
 
         Holds the lock row in use for the whole block (no takeover meanwhile) and the migration's
-        change lock on the target, and on the source when ``strategy`` (default: the plan's) is a
-        reverse migration, which writes it. See :meth:`sensei_airflow.lock.MigrationLocks.fence`.
+        change lock on each database ``strategy`` (default: the plan's) writes (its ``written_sides``). See :meth:`sensei_airflow.lock.MigrationLocks.fence`.
         """
         from sensei_airflow.engines import get_engine
+        from sensei_airflow.strategies import strategy_class
+        from sensei_airflow.strategies.base import side_conn_id
 
         assert self.manifest is not None and self.state is not None
-        databases = [get_engine(self.manifest.target.conn_id)]
-        if (strategy or plan.strategy) == Strategy.REVERSE_MIGRATION:
-            databases.append(get_engine(self.manifest.source.conn_id))
+        sides = strategy_class(strategy or plan.strategy).written_sides
+        databases = [get_engine(side_conn_id(self.manifest, side)) for side in sides]
         with MigrationLocks(self.state).fence(
             plan.migration_id, self.rollback_id, plan.lock_token, lock_ttl(), databases
         ):
             yield
 
 
-class RunbookOperator(BaseOperator):
-    """Base of the runbook steps: records started / finished / failed events around :meth:`run`.
+RunT = TypeVar("RunT", bound=TaskRun)
 
-    A ``RefusedError`` (the rollback must not go on) fails the task without retries; any other
-    error is left to Airflow's task retries.
+
+class SenseiOperator(BaseOperator, Generic[RunT]):
+    """Base of every sensei task: runs :meth:`run` for one try and hands on how it ended.
+
+    :meth:`outcome` is told whether the try finished, skipped or failed, and records it (audit
+    events, XComs). A ``RefusedError`` (what was asked must not go on) fails the task without
+    retries; any other error is left to Airflow's task retries.
+    """
+
+    step: ClassVar[str]
+
+    def execute(self, context: Any) -> Any:
+        task = self.begin(context)
+        try:
+            with self.working(task):
+                result = self.run(task)
+        except AirflowSkipException as exc:
+            self.outcome(task, {"skipped": str(exc)})
+            raise
+        except Exception as exc:
+            self.outcome(task, {"error": redact_error(exc)}, exc)
+            if isinstance(exc, RefusedError):
+                raise AirflowFailException(redact(str(exc))) from None
+            raise
+        self.outcome(task, {"ok": True}, result=result)
+        return result
+
+    def begin(self, context: Any) -> RunT:
+        """The try's :class:`TaskRun`; may refuse or skip before :meth:`run`."""
+        raise NotImplementedError
+
+    def working(self, task: RunT) -> AbstractContextManager[None]:
+        """What surrounds :meth:`run` (the runbook keeps the run's lock alive)."""
+        return nullcontext()
+
+    def outcome(
+        self, task: RunT, outcome: dict[str, Any], exc: Exception | None = None, result: Any = None
+    ) -> None:
+        """Record how the try ended: ``{"ok": True}``, ``{"skipped": why}`` or ``{"error": text}``.
+
+        :param exc: the error, when it failed.
+        :param result: :meth:`run`'s result, when it finished.
+        """
+        task.ti.xcom_push(key=OUTCOME_XCOM_KEY, value=outcome)
+
+    def run(self, task: RunT) -> Any:
+        raise NotImplementedError
+
+
+class RunbookOperator(SenseiOperator[StepRun]):
+    """Base of the runbook steps: records started / finished / skipped / failed events around :meth:`run`.
 
     :param assess_task_id: task id of the assess step whose plan this step follows.
     """
 
-    step: ClassVar[str]
     #: whether a dry run skips this step (only assess, investigate and document run in a dry run).
     skipped_in_dry_run: ClassVar[bool] = True
     #: whether the run's lock is kept alive (heartbeat) while this step works.
@@ -138,7 +232,7 @@ class RunbookOperator(BaseOperator):
         super().__init__(**kwargs)
         self.assess_task_id = assess_task_id
 
-    def execute(self, context: Any) -> Any:
+    def begin(self, context: Any) -> StepRun:
         step = StepRun(self, context)
         if step.plan is not None and step.plan.dry_run and self.skipped_in_dry_run:
             step.record("skipped", detail={"why": "dry run: nothing is changed"}, finished=True)
@@ -149,19 +243,20 @@ class RunbookOperator(BaseOperator):
             failure = self._state_store_away(step, exc)
             self._record_failure(step, failure)
             raise failure from None
-        try:
-            with self._heartbeat(step):
-                result = self.run(step)
-        except AirflowSkipException as exc:
-            step.record("skipped", detail={"why": str(exc)}, finished=True)
-            raise
-        except Exception as exc:
-            self._record_failure(step, exc)
-            if isinstance(exc, RefusedError):
-                raise AirflowFailException(redact(str(exc))) from None
-            raise
-        step.record("finished", detail=self.summary(result), finished=True)
-        return result
+        return step
+
+    def working(self, task: StepRun) -> AbstractContextManager[None]:
+        return self._heartbeat(task)
+
+    def outcome(
+        self, task: StepRun, outcome: dict[str, Any], exc: Exception | None = None, result: Any = None
+    ) -> None:
+        if "skipped" in outcome:
+            task.record("skipped", detail={"why": outcome["skipped"]}, finished=True)
+        elif exc is not None:
+            self._record_failure(task, exc)
+        else:
+            task.record("finished", detail=self.summary(result), finished=True)
 
     @staticmethod
     def _state_store_away(step: StepRun, exc: Exception) -> Exception:
@@ -221,9 +316,6 @@ class RunbookOperator(BaseOperator):
             step.record("failed", detail=error, finished=True)
         except Exception:  # the state store may be what failed; the task log still has it
             log.exception("could not record the failure in the audit trail")
-
-    def run(self, step: StepRun) -> Any:
-        raise NotImplementedError
 
     def summary(self, result: Any) -> dict[str, Any]:
         """What of the result goes into the 'finished' audit event."""

@@ -17,25 +17,29 @@ from typing import Any, ClassVar
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from sensei_airflow import consumers, notify
-from sensei_airflow.anchors import Anchor, make_anchor, verify_trail, write_anchor
+from sensei_airflow import consumers, investigate, notify
+from sensei_airflow.anchors import Anchor
 from sensei_airflow.lock import MigrationLocks
-from sensei_airflow.manifest import Strategy, load_manifests
+from sensei_airflow.manifest import load_manifests
 from sensei_airflow.names import markdown_cell
 from sensei_airflow.operators.base import ERROR_XCOM_KEY, RunbookOperator, StepRun, lock_ttl, log
 from sensei_airflow.plan import RefusedError, RollbackPlan
-from sensei_airflow.redaction import redact, redact_error
-from sensei_airflow.report import render_markdown
+from sensei_airflow.redaction import redact
+from sensei_airflow.report import RunOutcome, build_report, check_and_anchor, publish, timings
 from sensei_airflow.runbook import (
+    FallbackRefused,
+    NoFallback,
     RunContext,
     assess,
+    fallback_reason,
     find_manifest,
     parse_request,
-    rollback_status,
-    status_document,
+    plan_fallback,
 )
 from sensei_airflow.state import utcnow
+from sensei_airflow.status import StatusDocument
 from sensei_airflow.strategies import strategy_class
+from sensei_airflow.strategies.base import side_conn_id, side_tables
 from sensei_airflow.verify import Verification
 
 RUNBOOK_TASK_IDS = ("assess", "notify", "halt", "verify", "resume", "investigate", "document")
@@ -49,10 +53,6 @@ SEQUENCES_TASK_ID = "execute_sequences"
 
 def execute_task_id(strategy: str) -> str:
     return f"execute_{strategy}"
-
-
-def _conf(step: StepRun) -> dict[str, Any]:
-    return {**dict(step.context["params"]), **dict(step.context["dag_run"].conf or {})}
 
 
 def executed(step: StepRun) -> tuple[RollbackPlan | None, dict[str, Any] | None, dict[str, Any] | None]:
@@ -80,7 +80,7 @@ class AssessOperator(RunbookOperator):
     ui_color = "#fff3cd"
 
     def run(self, step: StepRun) -> dict[str, Any]:
-        request = parse_request(_conf(step))
+        request = parse_request(step.conf())
         manifest = find_manifest(load_manifests(), request.migration_id)
         step.use_manifest(manifest)
         assert step.state is not None
@@ -301,68 +301,58 @@ class FallbackOperator(RunbookOperator):
     def run(self, step: StepRun) -> dict[str, Any]:
         plan = _skip_unless_plan(step)
         assert step.manifest is not None and step.state is not None
-        if plan.requested_strategy != "auto" or plan.fallback is None:
-            raise AirflowSkipException("no fallback: the strategy was chosen explicitly or none is set")
-        halted = step.pull("halt")
-        if not halted:
-            raise AirflowSkipException("halt did not complete: nothing was executed")
-        primary = execute_task_id(plan.strategy)
-        if step.pull(primary):
-            raise AirflowSkipException(f"{plan.strategy} succeeded")
-        error = step.pull(primary, key=ERROR_XCOM_KEY)
-        if not error:
-            raise AirflowSkipException(f"{plan.strategy} did not run")
-        now = HaltOperator.target(step).table_fingerprints(plan.table_names)
-        changed = sorted(t for t in plan.table_names if now.get(t) != halted["fingerprints"].get(t))
-        if changed:
-            step.record(
-                "fallback refused", detail={"why": "target changed", "tables": changed, "error": error}
-            )
-            raise RefusedError(
-                f"{plan.strategy} failed ({error['error']}) after changing {', '.join(changed)}: the "
-                f"fallback {plan.fallback} is not run on a half-changed target; investigate first"
-            )
-        request = parse_request(_conf(step)).model_copy(update={"strategy": plan.fallback.value})
+        why = self._why(step, plan)
+        request = parse_request(step.conf())
         run = RunContext(rollback_id=step.rollback_id, actor=step.actor, now=utcnow())
         with step.fence(plan, plan.fallback):
-            fallback_plan = assess(step.manifest, request, run, lock_ttl(), lock_token=plan.lock_token)
-            why = f"{plan.strategy} failed after its retries without changing the target: {error['error']}"
-            fallback_plan = fallback_plan.model_copy(
-                update={
-                    "requested_strategy": "auto",
-                    "notes": [*plan.notes, f"fell back to {fallback_plan.strategy}: {why}"],
-                    "started_at": plan.started_at,
-                }
-            )
-            step.record(
-                "falling back", detail={"from": plan.strategy, "to": fallback_plan.strategy, "why": why}
-            )
-            strategy = strategy_class(fallback_plan.strategy)(step.manifest, step.state)
-            execution = strategy.execute(fallback_plan)
+            fallback = plan_fallback(step.manifest, request, run, plan, why, lock_ttl())
+            step.record("falling back", detail={"from": plan.strategy, "to": fallback.strategy, "why": why})
+            execution = strategy_class(fallback.strategy)(step.manifest, step.state).execute(fallback)
         step.record(
             "executed",
             sql=execution.statements,
             rows_affected=sum(execution.rows_affected.values()),
-            detail={"strategy": fallback_plan.strategy, "rows_affected": execution.rows_affected},
+            detail={"strategy": fallback.strategy, "rows_affected": execution.rows_affected},
             finished=True,
         )
         step.state.record_run(
             step.rollback_id,
             plan.migration_id,
             status="running",
-            request=request.conf(),
-            strategy=fallback_plan.strategy.value,
-            plan=fallback_plan.model_dump(mode="json"),
+            request=request.model_copy(update={"strategy": fallback.strategy.value}).conf(),
+            strategy=fallback.strategy.value,
+            plan=fallback.model_dump(mode="json"),
             triggered_by=step.actor,
             reason=plan.reason,
         )
         return {
             "from": plan.strategy.value,
-            "to": fallback_plan.strategy.value,
+            "to": fallback.strategy.value,
             "why": why,
-            "plan": fallback_plan.model_dump(mode="json"),
+            "plan": fallback.model_dump(mode="json"),
             "execution": execution.as_xcom(),
         }
+
+    @staticmethod
+    def _why(step: StepRun, plan: RollbackPlan) -> str:
+        """Why the fallback runs (:func:`~sensei_airflow.runbook.fallback_reason`), or skip, or refuse."""
+        primary = execute_task_id(plan.strategy)
+        error = step.pull(primary, key=ERROR_XCOM_KEY)
+        try:
+            return fallback_reason(
+                plan,
+                halted=step.pull("halt"),
+                primary_result=step.pull(primary),
+                primary_error=error,
+                fingerprints_now=lambda: HaltOperator.target(step).table_fingerprints(plan.table_names),
+            )
+        except NoFallback as exc:
+            raise AirflowSkipException(str(exc)) from None
+        except FallbackRefused as exc:
+            step.record(
+                "fallback refused", detail={"why": "target changed", "tables": exc.changed, "error": error}
+            )
+            raise
 
     def summary(self, result: Any) -> dict[str, Any]:
         return {"from": result["from"], "to": result["to"], "why": result["why"]}
@@ -372,7 +362,8 @@ class ResetSequencesOperator(RunbookOperator):
     """Step 4c, after any strategy: set the sequences and identities of the tables in scope.
 
     The next value of each serial or identity column follows the highest key left (an empty
-    table starts over). With reverse migration, the source tables' sequences are set too.
+    table starts over), on every database the strategy wrote (its ``written_sides``: with
+    reverse migration, the source tables' sequences are set too).
     Engines that cannot do it yet are reported, not failed.
     """
 
@@ -386,16 +377,15 @@ class ResetSequencesOperator(RunbookOperator):
         if plan is None or execution is None:
             raise AirflowSkipException("no strategy was executed")
         assert step.manifest is not None
-        sides = [("target", step.manifest.target.conn_id, plan.table_names)]
-        if plan.strategy == Strategy.REVERSE_MIGRATION:
-            sides.append(("source", step.manifest.source.conn_id, [t.source for t in plan.tables]))
         resets: list[dict[str, Any]] = []
         warnings: list[str] = []
         with step.fence(plan):
-            for side, conn_id, tables in sides:
-                engine = get_engine(conn_id)
+            for side in strategy_class(plan.strategy).written_sides:
+                engine = get_engine(side_conn_id(step.manifest, side))
                 try:
-                    resets += [{"side": side, **r.as_json()} for r in engine.reset_sequences(tables)]
+                    resets += [
+                        {"side": side, **r.as_json()} for r in engine.reset_sequences(side_tables(plan, side))
+                    ]
                 except NotImplementedError as exc:
                     warnings.append(f"{side}: {exc}")
         step.record("sequences reset", detail={"sequences": resets, "warnings": warnings})
@@ -466,56 +456,6 @@ def _errors(step: StepRun, task_ids: list[str]) -> list[dict[str, Any]]:
     return [e for e in found if e]
 
 
-class _EmptySide:
-    """The expected side of a table that should be empty: no rows anywhere."""
-
-    columns: ClassVar[list[str]] = []
-
-    def checksum(self, key_range: Any) -> tuple[int, int]:
-        return 0, 0
-
-    def boundaries(self, key_range: Any, parts: int) -> list[Any]:
-        return []
-
-    def sample_keys(self, n: int) -> list[Any]:
-        return []
-
-    def rows(self, keys: Any) -> dict[Any, Any]:
-        return {}
-
-
-def differing_key_ranges(
-    step: StepRun, plan: RollbackPlan, failed_checks: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """Key ranges where each failing table differs from what verification expected.
-
-    Ranges a comparison already localised are taken from its check; for a table that should be
-    empty, the rows left are located by bisection over the key (``verify.localise_differences``).
-    """
-    ranges: dict[str, Any] = {}
-    for check in failed_checks:
-        actual = check.get("actual")
-        if isinstance(actual, Mapping) and actual.get("differing_key_ranges"):
-            ranges[check["table"]] = list(actual["differing_key_ranges"])
-    leftovers = [c["table"] for c in failed_checks if c.get("expected") == 0 and c["table"] not in ranges]
-    if not leftovers:
-        return ranges
-    assert step.manifest is not None
-    try:
-        from sensei_airflow.verify import localise_differences
-    except ImportError:  # pragma: no cover - verify without diff localisation
-        return ranges
-    target = HaltOperator.target(step)
-    by_target = {target.qualify(t.target): t for t in step.manifest.tables}
-    for table in leftovers:
-        mapping = by_target.get(table)
-        source = target.row_source(table, mapping.key) if mapping is not None else None
-        if source is None:
-            continue
-        ranges[table] = [d.as_json() for d in localise_differences(source, _EmptySide())]  # type: ignore[arg-type]
-    return ranges
-
-
 class InvestigateOperator(RunbookOperator):
     """Step 7, investigate: when anything failed, gather what a DBA needs before re-attempting.
 
@@ -533,104 +473,24 @@ class InvestigateOperator(RunbookOperator):
         self.watched_task_ids = watched_task_ids
 
     def run(self, step: StepRun) -> dict[str, Any]:
-        errors = _errors(step, self.watched_task_ids)
-        verification = step.pull("verify")
-        failed_checks = [c for c in (verification or {}).get("checks", []) if not c["ok"]]
-        if not errors and not failed_checks:
-            return {"needed": False}
-        evidence: dict[str, Any] = {"needed": True, "errors": errors, "failed_checks": failed_checks}
         plan, _, _ = executed(step)
-        if plan is not None:
-            assert step.manifest is not None and step.state is not None
-            try:
-                engine = HaltOperator.target(step)
-                now = engine.row_counts(plan.table_names)
-                fingerprints = engine.table_fingerprints(plan.table_names)
-                halted = step.pull("halt") or {}
-                at_halt = halted.get("fingerprints") or {}
-                evidence["table_states"] = {
-                    t: {
-                        "before": plan.counts_before.get(t),
-                        "now": now.get(t),
-                        "fingerprint_at_halt": at_halt.get(t),
-                        "fingerprint_now": fingerprints.get(t),
-                    }
-                    for t in plan.table_names
-                }
-            except Exception as exc:  # the target itself may be what failed
-                evidence["table_states_error"] = redact_error(exc)
-            try:
-                evidence["differing_key_ranges"] = differing_key_ranges(step, plan, failed_checks)
-            except Exception as exc:
-                evidence["differing_key_ranges_error"] = redact_error(exc)
-            evidence["consumers_still_halted"] = [
-                h.as_json() for h in step.state.open_holds(plan.migration_id)
-            ]
-        if step.audit is not None:
+        evidence = investigate.gather_evidence(
+            errors=_errors(step, self.watched_task_ids),
+            checks=investigate.failed_checks(step.pull("verify")),
+            plan=plan,
+            manifest=step.manifest,
+            target=lambda: HaltOperator.target(step),
+            fingerprints_at_halt=(step.pull("halt") or {}).get("fingerprints") or {},
+            state=step.state,
+        )
+        if evidence["needed"] and step.audit is not None:
             evidence["timeline"] = [
-                {k: e.get(k) for k in ("seq", "recorded_at", "task_id", "try_number", "step", "action")}
-                for e in step.audit.events(step.rollback_id)
+                {k: e.get(k) for k in investigate.TIMELINE_KEYS} for e in step.audit.events(step.rollback_id)
             ]
         return evidence
 
     def summary(self, result: Any) -> dict[str, Any]:
         return {"needed": result["needed"], "errors": len(result.get("errors", []))}
-
-
-def timings(events: list[dict[str, Any]]) -> dict[str, float]:
-    """Seconds each task took (last try), from its started and finished/failed/skipped events."""
-    started: dict[str, datetime] = {}
-    took: dict[str, float] = {}
-    for event in events:
-        task = str(event.get("task_id"))
-        at = datetime.fromisoformat(event["recorded_at"])
-        if event["action"] == "started":
-            started[task] = at
-        elif event["action"] in ("finished", "failed", "skipped") and task in started:
-            took[task] = round((at - started[task]).total_seconds(), 3)
-    return took
-
-
-def publish_report(
-    location: str, migration_id: str, rollback_id: str, report: Mapping[str, Any], markdown: str
-) -> list[str]:
-    """Write the report (JSON and Markdown) to ``location``/reports/<migration>/; returns where it went.
-
-    ``location`` is the manifest's ``rollback.backup_location``, written through the backup
-    storage backends (local path or ``file://``, ``s3://``, ``gs://``).
-    """
-    from sensei_airflow.backups.storage import storage_for
-
-    storage = storage_for(location)
-    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in rollback_id)
-    body = json.dumps(report, indent=2, default=str, sort_keys=True)
-    written = []
-    for ext, text in (("json", body), ("md", markdown)):
-        name = f"reports/{migration_id}/{safe_id}.{ext}"
-        with storage.open_write(name) as out:
-            out.write(text.encode("utf-8"))
-        written.append(storage.url_of(name))
-    return written
-
-
-def _check_and_anchor(
-    step: StepRun, migration_id: str | None, events: list[dict[str, Any]]
-) -> tuple[Anchor, dict[str, Any]]:
-    """Verify the chain against the run records' anchors, and anchor it at this run's documented event.
-
-    Problems and warnings (no audit key, a state role that could disable the append-only trigger)
-    go into the report and the task log; they do not fail the step.
-    """
-    assert step.audit is not None
-    check = verify_trail(step.audit)
-    documented = next(e for e in reversed(events) if e["action"] == "documented")
-    anchor = make_anchor(step.audit, migration_id, step.rollback_id, documented["seq"], documented["hash"])
-    for problem in check.problems:
-        log.error("audit trail: %s", problem)
-    for warning in check.warnings:
-        log.warning("audit trail: %s", warning)
-    step.ti.xcom_push(key=AUDIT_ANCHOR_XCOM_KEY, value=anchor.as_json())
-    return anchor, {**check.as_json(), "anchor": anchor.as_json()}
 
 
 class DocumentOperator(RunbookOperator):
@@ -658,91 +518,26 @@ class DocumentOperator(RunbookOperator):
         self.watched_task_ids = watched_task_ids
 
     def run(self, step: StepRun) -> dict[str, Any]:
-        finished_at = utcnow()
-        plan, execution, fallback = executed(step)
-        raw_verification = step.pull("verify") if plan else None
-        verification = Verification.model_validate(raw_verification) if raw_verification else None
-        if plan is not None and plan.dry_run:
-            verification = None
-        approval = step.pull(APPROVE_TASK_ID, key=APPROVAL_XCOM_KEY) if plan else None
-        rejected = bool(approval and approval.get("required") and not approval.get("approved"))
-        status = "rejected" if rejected else rollback_status(plan, execution, verification)
-        conf = _conf(step)
-        started_at = self._started_at(plan, step)
-        document = status_document(
-            migration_id=plan.migration_id if plan else conf.get("migration_id"),
+        outcome = self._outcome(step)
+        document = StatusDocument.of_run(
+            migration_id=step.conf().get("migration_id"),
             rollback_id=step.rollback_id,
-            plan=plan,
-            status=status,
-            verification=verification,
-            started_at=started_at,
-            finished_at=finished_at,
-            scope={"scope": conf.get("scope"), "tables": []},
+            plan=outcome.plan,
+            executed=outcome.execution is not None,
+            verification=Verification.model_validate(outcome.verification) if outcome.verification else None,
+            started_at=outcome.started_at,
+            finished_at=outcome.finished_at,
+            approval=outcome.approval,
+            scope={"scope": step.conf().get("scope")},
         )
-        if rejected and approval is not None:
-            document["approval"] = {k: approval.get(k) for k in ("answer", "by", "at")}
-        halted = step.pull("halt")
-        resumed = step.pull("resume")
-        sequences = step.pull(SEQUENCES_TASK_ID)
-        report: dict[str, Any] = {
-            "status": document,
-            "plan": step.plan.model_dump(mode="json") if step.plan else None,
-            "executed_plan": plan.model_dump(mode="json") if fallback and plan else None,
-            "fallback": {k: fallback[k] for k in ("from", "to", "why")} if fallback else None,
-            "approval": approval,
-            "execution": execution,
-            "sql_executed": [
-                *((halted or {}).get("statements", [])),
-                *((execution or {}).get("statements", [])),
-                *((resumed or {}).get("statements", [])),
-            ],
-            "rows_affected": (execution or {}).get("rows_affected"),
-            "sequences": sequences,
-            "verification": raw_verification,
-            "consumers": {"halted": halted, "resumed": resumed},
-            "notifications": {"start": step.pull("notify")},
-            "investigation": step.pull("investigate"),
-            "errors": _errors(step, self.watched_task_ids),
-            "triggered_by": step.actor,
-            "reason": plan.reason if plan else conf.get("reason"),
-            "started_at": started_at.isoformat(),
-            "finished_at": finished_at.isoformat(),
-        }
+        report = build_report(document, outcome)
         if step.manifest is None:
-            step.use_manifest_quietly(conf.get("migration_id"))
-        if step.state is not None and step.manifest is not None:
-            holds = step.state.open_holds(step.manifest.id)
-            report["consumers"]["still_halted"] = [h.as_json() for h in holds]
-            token = step.plan.lock_token if step.plan is not None else None
-            if token is not None:
-                # only while the lock still carries this run's token: never another run's lock
-                report["lock_released"] = MigrationLocks(step.state).release(step.manifest.id, token)
+            step.use_manifest_quietly(document.migration_id)
+        self._release(step, report)
         if step.manifest is not None and step.manifest.notify:
             report["notifications"]["end"] = self._notify_end(step, document, report)
-        anchor: Anchor | None = None
-        if step.audit is not None and step.state is not None:
-            step.record("documented", detail={"status": document})
-            events = step.audit.events(step.rollback_id)
-            report["timeline"] = events
-            report["timings"] = timings(events)
-            anchor, report["audit_chain"] = _check_and_anchor(step, document["migration_id"], events)
-        location = step.manifest.rollback.backup_location if step.manifest else None
-        if location and anchor is not None:
-            try:  # before the report and the run record: the anchor outside the state store comes first
-                report["audit_chain"]["anchor_written"] = write_anchor(location, anchor)
-            except Exception as exc:
-                report["audit_chain"]["anchor_error"] = f"{location}: {type(exc).__name__}: {exc}"
-                log.exception("the audit anchor could not be written to %s", location)
-        markdown = render_markdown(report)
-        if location:
-            try:
-                report["published"] = publish_report(
-                    location, document["migration_id"], step.rollback_id, report, markdown
-                )
-            except Exception as exc:  # the report stays in the state store; say where it did not go
-                report["published_error"] = redact(f"{location}: {type(exc).__name__}: {exc}")
-                log.exception("the report could not be written to %s", location)
-            markdown = render_markdown(report)
+        anchor = self._anchor(step, document, report)
+        markdown = publish(step.manifest.rollback.backup_location if step.manifest else None, report, anchor)
         if step.state is not None and step.state.get_run(step.rollback_id) is not None:
             if anchor is not None:
                 step.state.record_audit_anchor(
@@ -752,32 +547,74 @@ class DocumentOperator(RunbookOperator):
                     head_hash=anchor.head_hash,
                 )
             step.state.finish_run(
-                step.rollback_id,
-                status=status,
-                status_document=document,
-                report=report,
-                report_markdown=markdown,
+                step.rollback_id, document=document, report=report, report_markdown=markdown
             )
         log.info("rollback report:\n%s", markdown)
-        return document
+        return document.as_json()
 
     @staticmethod
-    def _notify_end(step: StepRun, document: dict[str, Any], report: dict[str, Any]) -> list[dict[str, Any]]:
+    def _release(step: StepRun, report: dict[str, Any]) -> None:
+        """Note the consumers still halted, and give the run's lock back (only while it carries its token)."""
+        if step.state is None or step.manifest is None:
+            return
+        report["consumers"]["still_halted"] = [h.as_json() for h in step.state.open_holds(step.manifest.id)]
+        token = step.plan.lock_token if step.plan is not None else None
+        if token is not None:
+            # only while the lock still carries this run's token: never another run's lock
+            report["lock_released"] = MigrationLocks(step.state).release(step.manifest.id, token)
+
+    def _outcome(self, step: StepRun) -> RunOutcome:
+        """What the run's tasks left (their XComs), as of now."""
+        plan, execution, fallback = executed(step)
+        return RunOutcome(
+            assessed_plan=step.plan,
+            plan=plan,
+            execution=execution,
+            fallback=fallback,
+            approval=step.pull(APPROVE_TASK_ID, key=APPROVAL_XCOM_KEY) if plan else None,
+            verification=step.pull("verify") if plan else None,
+            halted=step.pull("halt"),
+            resumed=step.pull("resume"),
+            sequences=step.pull(SEQUENCES_TASK_ID),
+            notified=step.pull("notify"),
+            investigation=step.pull("investigate"),
+            errors=_errors(step, self.watched_task_ids),
+            triggered_by=step.actor,
+            reason=plan.reason if plan else step.conf().get("reason"),
+            started_at=self._started_at(plan, step),
+            finished_at=utcnow(),
+        )
+
+    @staticmethod
+    def _anchor(step: StepRun, document: StatusDocument, report: dict[str, Any]) -> Anchor | None:
+        """Record the documented event, add the timeline to the report, and anchor the chain there."""
+        if step.audit is None or step.state is None:
+            return None
+        step.record("documented", detail={"status": document.as_json()})
+        events = step.audit.events(step.rollback_id)
+        report["timeline"] = events
+        report["timings"] = timings(events)
+        anchor, report["audit_chain"] = check_and_anchor(
+            step.audit, document.migration_id, step.rollback_id, events
+        )
+        step.ti.xcom_push(key=AUDIT_ANCHOR_XCOM_KEY, value=anchor.as_json())
+        return anchor
+
+    @staticmethod
+    def _notify_end(step: StepRun, document: StatusDocument, report: dict[str, Any]) -> list[dict[str, Any]]:
         assert step.manifest is not None
         still = report["consumers"].get("still_halted") or []
-        summary = (
-            f"Rollback {document['rollback_id']} of {document['migration_id']}: {document['rollback_status']}"
-        )
-        if document["rollback_status"] == "failed" and still:
+        summary = f"Rollback {document.rollback_id} of {document.migration_id}: {document.rollback_status}"
+        if document.failed and still:
             summary += f"; {len(still)} consumer(s) stay halted until a rollback verifies"
-        if document.get("approval"):
+        if document.approval:
             summary += " (rejected: nothing was changed)"
         event = notify.RollbackEvent(
-            event=notify.FINISHED if document["rollback_status"] != "failed" else notify.FAILED,
-            migration_id=document["migration_id"],
-            rollback_id=document["rollback_id"],
+            event=notify.FAILED if document.failed else notify.FINISHED,
+            migration_id=document.migration_id,
+            rollback_id=document.rollback_id,
             summary=summary,
-            status=document,
+            status=document.as_json(),
             detail={"consumers_still_halted": still, "errors": report["errors"]},
         )
         deliveries = [d.as_json() for d in notify.notify_all(step.manifest.notify, event)]

@@ -40,6 +40,7 @@ from sensei_airflow.conf import InvalidRequest, RollbackRequest
 from sensei_airflow.manifest import Manifest
 from sensei_airflow.names import split_list
 from sensei_airflow.plan import RefusedError
+from sensei_airflow.status import StatusDocument
 
 ROLLBACK_DAG_ID = "sensei_rollback"
 URL_PREFIX = "/sensei"
@@ -234,47 +235,19 @@ def _iso(value: Any) -> str | None:
 
 def document_from_record(record: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """The status document of a run record; built from the plan while the run is unfinished."""
-    if record.get("status_document"):
-        return dict(record["status_document"])
-    plan = record.get("plan") or {}
-    scope = {**(plan.get("scope") or {"scope": (record.get("request") or {}).get("scope", "all")})}
-    scope["tables"] = [t["target"] for t in plan.get("tables", [])]
-    started = record.get("started_at")
-    return {
-        "migration_id": record["migration_id"],
-        "rollback_id": record["rollback_id"],
-        "rollback_status": record["status"],
-        "strategy_used": record.get("strategy"),
-        "restored_to": plan.get("restore_to"),
-        "scope": scope,
-        "verification": {
-            "source_comparison": "skipped",
-            "record_counts_match": None,
-            "sample_verification": "skipped",
-        },
-        "duration_seconds": round((now - started).total_seconds()) if isinstance(started, datetime) else None,
-    }
+    return StatusDocument.of_record(record, now).as_json()
 
 
 def queued_document(migration_id: str, dag_run: Any, now: datetime) -> dict[str, Any]:
     """A run Airflow holds whose first task has not written its record yet."""
-    conf = dag_run.conf or {}
-    state = str(dag_run.state)
-    started = dag_run.start_date or dag_run.queued_at
-    return {
-        "migration_id": migration_id,
-        "rollback_id": dag_run.run_id,
-        "rollback_status": "failed" if state == "failed" else "running",
-        "strategy_used": None,
-        "restored_to": None,
-        "scope": {"scope": conf.get("scope", "all"), "tables": []},
-        "verification": {
-            "source_comparison": "skipped",
-            "record_counts_match": None,
-            "sample_verification": "skipped",
-        },
-        "duration_seconds": round((now - started).total_seconds()) if started else 0,
-    }
+    return StatusDocument.queued(
+        migration_id=migration_id,
+        rollback_id=dag_run.run_id,
+        airflow_state=str(dag_run.state),
+        conf=dag_run.conf or {},
+        started=dag_run.start_date or dag_run.queued_at,
+        now=now,
+    ).as_json()
 
 
 def _recent_runs(migration_id: str) -> list[Any]:

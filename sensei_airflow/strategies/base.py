@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from sensei_airflow.conf import RollbackRequest
 from sensei_airflow.engines import Engine, ForeignKey, get_engine
@@ -13,6 +13,19 @@ from sensei_airflow.manifest import Manifest, Strategy, TableMapping
 from sensei_airflow.plan import RollbackPlan
 from sensei_airflow.state import StateStore
 from sensei_airflow.verify import TableCheck, Verification, count_checks
+
+#: a database of the migration: the target (rolled back) or the source (the migration read it).
+Side = Literal["target", "source"]
+
+
+def side_conn_id(manifest: Manifest, side: Side) -> str:
+    """The Airflow connection of one side of the migration."""
+    return manifest.target.conn_id if side == "target" else manifest.source.conn_id
+
+
+def side_tables(plan: RollbackPlan, side: Side) -> list[str]:
+    """The plan's tables on one side: the target tables in scope, or their source tables."""
+    return plan.table_names if side == "target" else [t.source for t in plan.tables]
 
 
 @dataclass
@@ -44,6 +57,9 @@ class RollbackStrategy(ABC):
     """One way of undoing a migration. Engine differences stay in the engine."""
 
     name: ClassVar[Strategy]
+    #: the databases execute writes: it holds their change lock (the fence), and their sequences
+    #: are set after it (the execute_sequences step).
+    written_sides: ClassVar[tuple[Side, ...]] = ("target",)
 
     def __init__(self, manifest: Manifest, state: StateStore) -> None:
         self.manifest = manifest

@@ -29,18 +29,6 @@ from sensei_airflow.state import StateStore, utcnow
 from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
 from sensei_airflow.verify import TableCheck, Verification
 
-_MARKS_DDL = """
-CREATE SCHEMA IF NOT EXISTS sensei;
-CREATE TABLE IF NOT EXISTS sensei.pitr_restore_points (
-    migration_id     text NOT NULL,
-    target_identity  text NOT NULL,
-    name             text NOT NULL,
-    position         text,
-    recorded_at      timestamptz NOT NULL,
-    PRIMARY KEY (migration_id, target_identity)
-);
-"""
-
 
 @dataclass(frozen=True)
 class RestorePoint:
@@ -62,7 +50,6 @@ def record_restore_point(
     state: StateStore, manifest: Manifest, target_identity: str, point: RestorePoint
 ) -> None:
     with state.transaction() as cur:
-        cur.execute(_MARKS_DDL)
         cur.execute(
             """
             INSERT INTO sensei.pitr_restore_points
@@ -79,7 +66,6 @@ def recorded_restore_point(
     state: StateStore, manifest: Manifest, target_identity: str
 ) -> RestorePoint | None:
     with state.transaction() as cur:
-        cur.execute(_MARKS_DDL)
         cur.execute(
             "SELECT name, position, recorded_at FROM sensei.pitr_restore_points "
             "WHERE migration_id = %s AND target_identity = %s",

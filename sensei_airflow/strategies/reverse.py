@@ -49,6 +49,8 @@ def _setting(name: str, fallback: int) -> int:
 
 class ReverseMigrationStrategy(RollbackStrategy):
     name = Strategy.REVERSE_MIGRATION
+    #: the source is made equal to the inverse of the target.
+    written_sides = ("target", "source")
 
     @cached_property
     def source(self) -> Engine:

@@ -72,6 +72,8 @@ def test_reverse_migration_after_changes_on_the_target(databases, migrations_dir
         }
         for table, done in applied.items()
     }
+    # the strategy writes the source too (its written_sides): the sequences of both sides were set
+    assert {s["side"] for s in outcome.xcoms["execute_sequences"]["sequences"]} == {"target", "source"}
     # the target is left as it is, and the application can insert into the source again
     assert databases.scalar("target", "SELECT count(*) FROM crm.customers WHERE id = 100001") == 1
     with databases.connect("source") as conn:
