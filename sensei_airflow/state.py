@@ -17,7 +17,7 @@ from typing import Any
 
 #: raise it with every change of ``_DDL``: a state role that may not run the DDL itself (it does
 #: not own the schema, see ``sensei audit init``) checks that the owner brought the schema this far.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS sensei;
@@ -122,6 +122,25 @@ CREATE TABLE IF NOT EXISTS sensei.consumer_holds (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS consumer_holds_open
     ON sensei.consumer_holds (migration_id, kind, name, object) WHERE resumed_at IS NULL;
+-- version 4: the migration's start mark (mark.py): its moment, per-table counts and checksums,
+-- sequences, column fingerprints, the pre-migration backup and the undo log's handle.
+CREATE TABLE IF NOT EXISTS sensei.migration_marks (
+    migration_id     text PRIMARY KEY,
+    target_identity  text NOT NULL,
+    name             text NOT NULL,
+    taken_at         timestamptz NOT NULL,
+    position         text,
+    restore_point    text,
+    tables           jsonb NOT NULL DEFAULT '{}',
+    sequences        jsonb NOT NULL DEFAULT '[]',
+    schema_fingerprints jsonb NOT NULL DEFAULT '{}',
+    backup_id        text,
+    undo_log         jsonb,
+    undo_log_closed_at timestamptz,
+    notes            jsonb NOT NULL DEFAULT '[]',
+    taken_by         text,
+    restarts         integer NOT NULL DEFAULT 0
+);
 """
 
 #: advisory lock keys (arbitrary constants) that serialise schema creation and chain appends.

@@ -462,3 +462,36 @@ class PostgresEngine(Engine):
         from sensei_airflow.engines import postgres_dump
 
         return postgres_dump.base_backup(self, directory)
+
+    # -- the start mark and the undo log (the work is in postgres_undo.py) -----------------------
+    def take_mark(self, name: str, tables: Sequence[str], *, undo_log: bool, slot: str) -> Any:
+        from sensei_airflow.engines import postgres_undo
+
+        return postgres_undo.take_mark(self, name, tables, undo_log=undo_log, slot=slot)
+
+    def undo_log_problems(self, undo: dict[str, Any], tables: Sequence[Any], schema: dict[str, str]) -> list[str]:
+        from sensei_airflow.engines import postgres_undo
+
+        return postgres_undo.problems(self, undo, tables, schema)
+
+    def undo_summary(self, undo: dict[str, Any], tables: Sequence[Any], sample: int = 5) -> Any:
+        from sensei_airflow.engines import postgres_undo
+
+        return postgres_undo.summary(self, undo, tables, sample)
+
+    def apply_undo(
+        self, undo: dict[str, Any], tables: Sequence[Any], sequences: Sequence[dict[str, Any]], *, advance: bool
+    ) -> tuple[list[str], dict[str, int], dict[str, Any]]:
+        from sensei_airflow.engines import postgres_undo
+
+        return postgres_undo.apply(self, undo, tables, sequences, advance=advance)
+
+    def undo_log_retained(self, undo: dict[str, Any]) -> dict[str, Any]:
+        from sensei_airflow.engines import postgres_undo
+
+        return postgres_undo.retained(self, undo)
+
+    def close_undo_log(self, undo: dict[str, Any]) -> list[str]:
+        from sensei_airflow.engines import postgres_undo
+
+        return postgres_undo.close(self, undo)

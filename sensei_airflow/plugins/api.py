@@ -191,7 +191,8 @@ def precheck(manifest: Manifest, request: RollbackRequest, now: datetime) -> Non
     from sensei_airflow.strategies import STRATEGY_CLASSES
 
     resolve_scope(manifest, request)
-    check_window(manifest, now)
+    if manifest.started_at is not None:  # a start mark, if any, is read (and the window checked) by assess
+        check_window(manifest, now, manifest.started_at)
     candidates = strategy_candidates(manifest, request)
     if not any(c in STRATEGY_CLASSES for c in candidates):
         available = ", ".join(sorted(STRATEGY_CLASSES))

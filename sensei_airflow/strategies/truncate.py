@@ -43,7 +43,7 @@ class TruncateStrategy(RollbackStrategy):
         found = choice.candidates(
             BackupCatalog(self.state).list(self.manifest.id),
             identity=self.target.identity(),
-            start=migration_start(self.manifest),
+            start=migration_start(self.manifest, self.state),
             now=utcnow(),
         )
         entry = choice.default_backup(found)
