@@ -27,7 +27,9 @@ from sensei_airflow.names import parse_name
 #: the most tables one request may list (a run conf, an API body or query).
 MAX_TABLES = 1000
 
-StrategyChoice = Literal["auto", "truncate", "reverse_migration", "point_in_time", "backup_restore", "undo_log"]
+StrategyChoice = Literal[
+    "auto", "truncate", "reverse_migration", "point_in_time", "backup_restore", "undo_log"
+]
 ScopeChoice = Literal["all", "phase", "tables"]
 
 STRATEGY_HELP = {

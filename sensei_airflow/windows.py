@@ -114,7 +114,9 @@ def _undo_log_window(
     try:
         held = target.undo_log_retained(mark.undo_log or {})
     except Exception as exc:
-        return StrategyWindow(manifest.id, Strategy.UNDO_LOG, None, closes, limit, error=str(exc).splitlines()[0])
+        return StrategyWindow(
+            manifest.id, Strategy.UNDO_LOG, None, closes, limit, error=str(exc).splitlines()[0]
+        )
     if held.get("exists") is False:
         return StrategyWindow(manifest.id, Strategy.UNDO_LOG, None, closes, limit, error="its slot is gone")
     if held.get("wal_status") == "lost":
@@ -212,7 +214,9 @@ def check_all(manifests: Iterable[Manifest], *, now: datetime, run_id: str) -> l
                 log.warning("window check of %s: %s", manifest.id, describe(window, now))
             report.append({**window.as_json(), "warned": window in fresh, "line": describe(window, now)})
         if closed_undo:
-            report.append({"migration_id": manifest.id, "strategy": Strategy.UNDO_LOG.value, "closed": closed_undo})
+            report.append(
+                {"migration_id": manifest.id, "strategy": Strategy.UNDO_LOG.value, "closed": closed_undo}
+            )
     return report
 
 
@@ -238,7 +242,9 @@ def _close_expired_undo_log(
     if closes is None or now <= closes:
         return []
     done = close_undo_log(manifest, state, mark, f"the rollback window closed at {closes.isoformat()}")
-    log.warning("%s: the undo log's window closed at %s: %s", manifest.id, closes.isoformat(), "; ".join(done))
+    log.warning(
+        "%s: the undo log's window closed at %s: %s", manifest.id, closes.isoformat(), "; ".join(done)
+    )
     return done
 
 

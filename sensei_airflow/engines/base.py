@@ -445,9 +445,7 @@ class Engine(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot take physical backups")
 
     # -- the migration's start mark and the undo log (mark.py, strategies/undo_log.py) ----------
-    def take_mark(
-        self, name: str, tables: Sequence[str], *, undo_log: bool, slot: str
-    ) -> MarkMoment:
+    def take_mark(self, name: str, tables: Sequence[str], *, undo_log: bool, slot: str) -> MarkMoment:
         """Record the present moment of the target (a restore point, an LSN, an SCN, a timestamp),
         with each table's rows and checksum and the sequence maxima, all from that moment.
 
@@ -477,13 +475,17 @@ class Engine(ABC):
         """The engine's own position of the present (default: none; subclasses give one)."""
         raise NotImplementedError(f"{type(self).__name__} cannot mark a migration's start yet")
 
-    def undo_log_problems(self, undo: dict[str, Any], tables: Sequence[UndoTable], schema: dict[str, str]) -> list[str]:
+    def undo_log_problems(
+        self, undo: dict[str, Any], tables: Sequence[UndoTable], schema: dict[str, str]
+    ) -> list[str]:
         """Why the undo log cannot undo ``tables`` now (lost, DDL since the mark, no key): one line each."""
         return [f"{self.engine_title} keeps no undo log here; use point_in_time or backup_restore"]
 
     def undo_summary(self, undo: dict[str, Any], tables: Sequence[UndoTable], sample: int = 5) -> UndoSummary:
         """What undoing ``tables`` would do (nothing is changed)."""
-        raise UndoLogRefused(f"{self.engine_title} keeps no undo log here; use point_in_time or backup_restore")
+        raise UndoLogRefused(
+            f"{self.engine_title} keeps no undo log here; use point_in_time or backup_restore"
+        )
 
     def apply_undo(
         self,
@@ -503,7 +505,9 @@ class Engine(ABC):
         :returns: the SQL run, rows changed per table, and detail (the position read up to).
         :raises UndoLogRefused: for a problem found before anything changed.
         """
-        raise UndoLogRefused(f"{self.engine_title} keeps no undo log here; use point_in_time or backup_restore")
+        raise UndoLogRefused(
+            f"{self.engine_title} keeps no undo log here; use point_in_time or backup_restore"
+        )
 
     def undo_log_retained(self, undo: dict[str, Any]) -> dict[str, Any]:
         """How much the undo log retains on the target now (e.g. WAL bytes), and its status."""

@@ -469,7 +469,9 @@ class PostgresEngine(Engine):
 
         return postgres_undo.take_mark(self, name, tables, undo_log=undo_log, slot=slot)
 
-    def undo_log_problems(self, undo: dict[str, Any], tables: Sequence[Any], schema: dict[str, str]) -> list[str]:
+    def undo_log_problems(
+        self, undo: dict[str, Any], tables: Sequence[Any], schema: dict[str, str]
+    ) -> list[str]:
         from sensei_airflow.engines import postgres_undo
 
         return postgres_undo.problems(self, undo, tables, schema)
@@ -480,7 +482,12 @@ class PostgresEngine(Engine):
         return postgres_undo.summary(self, undo, tables, sample)
 
     def apply_undo(
-        self, undo: dict[str, Any], tables: Sequence[Any], sequences: Sequence[dict[str, Any]], *, advance: bool
+        self,
+        undo: dict[str, Any],
+        tables: Sequence[Any],
+        sequences: Sequence[dict[str, Any]],
+        *,
+        advance: bool,
     ) -> tuple[list[str], dict[str, int], dict[str, Any]]:
         from sensei_airflow.engines import postgres_undo
 

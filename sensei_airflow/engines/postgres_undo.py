@@ -471,9 +471,7 @@ def net_effect(
 # -- reading and applying ------------------------------------------------------------------------------
 def _read(cur: Any, slot: str, upto: str | None) -> list[Change | Truncate]:
     cur.execute(
-        "SELECT data FROM pg_logical_slot_peek_changes(%s, %s::pg_lsn, NULL, "
-        + ", ".join(["%s"] * len(_DECODING_OPTIONS))
-        + ")",
+        "SELECT data FROM pg_logical_slot_peek_changes(%s, %s::pg_lsn, NULL, %s, %s, %s, %s)",
         (slot, upto, *_DECODING_OPTIONS),
     )
     changes: list[Change | Truncate] = []
@@ -484,7 +482,9 @@ def _read(cur: Any, slot: str, upto: str | None) -> list[Change | Truncate]:
     return changes
 
 
-def _scope(engine: PostgresEngine, tables: Sequence[UndoTable]) -> dict[tuple[str, str], tuple[str, tuple[str, ...]]]:
+def _scope(
+    engine: PostgresEngine, tables: Sequence[UndoTable]
+) -> dict[tuple[str, str], tuple[str, tuple[str, ...]]]:
     scope: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
     for table in tables:
         parts = engine.name_parts(table.table)
@@ -492,7 +492,9 @@ def _scope(engine: PostgresEngine, tables: Sequence[UndoTable]) -> dict[tuple[st
     return scope
 
 
-def summary(engine: PostgresEngine, undo: dict[str, Any], tables: Sequence[UndoTable], sample: int) -> UndoSummary:
+def summary(
+    engine: PostgresEngine, undo: dict[str, Any], tables: Sequence[UndoTable], sample: int
+) -> UndoSummary:
     with engine.connect() as conn, conn.cursor() as cur:
         effects = net_effect(_read(cur, undo["slot"], None), _scope(engine, tables))
         conn.rollback()
@@ -500,7 +502,11 @@ def summary(engine: PostgresEngine, undo: dict[str, Any], tables: Sequence[UndoT
     for table in tables:
         effect = effects[table.table]
         inserts, updates, deletes = effect.inverse()
-        result.per_table[table.table] = {"insert": len(inserts), "update": len(updates), "delete": len(deletes)}
+        result.per_table[table.table] = {
+            "insert": len(inserts),
+            "update": len(updates),
+            "delete": len(deletes),
+        }
         result.captured[table.table] = dict(effect.captured)
         key_names = [engine.column_name(k) for k in table.key]
         picked: list[dict[str, Any]] = []
@@ -561,14 +567,16 @@ def apply(
                             f"SELECT setval('{seq['sequence']}', {seq['last_value']}, {seq['is_called']})"
                         )
         except (psycopg.errors.ForeignKeyViolation, psycopg.errors.UniqueViolation) as exc:
-            detail = (exc.diag.message_primary or str(exc)).splitlines()[0]
+            why = (exc.diag.message_primary or str(exc)).splitlines()[0]
             raise UndoLogRefused(
-                f"undoing the changes would break a constraint ({detail}); nothing was changed: add the "
+                f"undoing the changes would break a constraint ({why}); nothing was changed: add the "
                 "referencing table to the scope, or roll back with backup_restore"
             ) from None
     detail: dict[str, Any] = {"slot": slot, "read_up_to": upto, "advanced": False}
     if advance:
-        with suppress(Exception):  # only frees WAL: a retry re-reads the same changes and changes nothing more
+        with suppress(
+            Exception
+        ):  # only frees WAL: a retry re-reads the same changes and changes nothing more
             engine.query("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, upto))
             detail["advanced"] = True
     return statements, changed, detail
@@ -647,7 +655,9 @@ class _TablePlan:
         return max(cur.rowcount, 0)
 
 
-def _table_plan(engine: PostgresEngine, cur: Any, table: UndoTable, index: int, effect: NetEffect) -> _TablePlan:
+def _table_plan(
+    engine: PostgresEngine, cur: Any, table: UndoTable, index: int, effect: NetEffect
+) -> _TablePlan:
     cur.execute(_COLUMNS, (engine.quote_table(table.table),))
     columns = [row[0] for row in cur.fetchall()]
     inserts, updates, deletes = effect.inverse()

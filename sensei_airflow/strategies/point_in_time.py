@@ -138,11 +138,14 @@ class PointInTimeStrategy(RollbackStrategy):
             from sensei_airflow.mark import load_mark
 
             started = load_mark(self.state, self.manifest.id)
-            if started is not None and started.target_identity == self.target.identity():
-                if started.restore_point or started.position:
-                    return RecoveryTarget(
-                        time=point, restore_point=started.restore_point, position=started.position
-                    )
+            if (
+                started is not None
+                and started.target_identity == self.target.identity()
+                and (started.restore_point or started.position)
+            ):
+                return RecoveryTarget(
+                    time=point, restore_point=started.restore_point, position=started.position
+                )
             mark = recorded_restore_point(self.state, self.manifest, self.target.identity())
             if mark is not None:
                 return RecoveryTarget(time=point, restore_point=mark.name, position=mark.position)
@@ -188,7 +191,11 @@ class PointInTimeStrategy(RollbackStrategy):
         )
 
     def _restore_to(self, plan: RollbackPlan) -> datetime:
-        return datetime.fromisoformat(plan.restore_to) if plan.restore_to else migration_start(self.manifest, self.state)
+        return (
+            datetime.fromisoformat(plan.restore_to)
+            if plan.restore_to
+            else migration_start(self.manifest, self.state)
+        )
 
     def execute(self, plan: RollbackPlan) -> Execution:
         # Assess again: the archive, the backups and the foreign keys may have changed since.

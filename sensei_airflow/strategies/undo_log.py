@@ -60,7 +60,9 @@ class UndoLogStrategy(RollbackStrategy):
         return [UndoTable(name, keys[name]) for name in names]
 
     def _problems(self, tables: list[UndoTable]) -> None:
-        problems = self.target.undo_log_problems(self.mark.undo_log or {}, tables, self.mark.schema_fingerprints)
+        problems = self.target.undo_log_problems(
+            self.mark.undo_log or {}, tables, self.mark.schema_fingerprints
+        )
         if problems:
             raise RefusedError(problems[0])
 
@@ -85,9 +87,20 @@ class UndoLogStrategy(RollbackStrategy):
             rows=self.target.row_counts(tables),
             statements=[],
             warnings=warnings,
-            detail={"undo": {"per_table": summary.per_table, "captured": summary.captured, "samples": summary.samples}},
+            detail={
+                "undo": {
+                    "per_table": summary.per_table,
+                    "captured": summary.captured,
+                    "samples": summary.samples,
+                }
+            },
             changes={
-                t: {**summary.per_table[t], "captured": summary.captured[t], "sample": summary.samples[t], "exact": True}
+                t: {
+                    **summary.per_table[t],
+                    "captured": summary.captured[t],
+                    "sample": summary.samples[t],
+                    "exact": True,
+                }
                 for t in tables
             },
         )
