@@ -133,14 +133,14 @@ def write_demo_manifest(migrations_dir: Path, **kwargs: Any) -> Any:
 
 def migrate_demo(manifest: Any, customers: int = 300) -> dict[str, int]:
     """Run the demo forward migration directly (fast); returns target row counts per table."""
-    from sensei_airflow.demo.migration import migrate_phase, prepare_source, prepare_target, record_baselines
+    from sensei_airflow.demo.migration import migrate_phase, prepare_source, prepare_target
     from sensei_airflow.engines import get_engine
-    from sensei_airflow.state import StateStore
+    from sensei_airflow.mark import take_mark
 
     source, target = get_engine(manifest.source.conn_id), get_engine(manifest.target.conn_id)
     prepare_source(source, customers=customers)
     prepare_target(target)
-    record_baselines(manifest, target, StateStore(manifest.state.conn_id))
+    take_mark(manifest)
     migrated: dict[str, int] = {}
     for phase in manifest.phases:
         migrated.update(migrate_phase(manifest, phase.phase, source, target))
@@ -149,7 +149,7 @@ def migrate_demo(manifest: Any, customers: int = 300) -> dict[str, int]:
 
 @pytest.fixture
 def migrated(databases: Databases, migrations_dir: Path, airflow_db: None) -> dict[str, int]:
-    """The demo migration done: source filled, target migrated, baselines recorded. Rows per target table."""
+    """The demo migration done: source filled, start mark taken, target migrated. Rows per target table."""
     return migrate_demo(write_demo_manifest(migrations_dir))
 
 

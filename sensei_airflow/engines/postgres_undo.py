@@ -639,7 +639,14 @@ class _TablePlan:
         if not self.present or not others:
             return None
         sets = ", ".join(f"{self.quote(c)} = r.{self.quote(c)}" for c in others)
-        return f"UPDATE {self.target} x SET {sets} FROM {self.temp('update')} r WHERE {self._match('x', 'r')}"  # noqa: S608
+        # compared as text (every type has a text form, not every type has equality): a row already
+        # back at its value is not written again, so a retry reports what it really changed
+        now = ", ".join(f"x.{self.quote(c)}::text" for c in others)
+        then = ", ".join(f"r.{self.quote(c)}::text" for c in others)
+        return (
+            f"UPDATE {self.target} x SET {sets} FROM {self.temp('update')} r WHERE {self._match('x', 'r')} "  # noqa: S608
+            f"AND ROW({now}, NULL) IS DISTINCT FROM ROW({then}, NULL)"
+        )
 
     @property
     def delete_sql(self) -> str | None:
