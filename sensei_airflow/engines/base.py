@@ -488,20 +488,14 @@ class Engine(ABC):
         )
 
     def apply_undo(
-        self,
-        undo: dict[str, Any],
-        tables: Sequence[UndoTable],
-        sequences: Sequence[dict[str, Any]],
-        *,
-        advance: bool,
+        self, undo: dict[str, Any], tables: Sequence[UndoTable], sequences: Sequence[dict[str, Any]]
     ) -> tuple[list[str], dict[str, int], dict[str, Any]]:
         """Undo every captured change to ``tables`` (parents first) since the mark, in one transaction.
 
         Idempotent: the tables' touched rows are set to their values at the mark, so a retry after
-        a crash (before or after the commit) changes nothing more.
+        a crash (before or after the commit) changes nothing more. The undo log keeps every change
+        (it is never advanced): the oldest change of a key is what tells its row at the mark.
 
-        :param advance: the scope is every table of the undo log: afterwards let it forget the
-            changes just undone.
         :returns: the SQL run, rows changed per table, and detail (the position read up to).
         :raises UndoLogRefused: for a problem found before anything changed.
         """

@@ -482,16 +482,11 @@ class PostgresEngine(Engine):
         return postgres_undo.summary(self, undo, tables, sample)
 
     def apply_undo(
-        self,
-        undo: dict[str, Any],
-        tables: Sequence[Any],
-        sequences: Sequence[dict[str, Any]],
-        *,
-        advance: bool,
+        self, undo: dict[str, Any], tables: Sequence[Any], sequences: Sequence[dict[str, Any]]
     ) -> tuple[list[str], dict[str, int], dict[str, Any]]:
         from sensei_airflow.engines import postgres_undo
 
-        return postgres_undo.apply(self, undo, tables, sequences, advance=advance)
+        return postgres_undo.apply(self, undo, tables, sequences)
 
     def undo_log_retained(self, undo: dict[str, Any]) -> dict[str, Any]:
         from sensei_airflow.engines import postgres_undo

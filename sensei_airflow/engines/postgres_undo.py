@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import closing, contextmanager, suppress
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -521,8 +521,6 @@ def apply(
     undo: dict[str, Any],
     tables: Sequence[UndoTable],
     sequences: Sequence[dict[str, Any]],
-    *,
-    advance: bool,
 ) -> tuple[list[str], dict[str, int], dict[str, Any]]:
     """Undo the captured changes of ``tables`` (given parents first) in one transaction."""
     import psycopg.errors
@@ -572,13 +570,9 @@ def apply(
                 f"undoing the changes would break a constraint ({why}); nothing was changed: add the "
                 "referencing table to the scope, or roll back with backup_restore"
             ) from None
-    detail: dict[str, Any] = {"slot": slot, "read_up_to": upto, "advanced": False}
-    if advance:
-        with suppress(
-            Exception
-        ):  # only frees WAL: a retry re-reads the same changes and changes nothing more
-            engine.query("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, upto))
-            detail["advanced"] = True
+    # the slot is not advanced: the oldest change of a key holds its row at the mark, and a later
+    # rollback (another scope, or after more writes) must still find it
+    detail: dict[str, Any] = {"slot": slot, "read_up_to": upto}
     return statements, changed, detail
 
 

@@ -110,11 +110,8 @@ class UndoLogStrategy(RollbackStrategy):
         mark = self.mark
         tables = self._tables(plan.table_names)
         self._problems(tables)
-        every = {self.target.qualify(t.target) for t in self.manifest.tables}
         try:
-            statements, changed, detail = self.target.apply_undo(
-                mark.undo_log or {}, tables, mark.sequences, advance=every <= set(plan.table_names)
-            )
+            statements, changed, detail = self.target.apply_undo(mark.undo_log or {}, tables, mark.sequences)
         except UndoLogRefused as exc:
             raise RefusedError(str(exc)) from None
         return Execution(statements=statements, rows_affected=changed, detail={"undo_log": detail})
