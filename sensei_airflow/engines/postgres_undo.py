@@ -482,6 +482,20 @@ def _read(cur: Any, slot: str, upto: str | None) -> list[Change | Truncate]:
     return changes
 
 
+def flush_wal(engine: PostgresEngine) -> None:
+    """Flush the WAL written so far, so decoding sees every transaction committed until now.
+
+    Decoding reads only flushed WAL; with ``synchronous_commit = off`` a commit may still wait in
+    the WAL buffers. A transaction that writes WAL and commits synchronously flushes everything
+    before its commit record; a temporary table's catalog rows are such a write (no privilege
+    beyond TEMP, nothing left behind). A transaction that only takes an xid would not do: its
+    commit is flushed only if it wrote WAL before it.
+    """
+    with engine.connect() as conn, conn.transaction(), conn.cursor() as cur:
+        cur.execute("SET LOCAL synchronous_commit = on")
+        cur.execute("CREATE TEMP TABLE sensei_undo_flush () ON COMMIT DROP")
+
+
 def _scope(
     engine: PostgresEngine, tables: Sequence[UndoTable]
 ) -> dict[tuple[str, str], tuple[str, tuple[str, ...]]]:
@@ -495,6 +509,7 @@ def _scope(
 def summary(
     engine: PostgresEngine, undo: dict[str, Any], tables: Sequence[UndoTable], sample: int
 ) -> UndoSummary:
+    flush_wal(engine)
     with engine.connect() as conn, conn.cursor() as cur:
         effects = net_effect(_read(cur, undo["slot"], None), _scope(engine, tables))
         conn.rollback()
@@ -542,6 +557,7 @@ def apply(
                 found = problems(engine, undo, [], {})
                 if found:
                     raise UndoLogRefused(found[0])
+                flush_wal(engine)  # under the locks: every change to the tables in scope is committed before
                 cur.execute("SELECT pg_current_wal_lsn()::text")
                 upto = cur.fetchone()[0]
                 effects = net_effect(_read(cur, slot, upto), _scope(engine, tables))
