@@ -15,6 +15,7 @@ crash on either side of the commit changes nothing more (docs/adr/0700-undo-log-
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -311,13 +312,17 @@ _IDENTITY_NAMES = {"d": "DEFAULT", "n": "NOTHING", "i": "USING INDEX", "f": "FUL
 
 
 # -- test_decoding output --------------------------------------------------------------------------
-_IDENT = r'(?:"(?:[^"]|"")*"|[a-z_][a-z0-9_$]*)'
+_IDENT = r'(?:"[^"]*(?:""[^"]*)*"|[a-z_][a-z0-9_$]*)'
 _HEAD = re.compile(rf"^table ({_IDENT})\.({_IDENT}): (INSERT|UPDATE|DELETE): ")
 _TRUNCATE = re.compile(r"^table (.*): TRUNCATE: ")
 _NAME = re.compile(rf"({_IDENT})\.({_IDENT})")
-_COLUMN = re.compile(rf"({_IDENT})\[(.*?)\]:(null|'(?:[^']|'')*'|[^ ]+)(?: |$)")
+_TOKEN = re.compile(
+    rf"(?:(old-key|new-tuple): |(\(no-tuple-data\)))"
+    rf"|({_IDENT})\[(?:[^\[\]]|\[\])*\]:(null|'[^']*(?:''[^']*)*'|[^ ]+)(?: |$)"
+)
 
 
+@functools.lru_cache(maxsize=4096)
 def _unquote(ident: str) -> str:
     return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
 
@@ -349,39 +354,48 @@ class Truncate:
 
 
 def parse_change(line: str) -> Change | Truncate | None:
-    """One line of test_decoding output; None for BEGIN / COMMIT and anything else that is not a row."""
+    """One line of test_decoding output; None for BEGIN / COMMIT and anything else that is not a row.
+
+    One pass of one regular expression over the line: a section marker (``old-key:``,
+    ``new-tuple:``) or a column, whose quoted value may hold anything, markers included.
+    """
     head = _HEAD.match(line)
     if head is None:
         truncate = _TRUNCATE.match(line)
         if truncate is None:
             return None
         return Truncate([(_unquote(s), _unquote(t)) for s, t in _NAME.findall(truncate.group(1))])
-    change = Change(_unquote(head.group(1)), _unquote(head.group(2)), head.group(3))
+    kind = head.group(3)
+    change = Change(_unquote(head.group(1)), _unquote(head.group(2)), kind)
     section: dict[str, str | None] = {}
-    kind = change.kind
     if kind == "INSERT":
         change.new = section
     else:
         change.old = section
-    pos = head.end()
-    while pos < len(line):
-        if line.startswith("old-key: ", pos):
-            change.old = section = {}
-            pos += len("old-key: ")
-            continue
-        if line.startswith("new-tuple: ", pos):
-            change.new = section = {}
-            pos += len("new-tuple: ")
-            continue
-        if line.startswith("(no-tuple-data)", pos):
+    end = head.end()
+    for token in _TOKEN.finditer(line, end):
+        if token.start() != end:
+            raise UndoLogRefused(f"unexpected logical decoding output near {line[end : end + 60]!r}")
+        end = token.end()
+        marker, no_data, name, value = token.groups()
+        if no_data is not None:
             break
-        column = _COLUMN.match(line, pos)
-        if column is None:
-            raise UndoLogRefused(f"unexpected logical decoding output near {line[pos : pos + 60]!r}")
-        section[_unquote(column.group(1))] = _value(column.group(3))
-        pos = column.end()
-    if kind == "UPDATE" and change.old is None:  # the key did not change and no old row was logged
-        change.old = None
+        if marker is not None:
+            section = {}
+            if marker == "old-key":
+                change.old = section
+            else:
+                change.new = section
+            continue
+        if value[0] == "'":
+            section[_unquote(name)] = value[1:-1].replace("''", "'")
+        elif value == "null":
+            section[_unquote(name)] = None
+        else:
+            section[_unquote(name)] = _value(value)
+    else:
+        if end != len(line):
+            raise UndoLogRefused(f"unexpected logical decoding output near {line[end : end + 60]!r}")
     return change
 
 
@@ -625,7 +639,10 @@ class _TablePlan:
             with cur.copy(f"COPY {self.temp(what)} ({names}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
-            done += [create, f"COPY {self.temp(what)} ({names}) FROM STDIN"]
+            # statistics: without them the planner guesses the temporary table large and scans the
+            # whole target table instead of probing its key, and the undo costs the table's size
+            cur.execute(f"ANALYZE {self.temp(what)}")
+            done += [create, f"COPY {self.temp(what)} ({names}) FROM STDIN", f"ANALYZE {self.temp(what)}"]
         return done
 
     def _match(self, left: str, right: str) -> str:
