@@ -399,6 +399,22 @@ def parse_change(line: str) -> Change | Truncate | None:
     return change
 
 
+def _leading_key(line: str, start: int, key_columns: tuple[str, ...]) -> Key:
+    """The key of a line's first row section, reading no further than its key columns (an insert's
+    new row and a known key's old row are not needed: reading them would cost most of the undo)."""
+    found: dict[str, str | None] = {}
+    for token in _TOKEN.finditer(line, start):
+        marker, _, name, value = token.groups()
+        if marker is not None:
+            break
+        column = _unquote(name)
+        if column in key_columns:
+            found[column] = _value(value)
+            if len(found) == len(key_columns):
+                break
+    return tuple(found.get(k) for k in key_columns)
+
+
 # -- net effect --------------------------------------------------------------------------------------
 Key = tuple[str | None, ...]
 
@@ -430,15 +446,46 @@ class NetEffect:
 
 
 def net_effect(
-    changes: Iterable[Change | Truncate], tables: dict[tuple[str, str], tuple[str, tuple[str, ...]]]
+    changes: Iterable[Change | Truncate | str], tables: dict[tuple[str, str], tuple[str, tuple[str, ...]]]
 ) -> dict[str, NetEffect]:
     """Reduce changes (oldest first) to their net effect per table in ``tables``.
+
+    A change given as a line of test_decoding output is read only as far as needed: not at all for
+    a table outside ``tables``, the key only for an insert and for a delete of a key already seen.
 
     :param tables: (schema, name) -> (qualified table, exact key columns).
     :raises UndoLogRefused: for a TRUNCATE of a table in scope (its rows are not in the change stream).
     """
     effects: dict[str, NetEffect] = {qualified: NetEffect() for qualified, _ in tables.values()}
-    for change in changes:
+    for item in changes:
+        change: Change | Truncate | None
+        if isinstance(item, str):
+            head = _HEAD.match(item)
+            if head is None:
+                change = parse_change(item)  # a TRUNCATE, or no row at all
+                if change is None:
+                    continue
+            else:
+                found = tables.get((_unquote(head.group(1)), _unquote(head.group(2))))
+                if found is None:
+                    continue
+                kind = head.group(3)
+                if kind != "UPDATE":
+                    effect = effects[found[0]]
+                    key = _leading_key(item, head.end(), found[1])
+                    if kind == "INSERT":
+                        effect.before.setdefault(key, None)
+                        effect.last[key] = "INSERT"
+                        effect.captured["insert"] += 1
+                        continue
+                    if key in effect.before:
+                        effect.last[key] = "DELETE"
+                        effect.captured["delete"] += 1
+                        continue
+                change = parse_change(item)
+                assert change is not None
+        else:
+            change = item
         if isinstance(change, Truncate):
             hit = [tables[t][0] for t in change.tables if t in tables]
             if hit:
@@ -483,17 +530,13 @@ def net_effect(
 
 
 # -- reading and applying ------------------------------------------------------------------------------
-def _read(cur: Any, slot: str, upto: str | None) -> list[Change | Truncate]:
+def _read(cur: Any, slot: str, upto: str | None) -> list[str]:
+    """The slot's changes as test_decoding lines, oldest first (peek: the slot keeps them)."""
     cur.execute(
         "SELECT data FROM pg_logical_slot_peek_changes(%s, %s::pg_lsn, NULL, %s, %s, %s, %s)",
         (slot, upto, *_DECODING_OPTIONS),
     )
-    changes: list[Change | Truncate] = []
-    for (line,) in cur:
-        parsed = parse_change(line)
-        if parsed is not None:
-            changes.append(parsed)
-    return changes
+    return [line for (line,) in cur]
 
 
 def flush_wal(engine: PostgresEngine) -> None:

@@ -69,3 +69,24 @@ def test_a_truncate_in_scope_is_refused_and_one_outside_is_ignored() -> None:
     assert net_effect([Truncate([("public", "elsewhere")])], SCOPE)['"Sales Data"."Order.Items"'].before == {}
     with pytest.raises(UndoLogRefused, match="was truncated since the start mark"):
         net_effect([Truncate([("Sales Data", "Order.Items")])], SCOPE)
+
+
+def test_lines_read_lazily_give_the_same_net_effect_as_parsed_changes() -> None:
+    table = 'table "Sales Data"."Order.Items": '
+    lines = [
+        "BEGIN",
+        table
+        + "UPDATE: old-key: id[integer]:1 \"order\"[text]:'at mark' new-tuple: id[integer]:1 \"order\"[text]:'x'",
+        table + "INSERT: id[integer]:2 \"order\"[text]:'new key: id[integer]:9'",
+        table + "DELETE: id[integer]:3 \"order\"[text]:'was there'",
+        table + "INSERT: id[integer]:3 \"order\"[text]:'back'",
+        table + "DELETE: id[integer]:3 \"order\"[text]:'back'",
+        "table public.elsewhere: DELETE: id[integer]:9",
+        "COMMIT",
+    ]
+    effect = net_effect(lines, SCOPE)['"Sales Data"."Order.Items"']
+    inserts, updates, deletes = effect.inverse()
+    assert updates == {("1",): _row("1", "at mark")}
+    assert inserts == {("3",): _row("3", "was there")}
+    assert deletes == [("2",)]
+    assert effect.captured == {"insert": 2, "update": 1, "delete": 2}
