@@ -577,6 +577,17 @@ class InvestigateOperator(RunbookOperator):
         return {"needed": result["needed"], "errors": len(result.get("errors", []))}
 
 
+def _start_mark(state: Any, migration_id: str) -> dict[str, Any] | None:
+    """The migration's start mark for the report (what the rollback went back to), or why it is missing."""
+    from sensei_airflow.mark import load_mark
+
+    try:
+        mark = load_mark(state, migration_id)
+    except Exception as exc:  # the report is written whatever the state store says
+        return {"error": redact_error(exc)}
+    return mark.summary() if mark is not None else None
+
+
 def timings(events: list[dict[str, Any]]) -> dict[str, float]:
     """Seconds each task took (last try), from its started and finished/failed/skipped events."""
     started: dict[str, datetime] = {}
@@ -711,6 +722,7 @@ class DocumentOperator(RunbookOperator):
         if step.manifest is None:
             step.use_manifest_quietly(conf.get("migration_id"))
         if step.state is not None and step.manifest is not None:
+            report["start_mark"] = _start_mark(step.state, step.manifest.id)
             holds = step.state.open_holds(step.manifest.id)
             report["consumers"]["still_halted"] = [h.as_json() for h in holds]
             token = step.plan.lock_token if step.plan is not None else None

@@ -26,6 +26,10 @@ def test_undo_log_by_conf_restores_the_tables_in_scope_row_for_row(marked: dict[
     assert now["crm.campaigns"] == marked["after"]["crm.campaigns"]
     # the identities follow the keys the tables held at the mark again (not the keys of the undone rows)
     assert sequence_values(databases) == {"crm.customers_id_seq": 900003, "sales.orders_id_seq": 900002}
+    from sensei_airflow.state import StateStore
+
+    report = StateStore("sensei_state").get_run(outcome.run_id)["report"]
+    assert report["start_mark"]["name"] == marked["mark"].name  # the report says what it went back to
     checks = outcome.xcoms["verify"]["checks"]
     assert any(c["check"] == "checksum at the start mark" and c["ok"] for c in checks)
     assert all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]
