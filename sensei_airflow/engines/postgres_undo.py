@@ -606,6 +606,10 @@ def apply(
             with conn.transaction(), conn.cursor() as cur:
                 lock = [
                     f"SET LOCAL lock_timeout = '{engine.lock_timeout}'",
+                    # the change is small beside the table: probe the key for each changed row rather
+                    # than hash or merge it against a scan of the whole table
+                    "SET LOCAL enable_hashjoin = off",
+                    "SET LOCAL enable_mergejoin = off",
                     f"LOCK TABLE {', '.join(quoted)} IN EXCLUSIVE MODE",
                 ]
                 for sql in lock:
