@@ -140,3 +140,41 @@ def test_wal_level_not_logical_refuses_the_mark(
         "postgresql.conf and restart the server, or disable rollback.undo_log"
     )
     assert load_mark(StateStore(manifest.state.conn_id), MIG) is None
+
+
+def test_slot_invalidated_by_max_slot_wal_keep_size(marked: dict[str, Any]) -> None:
+    """More WAL than max_slot_wal_keep_size since the mark: PostgreSQL invalidates the slot (wal_status lost)."""
+    import time
+
+    import psycopg
+
+    databases = marked["databases"]
+    slot = marked["mark"].undo_log["slot"]
+    with psycopg.connect(databases.cluster.dsn(), autocommit=True) as admin:
+        admin.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        admin.execute("SELECT pg_reload_conf()")
+    try:
+        deadline = time.monotonic() + 120
+        with databases.connect("target") as conn:
+            while (
+                conn.execute(
+                    "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+                ).fetchone()[0]
+                != "lost"
+            ):
+                assert time.monotonic() < deadline, "the slot was never invalidated"
+                conn.execute(
+                    "INSERT INTO crm.campaigns SELECT g, 'wal ' || g FROM generate_series(1000, 1500) g"
+                )
+                conn.execute("DELETE FROM crm.campaigns WHERE id >= 1000")
+                conn.execute("SELECT pg_switch_wal()")
+                conn.execute("CHECKPOINT")
+        text = _refused(marked["manifest"])
+        assert (
+            f"the undo log was invalidated: replication slot {slot} lost WAL it needed (wal_status lost"
+            in text
+        )
+    finally:
+        with psycopg.connect(databases.cluster.dsn(), autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            admin.execute("SELECT pg_reload_conf()")
