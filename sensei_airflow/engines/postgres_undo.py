@@ -530,12 +530,24 @@ def net_effect(
 
 
 # -- reading and applying ------------------------------------------------------------------------------
-def _read(cur: Any, slot: str, upto: str | None) -> list[str]:
-    """The slot's changes as test_decoding lines, oldest first (peek: the slot keeps them)."""
-    cur.execute(
-        "SELECT data FROM pg_logical_slot_peek_changes(%s, %s::pg_lsn, NULL, %s, %s, %s, %s)",
-        (slot, upto, *_DECODING_OPTIONS),
-    )
+#: the slot's lines of the tables in scope (their prefix as test_decoding writes it: the server's own
+#: quote_ident), and every TRUNCATE line (which may name several tables); the others never leave the server.
+_PEEK = """
+WITH prefixes AS (
+    SELECT 'table ' || quote_ident(s) || '.' || quote_ident(t) || ': ' AS prefix
+    FROM unnest(%s::text[], %s::text[]) AS scope (s, t)
+)
+SELECT c.data FROM pg_logical_slot_peek_changes(%s, %s::pg_lsn, NULL, %s, %s, %s, %s) c
+WHERE c.data LIKE 'table %%: TRUNCATE: %%'
+   OR EXISTS (SELECT FROM prefixes WHERE starts_with(c.data, prefixes.prefix))
+"""
+
+
+def _read(cur: Any, slot: str, upto: str | None, scope: Sequence[tuple[str, str]]) -> list[str]:
+    """The slot's changes to the tables in ``scope`` ((schema, name) pairs), and its TRUNCATEs, as
+    test_decoding lines, oldest first (peek: the slot keeps them)."""
+    schemas, names = zip(*scope, strict=True) if scope else ((), ())
+    cur.execute(_PEEK, (list(schemas), list(names), slot, upto, *_DECODING_OPTIONS))
     return [line for (line,) in cur]
 
 
@@ -568,7 +580,8 @@ def summary(
 ) -> UndoSummary:
     flush_wal(engine)
     with engine.connect() as conn, conn.cursor() as cur:
-        effects = net_effect(_read(cur, undo["slot"], None), _scope(engine, tables))
+        scope = _scope(engine, tables)
+        effects = net_effect(_read(cur, undo["slot"], None, list(scope)), scope)
         conn.rollback()
     result = UndoSummary(retained_bytes=(slot_state(engine, undo["slot"]) or ("", None))[1])
     for table in tables:
@@ -621,7 +634,8 @@ def apply(
                 flush_wal(engine)  # under the locks: every change to the tables in scope is committed before
                 cur.execute("SELECT pg_current_wal_lsn()::text")
                 upto = cur.fetchone()[0]
-                effects = net_effect(_read(cur, slot, upto), _scope(engine, tables))
+                scope = _scope(engine, tables)
+                effects = net_effect(_read(cur, slot, upto, list(scope)), scope)
                 plans = [_table_plan(engine, cur, t, i, effects[t.table]) for i, t in enumerate(tables)]
                 for plan in plans:  # parents first
                     statements += plan.load(cur)
