@@ -445,6 +445,9 @@ class Engine(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot take physical backups")
 
     # -- the migration's start mark and the undo log (mark.py, strategies/undo_log.py) ----------
+    #: the engine keeps an undo log from the start mark (PostgreSQL: logical decoding).
+    keeps_undo_log: bool = False
+
     def take_mark(self, name: str, tables: Sequence[str], *, undo_log: bool, slot: str) -> MarkMoment:
         """Record the present moment of the target (a restore point, an LSN, an SCN, a timestamp),
         with each table's rows and checksum and the sequence maxima, all from that moment.

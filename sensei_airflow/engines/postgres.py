@@ -81,6 +81,7 @@ class PostgresEngine(Engine):
     default_schema = "public"
     #: PostgreSQL silently truncates a longer name (NAMEDATALEN - 1).
     max_identifier_bytes = 63
+    keeps_undo_log = True
     #: how long the rollback waits for its table locks before giving up (and retrying).
     lock_timeout = "30s"
 

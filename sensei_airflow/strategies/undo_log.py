@@ -27,6 +27,11 @@ class UndoLogStrategy(RollbackStrategy):
     def mark(self) -> StartMark:
         """The start mark with an open undo log, or a refusal saying what is missing."""
         migration = self.manifest.id
+        if not self.target.keeps_undo_log:
+            raise RefusedError(
+                f"{self.target.engine_title} keeps no undo log here ({self.manifest.target.conn_id}): roll back "
+                f"{migration} with point_in_time (the engine's own history) or backup_restore"
+            )
         if not self.manifest.rollback.undo_log.enabled:
             raise RefusedError(
                 f"the undo log is not enabled for {migration}: set rollback.undo_log.enabled in its manifest "

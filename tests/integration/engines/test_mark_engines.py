@@ -30,3 +30,24 @@ def test_an_undo_log_on_oracle_is_refused_at_mark_time():
         "Oracle keeps no undo log here: disable rollback.undo_log and roll back with point_in_time or "
         "backup_restore"
     )
+
+
+def test_undo_log_is_refused_in_assess_naming_the_engine_and_the_alternatives(migrations_dir):
+    from sensei_airflow.conf import RollbackRequest
+    from sensei_airflow.plan import RefusedError, resolve_scope
+    from sensei_airflow.state import StateStore
+    from sensei_airflow.strategies.undo_log import UndoLogStrategy
+    from tests.fixtures import write_demo_manifest
+
+    manifest = write_demo_manifest(migrations_dir, target_conn_id="ora")
+    strategy = UndoLogStrategy(manifest, StateStore("sensei_state"))
+    strategy.__dict__["target"] = oracle()[
+        0
+    ]  # no Oracle server here: the engine answers from a recording hook
+    request = RollbackRequest.parse({"migration_id": manifest.id, "strategy": "undo_log"})
+    with pytest.raises(RefusedError) as refused:
+        strategy.assess(resolve_scope(manifest, request), request)
+    assert str(refused.value) == (
+        "Oracle keeps no undo log here (ora): roll back mig_shop_2026 with point_in_time (the engine's own "
+        "history) or backup_restore"
+    )
