@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 #: benchmark modules, in the order they run.
-BENCHMARKS = ["parse_time", "backup", "reverse", "pitr"]
+BENCHMARKS = ["parse_time", "backup", "reverse", "pitr", "undo_log"]
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,8 @@ and grants the state role only what it needs.
 ``sensei backups list [--migration-id ID] [--conn-id sensei_state]`` lists backups, status and expiry.
 ``sensei lock status MIGRATION_ID`` shows who holds a migration's rollback lock;
 ``sensei lock release MIGRATION_ID --force [--reason ...]`` clears a crashed run's lock (audited).
-``sensei migration status MIGRATION_ID [--json]`` sums up a migration: its lock, its newest rollback,
+``sensei migration start MIGRATION_ID [--restart]`` takes the migration's start mark (mark.py).
+``sensei migration status MIGRATION_ID [--json]`` sums up a migration: its mark, its lock, its newest rollback,
 and staging left on the source by crashed reverse migrations.
 
 The state store and the databases are the manifest's connections, resolved as any Airflow CLI does.
@@ -177,9 +178,70 @@ def _status_staging(manifest: Manifest, state: StateStore) -> tuple[Any, list[st
     return [s.as_json() for s in found], ["staging: " + s.describe(where) for s in found]
 
 
+def _status_mark(manifest: Manifest, state: StateStore) -> tuple[Any, list[str]]:
+    from sensei_airflow.mark import load_mark
+
+    mark = load_mark(state, manifest.id)
+    if mark is None:
+        start = manifest.started_at.isoformat() if manifest.started_at else "not set"
+        return None, [
+            f"start mark: none (started_at: {start}); take it with: sensei migration start {manifest.id}"
+        ]
+    lines = [
+        f"start mark: {mark.name} at {mark.taken_at.isoformat()} (position {mark.position or '-'}"
+        + (f", restarted {mark.restarts}x" if mark.restarts else "")
+        + ")"
+    ]
+    lines += [f"  {t}: {v['rows']} rows, checksum {v.get('checksum') or '-'}" for t, v in mark.tables.items()]
+    if mark.backup_id:
+        lines.append(f"  pre-migration backup: {mark.backup_id}")
+    summary = mark.summary()
+    if mark.undo_log is not None:
+        state_text = "open" if mark.undo_log_open else f"closed at {mark.undo_log_closed_at}"
+        retained: dict[str, Any] = {}
+        if mark.undo_log_open:
+            from sensei_airflow.engines import get_engine
+
+            retained = get_engine(manifest.target.conn_id).undo_log_retained(mark.undo_log)
+            summary["undo_log_retained"] = retained
+        kept = retained.get("retained_wal_bytes")
+        extra = f", retains {kept / 1048576:.1f} MiB of WAL" if kept is not None else ""
+        lines.append(f"  undo log: slot {mark.undo_log.get('slot')} {state_text}{extra}")
+    return summary, lines
+
+
+def _migration_start(args: argparse.Namespace) -> int:
+    from sensei_airflow.engines.base import MarkRefused
+    from sensei_airflow.lock import os_user
+    from sensei_airflow.mark import take_mark
+
+    manifest = _manifest(args.migration_id)
+    try:
+        mark, taken = take_mark(
+            manifest, restart=args.restart, actor=args.actor or os_user(), reason=args.reason
+        )
+    except MarkRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"taken": taken, **mark.summary()}, indent=2, default=str))
+    elif taken:
+        verb = "restarted" if mark.restarts else "taken"
+        print(
+            f"start mark of {manifest.id} {verb}: {mark.name} at {mark.taken_at.isoformat()} ({mark.position})"
+        )
+    else:
+        print(
+            f"start mark of {manifest.id} kept: {mark.name} at {mark.taken_at.isoformat()} (taken earlier; "
+            "--restart replaces it)"
+        )
+    return 0
+
+
 #: the sections of ``sensei migration status``, in order: (name, function of manifest and state store
 #: returning its JSON value and its text lines). Add a section by adding an entry.
 STATUS_SECTIONS: list[tuple[str, Callable[[Manifest, StateStore], tuple[Any, list[str]]]]] = [
+    ("mark", _status_mark),
     ("lock", _status_lock),
     ("last_rollback", _status_last_run),
     ("staging", _status_staging),
@@ -275,6 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     mstatus.add_argument("migration_id")
     mstatus.add_argument("--json", action="store_true", help="print JSON")
     mstatus.set_defaults(func=_migration_status)
+    mstart = migration.add_parser(
+        "start",
+        help="take the migration's start mark before it writes (idempotent: the first mark stands)",
+    )
+    mstart.add_argument("migration_id")
+    mstart.add_argument("--restart", action="store_true", help="replace an existing mark (audited)")
+    mstart.add_argument("--reason", default=None, help="why (recorded in the audit trail)")
+    mstart.add_argument("--actor", default=None, help="who takes it (default: the OS user)")
+    mstart.add_argument("--json", action="store_true", help="print JSON")
+    mstart.set_defaults(func=_migration_start)
     return parser
 
 

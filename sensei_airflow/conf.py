@@ -27,7 +27,9 @@ from sensei_airflow.names import parse_name
 #: the most tables one request may list (a run conf, an API body or query).
 MAX_TABLES = 1000
 
-StrategyChoice = Literal["auto", "truncate", "reverse_migration", "point_in_time", "backup_restore"]
+StrategyChoice = Literal[
+    "auto", "truncate", "reverse_migration", "point_in_time", "backup_restore", "undo_log"
+]
 ScopeChoice = Literal["all", "phase", "tables"]
 
 STRATEGY_HELP = {
@@ -36,6 +38,7 @@ STRATEGY_HELP = {
     "reverse_migration": "Copy the data back from target to source through the inverse transforms",
     "point_in_time": "Restore the target tables as they were at restore_to (database-native recovery)",
     "backup_restore": "Restore the target tables from a pre-migration backup",
+    "undo_log": "Undo every change made to the tables since the migration's start mark (costs the size of the change)",
 }
 SCOPE_HELP = {
     "all": "Every table of the migration",

@@ -125,7 +125,7 @@ def build_demo_migration_dag() -> DAG:
     from airflow.sdk import Param, task
 
     from sensei_airflow.demo import shop
-    from sensei_airflow.operators.backup import PreMigrationBackupOperator
+    from sensei_airflow.operators.mark import MigrationStartOperator
 
     phases = [p["phase"] for p in shop.manifest()["phases"]]
 
@@ -150,44 +150,23 @@ def build_demo_migration_dag() -> DAG:
         params={"migration_id": Param(shop.DEMO_MIGRATION_ID, type="string", title="Migration")},
         default_args=default_args(),
         tags=["sensei", "demo"],
-        doc_md="Creates the demo shop on the source (if empty), the warehouse tables on the target, "
-        "records the target's pre-migration row counts, takes the pre-migration backup when the manifest "
-        "asks for one, sets the manifest's `started_at` to the moment the copy begins, then copies each "
-        "phase. Roll it back with `sensei_rollback`.",
+        doc_md="Creates the demo shop on the source (if empty) and the warehouse tables on the target, takes "
+        "the migration's start mark (with the pre-migration backup when the manifest asks for one, and the undo "
+        "log when it enables it), then copies each phase. Roll it back with `sensei_rollback`.",
     ) as dag:
 
         @task
         def prepare(params: dict[str, Any] | None = None) -> dict[str, Any]:
-            from sensei_airflow.demo.migration import prepare_source, prepare_target, record_baselines
+            from sensei_airflow.demo.migration import prepare_source, prepare_target
 
-            manifest, source, target, state = _context((params or {})["migration_id"])
+            _, source, target, _ = _context((params or {})["migration_id"])
             counts = prepare_source(source)
             prepare_target(target)
-            baselines = record_baselines(manifest, target, state)
-            # where the target can (PITR configured), mark its state before the first write
-            from sensei_airflow.strategies.point_in_time import mark_migration_start
+            return {"source_rows": counts}
 
-            point = mark_migration_start(manifest, target, state)
-            restore_point = {"name": point.name, "position": point.position} if point else None
-            return {"source_rows": counts, "target_rows_before": baselines, "restore_point": restore_point}
-
-        previous: Any = prepare()
-        # Backs up the target tables when the manifest asks for it (rollback.backup_before_start or
-        # pre_migration_backup.enabled); otherwise returns {"enabled": false} and the migration goes on.
-        backup = PreMigrationBackupOperator(
-            task_id="pre_migration_backup", migration_id="{{ params.migration_id }}"
-        )
-        previous >> backup
-
-        @task
-        def record_start(params: dict[str, Any] | None = None) -> str:
-            # the copy begins now: the manifest's started_at says so (the backup above was taken before)
-            from sensei_airflow.demo.migration import record_start as write_start
-
-            return write_start((params or {})["migration_id"])
-
-        previous = record_start()
-        backup >> previous
+        # the public start mark, as a user's own forward-migration DAG takes it: before the first write
+        previous: Any = MigrationStartOperator(task_id="start_mark", migration_id="{{ params.migration_id }}")
+        prepare() >> previous
         for number in phases:
 
             @task(task_id=f"migrate_phase_{number}")

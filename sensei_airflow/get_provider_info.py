@@ -12,7 +12,8 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "sensei-airflow",
         "name": "Sensei",
         "description": "Roll back data migrations safely: target truncate, reverse migration, "
-        "point-in-time recovery and backup restore, run as an audited eight-step runbook.",
+        "point-in-time recovery, backup restore and the undo log since the migration's start mark, "
+        "run as an audited eight-step runbook.",
         "versions": [__version__],
         "operators": [
             {
@@ -21,6 +22,7 @@ def get_provider_info() -> dict[str, Any]:
                     "sensei_airflow.operators.runbook",
                     "sensei_airflow.operators.strategies",
                     "sensei_airflow.operators.backup",
+                    "sensei_airflow.operators.mark",
                 ],
             }
         ],

@@ -34,12 +34,13 @@ MIGRATION_ID_PATTERN = r"^[a-z0-9_]+$"
 
 
 class Strategy(StrEnum):
-    """The four rollback strategies of the product."""
+    """The five rollback strategies of the product."""
 
     TRUNCATE = "truncate"
     REVERSE_MIGRATION = "reverse_migration"
     POINT_IN_TIME = "point_in_time"
     BACKUP_RESTORE = "backup_restore"
+    UNDO_LOG = "undo_log"
 
 
 def check_identifier(name: str) -> str:
@@ -231,6 +232,16 @@ class PointInTimeSettings(_Frozen):
     rds: RdsPointInTime | None = None
 
 
+class UndoLogSettings(_Frozen):
+    """``rollback.undo_log``: capture every change to the target tables from the start mark on.
+
+    PostgreSQL needs ``wal_level=logical`` on the target (a server restart) and a free replication
+    slot; the mark refuses otherwise.
+    """
+
+    enabled: bool = False
+
+
 class RollbackPlanning(_Frozen):
     backup_before_start: bool = False
     backup_type: Literal["logical", "physical"] = "logical"
@@ -241,6 +252,7 @@ class RollbackPlanning(_Frozen):
     verify_rollback: bool = True
     pre_migration_backup: PreMigrationBackup = PreMigrationBackup()
     point_in_time: PointInTimeSettings = PointInTimeSettings()
+    undo_log: UndoLogSettings = UndoLogSettings()
     #: a human approves or rejects each (non dry-run) rollback's plan in the Airflow UI before it runs.
     require_approval: bool = False
     #: how long the approval waits for an answer; unanswered, the rollback is not done.
@@ -265,7 +277,9 @@ class Manifest(_Frozen):
     source: ConnectionRef
     target: ConnectionRef
     state: ConnectionRef = ConnectionRef(conn_id="sensei_state")
-    started_at: AwareDatetime
+    #: when the forward migration began; optional once the migration has a start mark (mark.py),
+    #: which then takes its place.
+    started_at: AwareDatetime | None = None
     phases: Annotated[list[Phase], Field(min_length=1)]
     rollback: RollbackPlanning = RollbackPlanning()
     downstream: Downstream = Downstream()
@@ -301,9 +315,15 @@ class Manifest(_Frozen):
     def phase(self, number: int) -> Phase | None:
         return next((p for p in self.phases if p.phase == number), None)
 
-    def window_closes_at(self) -> datetime | None:
+    def window_closes_at(self, start: datetime | None = None) -> datetime | None:
+        """When the rollback window closes: ``rollback_window_hours`` after the migration's start.
+
+        :param start: the migration's start (its mark's moment, :func:`sensei_airflow.start.migration_start`);
+            default the manifest's ``started_at``. None when neither is known or the window is unbounded.
+        """
         hours = self.rollback.rollback_window_hours
-        return None if hours is None else self.started_at + timedelta(hours=hours)
+        begun = start or self.started_at
+        return None if hours is None or begun is None else begun + timedelta(hours=hours)
 
     def resolve_table(self, name: str) -> TableMapping:
         """Find a migrated table by its target name, qualified or (when unambiguous) not.

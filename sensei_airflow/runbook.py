@@ -23,7 +23,7 @@ from sensei_airflow.plan import (
     resolve_scope,
     strategy_candidates,
 )
-from sensei_airflow.start import migration_start
+from sensei_airflow.start import NoStart, migration_start
 from sensei_airflow.state import StateStore
 from sensei_airflow.strategies import RollbackStrategy, strategy_class
 
@@ -56,13 +56,13 @@ def find_manifest(manifests: ManifestSet, migration_id: str) -> Manifest:
         raise RefusedError(str(exc)) from None
 
 
-def check_window(manifest: Manifest, now: datetime) -> None:
-    closes = manifest.window_closes_at()
+def check_window(manifest: Manifest, now: datetime, start: datetime) -> None:
+    closes = manifest.window_closes_at(start)
     if closes is not None and now > closes:
         raise RefusedError(
             f"the rollback window of {manifest.id} closed at {closes.isoformat()} "
             f"({manifest.rollback.rollback_window_hours:g} h after the migration began at "
-            f"{manifest.started_at.isoformat()}); widen rollback.rollback_window_hours in the manifest "
+            f"{start.isoformat()}); widen rollback.rollback_window_hours in the manifest "
             "if a rollback is still safe"
         )
 
@@ -94,7 +94,11 @@ def assess(
             f"the state store ({manifest.state.conn_id}) is the target database itself: the audit trail "
             "would be rolled back with it; point state at another database"
         )
-    check_window(manifest, run.now)
+    try:
+        start = migration_start(manifest, state)
+    except NoStart as exc:
+        raise RefusedError(str(exc)) from None
+    check_window(manifest, run.now, start)
     if not request.dry_run and lock_token is None:
         # before planning: the plan reads the target, whose tables a running rollback may hold
         refuse_while_locked(state, manifest.id, run.rollback_id)
@@ -139,7 +143,7 @@ def assess(
             f"fallback: {later[0]} runs if {chosen.name} fails after its retries without having "
             "changed the target"
         )
-    restore_to = request.restore_to or migration_start(manifest)
+    restore_to = request.restore_to or start
     warnings = list(assessment.warnings)
     if request.dry_run or Strategy.REVERSE_MIGRATION in (chosen.name, *later[:1]):
         # only where the source matters: a truncate must not wait on a source that is gone

@@ -1,4 +1,4 @@
-"""The state store: rollback run records and migration baselines, on the manifest's ``state`` connection.
+"""The state store: rollback run records and migration start marks, on the manifest's ``state`` connection.
 
 The state store is a PostgreSQL database that is never the target being rolled back (assess
 refuses that), so what it records survives the rollback it records. Its tables live in the
@@ -213,6 +213,30 @@ CREATE TABLE IF NOT EXISTS sensei.pitr_restore_points (
 );
 """,
     ),
+    SchemaStep(
+        5,
+        "the migration's start mark (mark.py): its moment, per-table counts and checksums, sequences, "
+        "column fingerprints, the pre-migration backup and the undo log's handle",
+        """
+CREATE TABLE IF NOT EXISTS sensei.migration_marks (
+    migration_id     text PRIMARY KEY,
+    target_identity  text NOT NULL,
+    name             text NOT NULL,
+    taken_at         timestamptz NOT NULL,
+    position         text,
+    restore_point    text,
+    tables           jsonb NOT NULL DEFAULT '{}',
+    sequences        jsonb NOT NULL DEFAULT '[]',
+    schema_fingerprints jsonb NOT NULL DEFAULT '{}',
+    backup_id        text,
+    undo_log         jsonb,
+    undo_log_closed_at timestamptz,
+    notes            jsonb NOT NULL DEFAULT '[]',
+    taken_by         text,
+    restarts         integer NOT NULL DEFAULT 0
+);
+""",
+    ),
 )
 
 #: the version this sensei-airflow needs: the last step's. A state role that may not run the DDL
@@ -403,28 +427,6 @@ class StateStore:
             cur.execute(f"SELECT {columns} FROM sensei.rollback_runs WHERE {where} LIMIT 1", params)  # noqa: S608
             row = cur.fetchone()
         return None if row is None else dict(zip(_RUN_COLUMNS, row, strict=True))
-
-    # -- baselines -----------------------------------------------------------------------------
-    def record_baselines(self, migration_id: str, rows_before: Mapping[str, int]) -> None:
-        """Rows each target table held before the forward migration wrote to it."""
-        with self.transaction() as cur:
-            cur.executemany(
-                """
-                INSERT INTO sensei.table_baselines (migration_id, target_table, rows_before)
-                VALUES (%s, %s, %s)
-                ON CONFLICT (migration_id, target_table) DO UPDATE
-                    SET rows_before = EXCLUDED.rows_before, recorded_at = now()
-                """,
-                [(migration_id, table, int(rows)) for table, rows in rows_before.items()],
-            )
-
-    def baselines(self, migration_id: str) -> dict[str, int]:
-        with self.transaction() as cur:
-            cur.execute(
-                "SELECT target_table, rows_before FROM sensei.table_baselines WHERE migration_id = %s",
-                (migration_id,),
-            )
-            return {table: int(rows) for table, rows in cur.fetchall()}
 
     # -- halted consumers ------------------------------------------------------------------------
     def record_hold(

@@ -58,39 +58,75 @@ def migration_windows(
     *,
     now: datetime,
     tables: Sequence[str] | None = None,
+    start: datetime | None = None,
+    mark: Any | None = None,
 ) -> list[StrategyWindow]:
     """The windows of every strategy for ``manifest``, earliest closing first.
 
     :param target: the target's engine; without it (or when its recovery mechanism cannot be
         asked) the point_in_time window says why it is unknown.
     :param tables: the tables the point_in_time window is asked for (default: all the migration's).
+    :param start: the migration's start (default: the manifest's ``started_at``).
+    :param mark: the migration's start mark (:class:`sensei_airflow.mark.StartMark`), for the undo log's window.
     """
     rollback = manifest.rollback
-    overall = (manifest.window_closes_at(), f"rollback_window_hours ({rollback.rollback_window_hours:g} h)"
+    start = start or manifest.started_at
+    if start is None:
+        return []
+    overall = (manifest.window_closes_at(start), f"rollback_window_hours ({rollback.rollback_window_hours:g} h)"
                if rollback.rollback_window_hours else "rollback_window_hours")  # fmt: skip
     windows: list[StrategyWindow] = []
     for strategy in (Strategy.TRUNCATE, Strategy.REVERSE_MIGRATION):
         windows.append(StrategyWindow(manifest.id, strategy, None, *_earliest(overall)))
     backup = rollback.pre_migration_backup
     if backup.enabled or rollback.backup_before_start:
-        expiry = manifest.started_at + timedelta(days=backup.retention_days)
+        expiry = start + timedelta(days=backup.retention_days)
         closes, limit = _earliest(
             overall, (expiry, f"pre-migration backup retention ({backup.retention_days} d)")
         )
         windows.append(StrategyWindow(manifest.id, Strategy.BACKUP_RESTORE, None, closes, limit))
-    windows.extend(_point_in_time_windows(manifest, target, tables, overall))
+    windows.extend(_point_in_time_windows(manifest, target, tables, overall, start))
+    if mark is not None and mark.undo_log_open:
+        windows.append(_undo_log_window(manifest, target, mark, overall))
     return sorted(windows, key=lambda w: (w.closes_at is None, w.closes_at or now, w.strategy.value))
 
 
+def _undo_log_window(
+    manifest: Manifest, target: Any | None, mark: Any, overall: tuple[datetime | None, str]
+) -> StrategyWindow:
+    """The undo log lives for ``rollback_window_hours``; the limit says how much WAL it retains now."""
+    closes, limit = _earliest(overall)
+    if target is None:
+        return StrategyWindow(manifest.id, Strategy.UNDO_LOG, None, closes, limit, error="target unavailable")
+    try:
+        held = target.undo_log_retained(mark.undo_log or {})
+    except Exception as exc:
+        return StrategyWindow(
+            manifest.id, Strategy.UNDO_LOG, None, closes, limit, error=str(exc).splitlines()[0]
+        )
+    if held.get("exists") is False:
+        return StrategyWindow(manifest.id, Strategy.UNDO_LOG, None, closes, limit, error="its slot is gone")
+    if held.get("wal_status") == "lost":
+        return StrategyWindow(manifest.id, Strategy.UNDO_LOG, None, closes, limit, error="its slot lost WAL")
+    kept = held.get("retained_wal_bytes")
+    if kept is not None:
+        limit += f"; slot {held.get('slot')} retains {kept / 1048576:.1f} MiB of WAL"
+    return StrategyWindow(manifest.id, Strategy.UNDO_LOG, None, closes, limit)
+
+
 def _point_in_time_windows(
-    manifest: Manifest, target: Any | None, tables: Sequence[str] | None, overall: tuple[datetime | None, str]
+    manifest: Manifest,
+    target: Any | None,
+    tables: Sequence[str] | None,
+    overall: tuple[datetime | None, str],
+    start: datetime,
 ) -> list[StrategyWindow]:
     if target is None:
         return []
     try:
         recovery = target.point_in_time(manifest.rollback.point_in_time)
         names = list(tables) if tables is not None else [target.qualify(t.target) for t in manifest.tables]
-        found = recovery.windows(names, manifest.started_at)
+        found = recovery.windows(names, start)
     except Exception as exc:  # no PITR configured, or the target / its archive cannot be reached now
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return [StrategyWindow(manifest.id, Strategy.POINT_IN_TIME, None, None, "unknown", error=reason)]
@@ -150,10 +186,13 @@ def check_all(manifests: Iterable[Manifest], *, now: datetime, run_id: str) -> l
                 "window check of %s: target %s unavailable: %s", manifest.id, manifest.target.conn_id, exc
             )
             target = None
-        windows = migration_windows(manifest, target, now=now)
+        state = StateStore(manifest.state.conn_id)
+        mark = _mark_of(manifest, state)
+        start = mark.taken_at if mark is not None else manifest.started_at
+        windows = migration_windows(manifest, target, now=now, start=start, mark=mark)
         warn_before = timedelta(hours=manifest.rollback.point_in_time.warn_before_hours)
         soon = closing_soon(windows, now, warn_before)
-        state = StateStore(manifest.state.conn_id)
+        closed_undo = _close_expired_undo_log(manifest, state, mark, now, start)
         fresh = _not_yet_warned(state, soon, now, run_id) if soon else []
         for window in fresh:
             _warn(manifest, state, window, now, run_id)
@@ -161,7 +200,39 @@ def check_all(manifests: Iterable[Manifest], *, now: datetime, run_id: str) -> l
             if window.error:
                 log.warning("window check of %s: %s", manifest.id, describe(window, now))
             report.append({**window.as_json(), "warned": window in fresh, "line": describe(window, now)})
+        if closed_undo:
+            report.append(
+                {"migration_id": manifest.id, "strategy": Strategy.UNDO_LOG.value, "closed": closed_undo}
+            )
     return report
+
+
+def _mark_of(manifest: Manifest, state: Any) -> Any:
+    from sensei_airflow.mark import load_mark
+
+    try:
+        return load_mark(state, manifest.id)
+    except Exception as exc:  # the state store cannot be read now: the windows by started_at still show
+        log.warning("window check of %s: start mark unreadable: %s", manifest.id, exc)
+        return None
+
+
+def _close_expired_undo_log(
+    manifest: Manifest, state: Any, mark: Any, now: datetime, start: datetime | None
+) -> list[str]:
+    """Drop the undo log once its window has closed: a slot kept longer would hold WAL without bound."""
+    from sensei_airflow.mark import close_undo_log
+
+    if mark is None or not mark.undo_log_open:
+        return []
+    closes = manifest.window_closes_at(start)
+    if closes is None or now <= closes:
+        return []
+    done = close_undo_log(manifest, state, mark, f"the rollback window closed at {closes.isoformat()}")
+    log.warning(
+        "%s: the undo log's window closed at %s: %s", manifest.id, closes.isoformat(), "; ".join(done)
+    )
+    return done
 
 
 def _not_yet_warned(

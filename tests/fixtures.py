@@ -131,16 +131,21 @@ def write_demo_manifest(migrations_dir: Path, **kwargs: Any) -> Any:
     return load_manifests(migrations_dir).get(kwargs.get("migration_id", shop.DEMO_MIGRATION_ID))
 
 
-def migrate_demo(manifest: Any, customers: int = 300) -> dict[str, int]:
-    """Run the demo forward migration directly (fast); returns target row counts per table."""
-    from sensei_airflow.demo.migration import migrate_phase, prepare_source, prepare_target, record_baselines
+def migrate_demo(manifest: Any, customers: int = 300, *, mark: bool = True) -> dict[str, int]:
+    """Run the demo forward migration directly (fast); returns target row counts per table.
+
+    :param mark: take the migration's start mark first (as a migration tool does); without it the
+        manifest's ``started_at`` is the migration's start.
+    """
+    from sensei_airflow.demo.migration import migrate_phase, prepare_source, prepare_target
     from sensei_airflow.engines import get_engine
-    from sensei_airflow.state import StateStore
+    from sensei_airflow.mark import take_mark
 
     source, target = get_engine(manifest.source.conn_id), get_engine(manifest.target.conn_id)
     prepare_source(source, customers=customers)
     prepare_target(target)
-    record_baselines(manifest, target, StateStore(manifest.state.conn_id))
+    if mark:
+        take_mark(manifest)
     migrated: dict[str, int] = {}
     for phase in manifest.phases:
         migrated.update(migrate_phase(manifest, phase.phase, source, target))
@@ -149,7 +154,7 @@ def migrate_demo(manifest: Any, customers: int = 300) -> dict[str, int]:
 
 @pytest.fixture
 def migrated(databases: Databases, migrations_dir: Path, airflow_db: None) -> dict[str, int]:
-    """The demo migration done: source filled, target migrated, baselines recorded. Rows per target table."""
+    """The demo migration done: source filled, start mark taken, target migrated. Rows per target table."""
     return migrate_demo(write_demo_manifest(migrations_dir))
 
 

@@ -239,18 +239,18 @@ def prepare_target(conn: Any, *, rows_before: bool = False) -> None:
 
 
 def migrate(loaded_manifest: Any) -> dict[str, int]:
-    """The forward migration, as a migration tool does it: baselines first, then each phase's copy.
+    """The forward migration, as a migration tool does it: the start mark first, then each phase's copy.
 
     Uses the demo migration's copy (COPY through the manifest's column mappings and forward
     expressions); returns the rows inserted per target table.
     """
-    from sensei_airflow.demo.migration import migrate_phase, record_baselines
+    from sensei_airflow.demo.migration import migrate_phase
     from sensei_airflow.engines import get_engine
-    from sensei_airflow.state import StateStore
+    from sensei_airflow.mark import take_mark
 
     source = get_engine(loaded_manifest.source.conn_id)
     target = get_engine(loaded_manifest.target.conn_id)
-    record_baselines(loaded_manifest, target, StateStore(loaded_manifest.state.conn_id))
+    take_mark(loaded_manifest)
     inserted: dict[str, int] = {}
     for phase in loaded_manifest.phases:
         inserted.update(migrate_phase(loaded_manifest, phase.phase, source, target))

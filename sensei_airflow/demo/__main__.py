@@ -153,6 +153,7 @@ class Demo:
         """
         target = self.clusters()["target"]
         target.create_database(DATABASES["target"][1])
+        self.forget_start_mark()
         _postgres_owned_dir(self.base_backups)
         name = time.strftime("base_%Y%m%dT%H%M%SZ", time.gmtime())
         run_as_postgres(
@@ -173,6 +174,18 @@ class Demo:
                 "fast",
             ]
         )
+
+    def forget_start_mark(self) -> None:
+        """The warehouse starts over: the previous run's start mark described a database that is gone."""
+        import psycopg
+
+        state = self.clusters()["state"]
+        with psycopg.connect(state.dsn(DATABASES["state"][1]), autocommit=True) as conn:
+            found = conn.execute("SELECT to_regclass('sensei.migration_marks')").fetchone()
+            if found is not None and found[0] is not None:
+                conn.execute(
+                    "DELETE FROM sensei.migration_marks WHERE migration_id = %s", (shop.DEMO_MIGRATION_ID,)
+                )
 
     def env(self) -> dict[str, str]:
         """Airflow's environment for every demo process (also written to ``.demo/env``)."""

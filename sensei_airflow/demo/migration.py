@@ -1,24 +1,18 @@
 """The demo's forward migration: source tables copied to the target through the manifest's mappings.
 
 Each table is streamed with COPY through a staging table and inserted by key, so a retried
-task neither duplicates nor loses rows. Before the first write, the target tables' row counts
-are recorded in the state store as the migration's baseline, and once the pre-migration backup
-is taken the manifest's ``started_at`` is set to the moment the copy begins.
+task neither duplicates nor loses rows. Before the first write the demo DAG takes the
+migration's public start mark (:class:`~sensei_airflow.operators.mark.MigrationStartOperator`).
 """
 
 from __future__ import annotations
 
 import io
-import re
-from datetime import UTC, datetime
 from typing import Any
-
-import yaml
 
 from sensei_airflow.demo.shop import SOURCE_DDL, TARGET_DDL, generate
 from sensei_airflow.engines.postgres import PostgresEngine
-from sensei_airflow.manifest import Manifest, TableMapping, migrations_dir
-from sensei_airflow.state import StateStore
+from sensei_airflow.manifest import Manifest, TableMapping
 
 
 def prepare_source(source: PostgresEngine, customers: int = 1000) -> dict[str, int]:
@@ -40,43 +34,6 @@ def prepare_source(source: PostgresEngine, customers: int = 1000) -> dict[str, i
 def prepare_target(target: PostgresEngine) -> None:
     with target.connect() as conn, conn.transaction():
         conn.execute(TARGET_DDL)
-
-
-def record_baselines(manifest: Manifest, target: PostgresEngine, state: StateStore) -> dict[str, int]:
-    """Row counts of the target tables before the migration writes to them (kept if already recorded)."""
-    known = state.baselines(manifest.id)
-    tables = [target.qualify(t.target) for t in manifest.tables]
-    missing = [t for t in tables if t not in known]
-    counts = target.row_counts(missing)
-    if counts:
-        state.record_baselines(manifest.id, counts)
-    return {**known, **counts}
-
-
-def record_start(migration_id: str, now: datetime | None = None) -> str:
-    """Write ``started_at`` into the migration's manifest file: the moment the copy begins.
-
-    The demo's forward migration does what a migration tool does when it starts writing, after
-    its pre-migration backup, so that backup counts as taken before the migration (a rollback's
-    default backup is one taken at or before ``started_at``). Only that line of the file changes.
-
-    :returns: the time written (ISO 8601, UTC).
-    """
-    moment = (now or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
-    folder = migrations_dir()
-    for path in sorted(folder.glob("*.y*ml")):
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if not isinstance(document, dict) or document.get("id") != migration_id:
-            continue
-        text, changed = _STARTED_AT.subn(f'started_at: "{moment}"', path.read_text(encoding="utf-8"), count=1)
-        if not changed:
-            raise ValueError(f"{path}: no top-level started_at line to update")
-        path.write_text(text, encoding="utf-8")
-        return moment
-    raise LookupError(f"no manifest of migration {migration_id} in {folder}")
-
-
-_STARTED_AT = re.compile(r"^started_at:.*$", re.MULTILINE)
 
 
 def select_forward(table: TableMapping, source: PostgresEngine) -> tuple[str, list[str]]:

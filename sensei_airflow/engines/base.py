@@ -250,6 +250,55 @@ class ReverseWriter(Protocol):
     def drop_leftover_staging(self, leftovers: Sequence[Any]) -> list[str]: ...
 
 
+@dataclass
+class MarkMoment:
+    """What the engine recorded when it took a migration's start mark (see ``sensei_airflow/mark.py``).
+
+    ``tables``: per qualified table ``{"rows": int, "checksum": str | None}``, all read at the
+    moment itself where the engine can (one snapshot). ``sequences``: the sequence / identity
+    values to set back (engine-specific dicts). ``schema``: a fingerprint of each table's columns,
+    to tell DDL since the mark. ``undo_log``: the engine's handle of the open undo log (None:
+    not opened), JSON-serialisable.
+    """
+
+    at: datetime
+    position: str | None = None
+    restore_point: str | None = None
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sequences: list[dict[str, Any]] = field(default_factory=list)
+    schema: dict[str, str] = field(default_factory=dict)
+    undo_log: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class MarkRefused(Exception):
+    """The start mark cannot be taken as asked (e.g. the undo log needs a server setting); one line."""
+
+
+class UndoLogRefused(Exception):
+    """The undo log cannot undo this safely; the message says why in one line (nothing was changed)."""
+
+
+@dataclass(frozen=True)
+class UndoTable:
+    """One table an undo applies to: its qualified name and the key that tells its rows apart."""
+
+    table: str
+    key: tuple[str, ...]
+
+
+@dataclass
+class UndoSummary:
+    """What an undo would do, per table: ``{"insert": n, "update": n, "delete": n}`` (the inverse
+    statements' row counts, from the net effect of the captured changes), a few sample keys, and the
+    captured changes counted by kind."""
+
+    per_table: dict[str, dict[str, int]] = field(default_factory=dict)
+    captured: dict[str, dict[str, int]] = field(default_factory=dict)
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    retained_bytes: int | None = None
+
+
 class ChangeLockHeld(Exception):
     """Another session holds the migration's change lock on this database (it is changing it now)."""
 
@@ -553,6 +602,76 @@ class Engine(ABC):
     def base_backup(self, directory: Any) -> list[Any]:
         """A physical backup of the whole database cluster into a local folder; returns its files."""
         raise NotImplementedError(f"{type(self).__name__} cannot take physical backups")
+
+    # -- the migration's start mark and the undo log (mark.py, strategies/undo_log.py) ----------
+    #: the engine keeps an undo log from the start mark (PostgreSQL: logical decoding).
+    keeps_undo_log: bool = False
+
+    def take_mark(self, name: str, tables: Sequence[str], *, undo_log: bool, slot: str) -> MarkMoment:
+        """Record the present moment of the target (a restore point, an LSN, an SCN, a timestamp),
+        with each table's rows and checksum and the sequence maxima, all from that moment.
+
+        :param name: a name for the moment (restore point, marked transaction), unique per mark.
+        :param tables: the migration's target tables, qualified.
+        :param undo_log: also open the undo log, from exactly this moment.
+        :param slot: the name of the undo log's handle (a replication slot on PostgreSQL).
+        :raises MarkRefused: when the undo log is asked for and this engine or its settings cannot keep one.
+        """
+        if undo_log:
+            raise MarkRefused(
+                f"{self.engine_title} keeps no undo log here: disable rollback.undo_log and roll back with "
+                "point_in_time or backup_restore"
+            )
+        moment = self.mark_moment(name)
+        counts = self.row_counts(tables)
+        try:
+            sums = self.table_checksums(tables)
+        except NotImplementedError:
+            sums = {}
+        moment.tables = {
+            t: {"rows": counts[t], "checksum": getattr(sums.get(t), "checksum", None)} for t in tables
+        }
+        return moment
+
+    def mark_moment(self, name: str) -> MarkMoment:
+        """The engine's own position of the present (default: none; subclasses give one)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot mark a migration's start yet")
+
+    def undo_log_problems(
+        self, undo: dict[str, Any], tables: Sequence[UndoTable], schema: dict[str, str]
+    ) -> list[str]:
+        """Why the undo log cannot undo ``tables`` now (lost, DDL since the mark, no key): one line each."""
+        return [f"{self.engine_title} keeps no undo log here; use point_in_time or backup_restore"]
+
+    def undo_summary(self, undo: dict[str, Any], tables: Sequence[UndoTable], sample: int = 5) -> UndoSummary:
+        """What undoing ``tables`` would do (nothing is changed)."""
+        raise UndoLogRefused(
+            f"{self.engine_title} keeps no undo log here; use point_in_time or backup_restore"
+        )
+
+    def apply_undo(
+        self, undo: dict[str, Any], tables: Sequence[UndoTable], sequences: Sequence[dict[str, Any]]
+    ) -> tuple[list[str], dict[str, int], dict[str, Any]]:
+        """Undo every captured change to ``tables`` (parents first) since the mark, in one transaction.
+
+        Idempotent: the tables' touched rows are set to their values at the mark, so a retry after
+        a crash (before or after the commit) changes nothing more. The undo log keeps every change
+        (it is never advanced): the oldest change of a key is what tells its row at the mark.
+
+        :returns: the SQL run, rows changed per table, and detail (the position read up to).
+        :raises UndoLogRefused: for a problem found before anything changed.
+        """
+        raise UndoLogRefused(
+            f"{self.engine_title} keeps no undo log here; use point_in_time or backup_restore"
+        )
+
+    def undo_log_retained(self, undo: dict[str, Any]) -> dict[str, Any]:
+        """How much the undo log retains on the target now (e.g. WAL bytes), and its status."""
+        return {}
+
+    def close_undo_log(self, undo: dict[str, Any]) -> list[str]:
+        """Drop the undo log and restore what opening it changed; returns what was done."""
+        return []
 
     @cached_property
     def hook(self) -> Any:

@@ -85,6 +85,13 @@ class BigQueryEngine(Engine):
             self.query(statement.sql, dict(statement.params) if statement.params else None)
 
     # -- catalog ---------------------------------------------------------------------------
+    def mark_moment(self, name: str) -> Any:
+        """The server's time: ``FOR SYSTEM_TIME AS OF`` reaches the mark."""
+        from sensei_airflow.engines.base import MarkMoment
+
+        (at,) = self.query("SELECT CURRENT_TIMESTAMP()")[0]
+        return MarkMoment(at=_utc(at))
+
     def identity(self) -> str:
         return f"bigquery:{self.client.project}"
 
@@ -342,3 +349,8 @@ class BigQueryTimeTravel(PointInTimeRecovery):
             )
             for t in tables
         ]
+
+
+def _utc(value: datetime) -> datetime:
+    """A server time as an aware UTC datetime (a naive one is UTC: the query asked for UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

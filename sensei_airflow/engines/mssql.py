@@ -121,6 +121,17 @@ class MsSqlEngine(DbApiEngine):
         return MsSqlHook(mssql_conn_id=self.conn_id)
 
     # -- catalog ---------------------------------------------------------------------------
+    def mark_moment(self, name: str) -> Any:
+        """The server's UTC time (a log backup's STOPAT reaches it); the mark's name is its label only.
+
+        A marked transaction (``BEGIN TRANSACTION ... WITH MARK``) enters the log only with a write,
+        and the mark must not write to the target: the time is the position.
+        """
+        from sensei_airflow.engines.base import MarkMoment
+
+        (at,) = self.query("SELECT SYSUTCDATETIME()")[0]
+        return MarkMoment(at=_utc(at), position=None, notes=[f"{name}: SQL Server marks by time (STOPAT)"])
+
     def identity(self) -> str:
         server, database = self.query("SELECT @@SERVERNAME, DB_NAME()")[0]
         return f"mssql:{server}/{database}"
@@ -552,3 +563,8 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
                 limit="backup retention (not recorded in msdb)",
             )
         ]
+
+
+def _utc(value: datetime) -> datetime:
+    """A server time as an aware UTC datetime (a naive one is UTC: the query asked for UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

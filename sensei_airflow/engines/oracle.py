@@ -114,6 +114,15 @@ class OracleEngine(DbApiEngine):
         return str(self.query("SELECT SYS_CONTEXT('USERENV', 'CURRENT_SCHEMA') FROM dual")[0][0])
 
     # -- catalog ---------------------------------------------------------------------------
+    def mark_moment(self, name: str) -> Any:
+        """The current SCN and the server's UTC time: FLASHBACK ... TO SCN then reaches the mark exactly."""
+        from sensei_airflow.engines.base import MarkMoment
+
+        scn, at = self.query(
+            "SELECT DBMS_FLASHBACK.GET_SYSTEM_CHANGE_NUMBER, SYS_EXTRACT_UTC(SYSTIMESTAMP) FROM dual"
+        )[0]
+        return MarkMoment(at=_utc(at), position=str(int(scn)))
+
     def identity(self) -> str:
         row = self.query(
             "SELECT SYS_CONTEXT('USERENV', 'DB_UNIQUE_NAME'), SYS_CONTEXT('USERENV', 'CON_NAME') FROM dual"
@@ -423,3 +432,8 @@ class OracleFlashback(PointInTimeRecovery):
                 limit="undo retention (UNDO_RETENTION)",
             )
         ]
+
+
+def _utc(value: datetime) -> datetime:
+    """A server time as an aware UTC datetime (a naive one is UTC: the query asked for UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

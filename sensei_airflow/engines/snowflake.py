@@ -94,6 +94,13 @@ class SnowflakeEngine(DbApiEngine):
         return [Statement("BEGIN", purpose="open a transaction")]
 
     # -- catalog ---------------------------------------------------------------------------
+    def mark_moment(self, name: str) -> Any:
+        """The server's time in UTC: Time Travel (``AT(TIMESTAMP => ...)``) reaches the mark."""
+        from sensei_airflow.engines.base import MarkMoment
+
+        (at,) = self.query("SELECT CONVERT_TIMEZONE('UTC', CURRENT_TIMESTAMP())::TIMESTAMP_NTZ")[0]
+        return MarkMoment(at=_utc(at))
+
     def identity(self) -> str:
         conn = self.hook.get_connection(self.conn_id)
         account = (conn.extra_dejson or {}).get("account") or conn.host or "unknown-account"
@@ -464,3 +471,8 @@ def _render(statement: Statement) -> str:
     if not statement.params:
         return statement.sql
     return f"{statement.sql}  -- params: {', '.join(repr(p) for p in statement.params)}"
+
+
+def _utc(value: datetime) -> datetime:
+    """A server time as an aware UTC datetime (a naive one is UTC: the query asked for UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -21,6 +21,7 @@ from sensei_airflow import consumers, investigate, notify
 from sensei_airflow.anchors import Anchor
 from sensei_airflow.lock import MigrationLocks
 from sensei_airflow.manifest import load_manifests
+from sensei_airflow.mark import start_mark_summary
 from sensei_airflow.names import markdown_cell
 from sensei_airflow.operators.base import ERROR_XCOM_KEY, RunbookOperator, StepRun, lock_ttl, log
 from sensei_airflow.plan import RefusedError, RollbackPlan
@@ -533,6 +534,8 @@ class DocumentOperator(RunbookOperator):
         report = build_report(document, outcome)
         if step.manifest is None:
             step.use_manifest_quietly(document.migration_id)
+        if step.state is not None and step.manifest is not None:
+            report["start_mark"] = start_mark_summary(step.state, step.manifest.id)
         self._release(step, report)
         if step.manifest is not None and step.manifest.notify:
             report["notifications"]["end"] = self._notify_end(step, document, report)

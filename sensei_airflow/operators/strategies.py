@@ -70,10 +70,17 @@ class BackupRestoreOperator(ExecuteStrategyOperator):
     strategy = Strategy.BACKUP_RESTORE
 
 
+class UndoLogOperator(ExecuteStrategyOperator):
+    """Undo log: every change to the tables in scope since the start mark undone, in one transaction."""
+
+    strategy = Strategy.UNDO_LOG
+
+
 #: the execute operator of each strategy, for the DAG factory.
 EXECUTE_OPERATORS: dict[Strategy, type[ExecuteStrategyOperator]] = {
     Strategy.TRUNCATE: TruncateOperator,
     Strategy.REVERSE_MIGRATION: ReverseMigrationOperator,
     Strategy.POINT_IN_TIME: PointInTimeOperator,
     Strategy.BACKUP_RESTORE: BackupRestoreOperator,
+    Strategy.UNDO_LOG: UndoLogOperator,
 }

@@ -5,7 +5,8 @@ Endpoints (the seed's API, prefixed with ``/sensei``):
 - ``GET  /sensei/v1/migrations``: the migrations, their rollback windows and newest backups;
 - ``POST /sensei/v1/migrations/{id}/rollback``: start a ``sensei_rollback`` run with the seed's body;
 - ``GET  /sensei/v1/migrations/{id}/rollback/status``: the status document of the newest rollback;
-- ``GET  /sensei/v1/migrations/{id}/rollback/plan``: the dry-run plan, without starting anything.
+- ``GET  /sensei/v1/migrations/{id}/rollback/plan``: the dry-run plan, without starting anything;
+- ``POST /sensei/v1/migrations/{id}/start``: take the migration's start mark (trigger permission).
 
 Every endpoint sits behind Airflow's own authentication (a JWT from ``POST /auth/token``, or the
 UI's session cookie) and the auth manager's permissions on the ``sensei_rollback`` DAG: reading
@@ -192,7 +193,8 @@ def precheck(manifest: Manifest, request: RollbackRequest, now: datetime) -> Non
     from sensei_airflow.strategies import STRATEGY_CLASSES
 
     resolve_scope(manifest, request)
-    check_window(manifest, now)
+    if manifest.started_at is not None:  # a start mark, if any, is read (and the window checked) by assess
+        check_window(manifest, now, manifest.started_at)
     candidates = strategy_candidates(manifest, request)
     if not any(c in STRATEGY_CLASSES for c in candidates):
         available = ", ".join(sorted(STRATEGY_CLASSES))
@@ -410,6 +412,26 @@ def create_app() -> FastAPI:
             "request": request.conf(),
             "status_url": f"{status_url}?{urlencode({'rollback_id': dag_run.run_id})}",
         }
+
+    @app.post("/v1/migrations/{migration_id}/start", dependencies=[Depends(_requires("POST"))])
+    def start_mark(
+        migration_id: str,
+        user: user_dep,  # type: ignore[valid-type]  # evaluated: no postponed annotations here
+        restart: Annotated[bool, Query(description="replace an existing mark (audited)")] = False,
+        reason: Annotated[
+            str | None, Query(max_length=2000, description="why; goes into the audit trail")
+        ] = None,
+    ) -> dict[str, Any]:
+        """Take the migration's start mark (idempotent: a second call answers the first mark, ``taken`` false)."""
+        from sensei_airflow.engines.base import MarkRefused
+        from sensei_airflow.mark import take_mark
+
+        manifest = _manifest(migration_id)
+        try:
+            mark, taken = take_mark(manifest, restart=restart, actor=_user_name(user), reason=reason)
+        except MarkRefused as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, public_text(str(exc))) from None
+        return {"migration_id": migration_id, "taken": taken, **mark.summary()}
 
     @app.get("/v1/migrations/{migration_id}/rollback/status", dependencies=[Depends(_requires("GET"))])
     def rollback_status(

@@ -14,6 +14,7 @@ STRATEGY_CLASSES: dict[Strategy, str] = {
     Strategy.REVERSE_MIGRATION: "sensei_airflow.strategies.reverse:ReverseMigrationStrategy",
     Strategy.POINT_IN_TIME: "sensei_airflow.strategies.point_in_time:PointInTimeStrategy",
     Strategy.BACKUP_RESTORE: "sensei_airflow.strategies.backup_restore:BackupRestoreStrategy",
+    Strategy.UNDO_LOG: "sensei_airflow.strategies.undo_log:UndoLogStrategy",
 }
 
 

@@ -48,7 +48,7 @@ class BackupRestoreStrategy(RollbackStrategy):
         from sensei_airflow.start import migration_start
 
         migration = self.manifest.id
-        start = migration_start(self.manifest)
+        start = migration_start(self.manifest, self.state)
         identity = self.target.identity()
         if backup_id is None:
             found = choice.candidates(

@@ -113,7 +113,7 @@ class PointInTimeStrategy(RollbackStrategy):
 
     def recovery_target(self, restore_to: datetime | None) -> RecoveryTarget:
         """The point to recover to; the recorded restore point when restoring to the migration's start."""
-        start = migration_start(self.manifest)
+        start = migration_start(self.manifest, self.state)
         point = restore_to or start
         try:
             target = RecoveryTarget(time=point)
@@ -121,6 +121,17 @@ class PointInTimeStrategy(RollbackStrategy):
             raise RefusedError(str(exc)) from None
         settings = self.manifest.rollback.point_in_time
         if settings.prefer_restore_point and point == start:
+            from sensei_airflow.mark import load_mark
+
+            started = load_mark(self.state, self.manifest.id)
+            if (
+                started is not None
+                and started.target_identity == self.target.identity()
+                and (started.restore_point or started.position)
+            ):
+                return RecoveryTarget(
+                    time=point, restore_point=started.restore_point, position=started.position
+                )
             mark = recorded_restore_point(self.state, self.manifest, self.target.identity())
             if mark is not None:
                 return RecoveryTarget(time=point, restore_point=mark.name, position=mark.position)
@@ -149,7 +160,13 @@ class PointInTimeStrategy(RollbackStrategy):
         if target.restore_point:
             warnings.append(f"recovering to {target.describe()}, recorded as the migration started")
         now = utcnow()
-        windows = migration_windows(self.manifest, self.target, now=now, tables=planned.tables)
+        windows = migration_windows(
+            self.manifest,
+            self.target,
+            now=now,
+            tables=planned.tables,
+            start=migration_start(self.manifest, self.state),
+        )
         warnings += [describe(w, now) for w in windows]
         return Assessment(
             tables=planned.tables,
@@ -160,7 +177,11 @@ class PointInTimeStrategy(RollbackStrategy):
         )
 
     def _restore_to(self, plan: RollbackPlan) -> datetime:
-        return datetime.fromisoformat(plan.restore_to) if plan.restore_to else migration_start(self.manifest)
+        return (
+            datetime.fromisoformat(plan.restore_to)
+            if plan.restore_to
+            else migration_start(self.manifest, self.state)
+        )
 
     def execute(self, plan: RollbackPlan) -> Execution:
         # Assess again: the archive, the backups and the foreign keys may have changed since.

@@ -43,7 +43,7 @@ class TruncateStrategy(RollbackStrategy):
         found = choice.candidates(
             BackupCatalog(self.state).list(self.manifest.id),
             identity=self.target.identity(),
-            start=migration_start(self.manifest),
+            start=migration_start(self.manifest, self.state),
             now=utcnow(),
         )
         entry = choice.default_backup(found)
@@ -61,7 +61,11 @@ class TruncateStrategy(RollbackStrategy):
                 f"truncate would break foreign keys: {refusals[0]}; add that table to the scope or roll "
                 "back its phase too"
             )
-        held_rows = {t: n for t, n in self.state.baselines(self.manifest.id).items() if t in tables and n > 0}
+        from sensei_airflow.mark import load_mark
+
+        mark = load_mark(self.state, self.manifest.id)
+        marked = mark.rows() if mark is not None else {}
+        held_rows = {t: n for t, n in marked.items() if t in tables and n > 0}
         backup_rows = self._pre_migration_backup_rows()
         held_rows |= {t: n for t, n in backup_rows.items() if t in tables and n > 0 and t not in held_rows}
         if held_rows:
@@ -80,10 +84,10 @@ class TruncateStrategy(RollbackStrategy):
             ]
         ]
         warnings = []
-        if not self.state.baselines(self.manifest.id) and not backup_rows:
+        if mark is None and not backup_rows:
             warnings.append(
-                "no pre-migration row counts are recorded for this migration: truncate assumes the "
-                "target tables were empty before it"
+                "no start mark and no pre-migration backup are recorded for this migration: truncate assumes "
+                "the target tables were empty before it"
             )
         return Assessment(
             tables=ordered,

@@ -57,7 +57,8 @@ def test_setup_migrates_the_demo_into_the_target(demo_setup: launcher.Demo) -> N
         schema = "crm" if table == "customers" else "sales"
         target = _one(demo_setup, "target", f"SELECT count(*) FROM {schema}.{table}")  # noqa: S608
         assert source == target > 0, table
-    assert _one(demo_setup, "state", "SELECT count(*) FROM sensei.table_baselines") == 3
+    # the public start mark, taken before the copy: the three empty warehouse tables
+    assert _one(demo_setup, "state", "SELECT count(*) FROM sensei.migration_marks, jsonb_each(tables)") == 3
 
 
 def test_target_archives_wal_for_point_in_time_recovery(demo_setup: launcher.Demo) -> None:
@@ -83,14 +84,16 @@ def test_manifest_window_opens_now(demo_setup: launcher.Demo) -> None:
 
 
 def test_pre_migration_backup_is_the_default_of_backup_restore(demo_setup: launcher.Demo) -> None:
-    """The demo's forward migration records its start after its backup: that backup is the default."""
-    from sensei_airflow.manifest import load_manifests
-
-    manifest = load_manifests(demo_setup.migrations_dir).get("mig_shop_2026")
+    """The demo's start mark takes the pre-migration backup before its moment: that backup is the default."""
     finished = _one(
         demo_setup, "state", "SELECT max(completed_at) FROM sensei.backups WHERE kind = 'pre_migration'"
     )
-    assert finished is not None and finished <= manifest.started_at
+    marked = _one(
+        demo_setup,
+        "state",
+        "SELECT taken_at FROM sensei.migration_marks WHERE migration_id = 'mig_shop_2026'",
+    )
+    assert finished is not None and finished <= marked
 
 
 def test_env_file_gives_a_working_airflow_cli(demo_setup: launcher.Demo) -> None:

@@ -20,7 +20,7 @@ from sensei_airflow.engines.postgres import PostgresEngine
 from sensei_airflow.engines.postgres.basebackup import list_base_backups
 from sensei_airflow.engines.postgres.pitr import PostgresWalRecovery
 from sensei_airflow.engines.postgres.wal import archived_segments
-from sensei_airflow.manifest import PointInTimeSettings, load_manifests
+from sensei_airflow.manifest import PointInTimeSettings
 from tests.fixtures import run_dag
 from tests.integration.pitr.clusters import ArchivingCluster, archiving_cluster
 
@@ -90,10 +90,10 @@ def migrate_then_change(archiving, pitr_target, migrations_dir) -> tuple[datetim
     write_manifest(migrations_dir, archiving, started_at)
     migration = run_dag("sensei_demo_migration")
     assert migration.state == "success", migration.task_states
-    assert migration.xcoms["prepare"]["restore_point"]["name"].startswith(f"sensei_{shop.DEMO_MIGRATION_ID}_")
-    # the demo migration recorded when its copy began: that is the migration's start now
-    started_at = datetime.fromisoformat(migration.xcoms["record_start"])
-    assert load_manifests(migrations_dir).get(shop.DEMO_MIGRATION_ID).started_at == started_at
+    mark = migration.xcoms["start_mark"]
+    assert mark["restore_point"].startswith(f"sensei_{shop.DEMO_MIGRATION_ID}_")
+    # the demo migration took the start mark before its copy began: that is the migration's start now
+    started_at = datetime.fromisoformat(mark["taken_at"])
     with archiving.connect(pitr_target) as conn:  # later changes, in scope and outside it
         conn.execute("UPDATE sales.orders SET status = 'cancelled' WHERE id % 7 = 0")
         conn.execute("INSERT INTO crm.campaigns VALUES (3, 'after the migration')")

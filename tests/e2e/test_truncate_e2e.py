@@ -59,7 +59,9 @@ def test_demo_migration_dag_copies_every_phase(databases, migrations_dir, airflo
     source_balance = databases.scalar("source", "SELECT balance FROM public.customers WHERE id = 1")
     assert balance == int(source_balance * 100)
     assert outcome.xcoms["migrate_phase_3"] == {"sales.order_items": target["sales.order_items"]}
-    assert outcome.xcoms["prepare"]["target_rows_before"] == dict.fromkeys(MIGRATED, 0)
+    marked = outcome.xcoms["start_mark"]
+    assert marked["taken"] is True
+    assert {t: v["rows"] for t, v in marked["tables"].items()} == dict.fromkeys(MIGRATED, 0)
 
 
 def test_full_truncate_empties_the_migration_and_nothing_else(migrated, databases):
@@ -251,12 +253,21 @@ def test_state_store_on_the_target_is_refused(migrated, databases, monkeypatch, 
     assert counts(databases) == before
 
 
-def test_rows_held_before_the_migration_refuse_truncate(migrated, databases):
-    StateStore("sensei_state").record_baselines("mig_shop_2026", {"sales.orders": 12})
+def test_rows_held_before_the_migration_refuse_truncate(databases, migrations_dir, airflow_db):
+    """The start mark counted rows the target held before the migration: truncate would destroy them."""
+    from sensei_airflow.demo.migration import prepare_target
+    from sensei_airflow.engines import get_engine
+    from tests.fixtures import migrate_demo, write_demo_manifest
+
+    manifest = write_demo_manifest(migrations_dir)
+    prepare_target(get_engine(manifest.target.conn_id))
+    with databases.connect("target") as conn:
+        conn.execute("INSERT INTO crm.customers VALUES (900001, 'Zoë O''Brien', 'zoe@example.com', 1, now())")
+    migrate_demo(manifest)  # takes the start mark, then copies
     before = counts(databases)
     outcome = run_dag("sensei_rollback", {"migration_id": "mig_shop_2026", "strategy": "truncate"})
     error = assess_error(outcome)
-    assert "sales.orders held 12 rows before the migration began" in error
+    assert "crm.customers held 1 rows before the migration began" in error
     assert "use backup_restore or point_in_time" in error
     assert counts(databases) == before
 

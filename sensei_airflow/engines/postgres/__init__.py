@@ -33,6 +33,7 @@ from sensei_airflow.engines.base import (
     check_outside_empty,
 )
 from sensei_airflow.engines.postgres import backup, basebackup, catalog
+from sensei_airflow.engines.postgres import undo as undo_module
 from sensei_airflow.engines.postgres.pitr import PostgresWalRecovery
 from sensei_airflow.engines.postgres.rds import RdsRecovery
 from sensei_airflow.engines.postgres.reverse import PostgresReverseWriter, PostgresRowSource
@@ -46,6 +47,7 @@ class PostgresEngine(Engine):
     default_schema = "public"
     #: PostgreSQL silently truncates a longer name (NAMEDATALEN - 1).
     max_identifier_bytes = 63
+    keeps_undo_log = True
     #: how long the rollback waits for its table locks before giving up (and retrying).
     lock_timeout = "30s"
 
@@ -387,3 +389,26 @@ class PostgresEngine(Engine):
 
     def base_backup(self, directory: Any) -> list[Any]:
         return basebackup.tar_backup(self.hook, Path(directory))
+
+    # -- the start mark and the undo log (the work is in undo.py) -----------------------
+    def take_mark(self, name: str, tables: Sequence[str], *, undo_log: bool, slot: str) -> Any:
+        return undo_module.take_mark(self, name, tables, undo_log=undo_log, slot=slot)
+
+    def undo_log_problems(
+        self, undo: dict[str, Any], tables: Sequence[Any], schema: dict[str, str]
+    ) -> list[str]:
+        return undo_module.problems(self, undo, tables, schema)
+
+    def undo_summary(self, undo: dict[str, Any], tables: Sequence[Any], sample: int = 5) -> Any:
+        return undo_module.summary(self, undo, tables, sample)
+
+    def apply_undo(
+        self, undo: dict[str, Any], tables: Sequence[Any], sequences: Sequence[dict[str, Any]]
+    ) -> tuple[list[str], dict[str, int], dict[str, Any]]:
+        return undo_module.apply(self, undo, tables, sequences)
+
+    def undo_log_retained(self, undo: dict[str, Any]) -> dict[str, Any]:
+        return undo_module.retained(self, undo)
+
+    def close_undo_log(self, undo: dict[str, Any]) -> list[str]:
+        return undo_module.close(self, undo)

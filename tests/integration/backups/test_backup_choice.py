@@ -69,7 +69,7 @@ def test_default_is_the_newest_backup_taken_before_the_start_whatever_its_kind(
     early = manifest_starting_now(migrations_dir, backup_dir)
     scheduled = take(early, "scheduled")  # before the migration: what a rollback must go back to
     manifest = manifest_starting_now(migrations_dir, backup_dir)
-    migrate_demo(manifest, customers=60)
+    migrate_demo(manifest, customers=60, mark=False)  # no mark: started_at is the start
     after = take(manifest, "pre_migration")  # taken once the migration ran: holds its rows
     assert after.row_counts()["sales.orders"] > scheduled.row_counts()["sales.orders"]
 
@@ -78,6 +78,24 @@ def test_default_is_the_newest_backup_taken_before_the_start_whatever_its_kind(
     assert assessment.detail["backup_id"] == scheduled.backup_id
     assert assessment.detail["backup_rows"] == scheduled.row_counts()
     assert assessment.warnings == []
+
+
+def test_with_a_start_mark_the_default_is_the_backup_the_mark_took(databases, migrations_dir, backup_dir):
+    """The mark is the start: its own backup (taken just before its moment) is the default, though it was
+    taken after the manifest's started_at, and a backup taken after the mark never is."""
+    from sensei_airflow.mark import load_mark
+
+    fill_target(databases)
+    manifest = manifest_starting_now(migrations_dir, backup_dir)  # started_at: before the mark's backup
+    migrate_demo(manifest, customers=60)  # takes the start mark, which takes the pre-migration backup
+    mark = load_mark(StateStore("sensei_state"), manifest.id)
+    assert mark is not None and mark.backup_id is not None
+    after = take(manifest, "pre_migration")  # after the mark: holds the migration's rows
+
+    assessment = assess(manifest)
+
+    assert assessment.detail["backup_id"] == mark.backup_id != after.backup_id
+    assert assessment.detail["backup_rows"] == mark.rows()
 
 
 def test_refusal_lists_every_candidate_and_why_it_cannot_be_used(databases, migrations_dir, backup_dir):
@@ -172,7 +190,7 @@ def test_truncate_takes_no_evidence_from_a_backup_taken_after_the_start_or_of_an
     take(early, "pre_migration")
     monkeypatch.setenv("AIRFLOW_CONN_SHOP_TARGET", other_target)
     manifest = manifest_starting_now(migrations_dir, backup_dir)
-    migrated = migrate_demo(manifest, customers=40)  # into the empty target: baselines are zero
+    migrated = migrate_demo(manifest, customers=40, mark=False)  # no mark: started_at is the start
     take(manifest, "pre_migration")  # after the migration: it holds the migrated rows
     catalog = BackupCatalog(StateStore("sensei_state"))
     assert len(catalog.list(manifest.id)) == 2

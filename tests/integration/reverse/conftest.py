@@ -22,10 +22,10 @@ def migrate_demo(
     import yaml
 
     from sensei_airflow.demo import shop
-    from sensei_airflow.demo.migration import migrate_phase, prepare_source, prepare_target, record_baselines
+    from sensei_airflow.demo.migration import migrate_phase, prepare_source, prepare_target
     from sensei_airflow.engines import get_engine
     from sensei_airflow.manifest import load_manifests
-    from sensei_airflow.state import StateStore
+    from sensei_airflow.mark import take_mark
 
     document = manifest or shop.manifest()
     (migrations_dir / f"{document['id']}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
@@ -33,7 +33,7 @@ def migrate_demo(
     source, target = get_engine(loaded.source.conn_id), get_engine(loaded.target.conn_id)
     prepare_source(source, customers=customers)
     prepare_target(target)
-    record_baselines(loaded, target, StateStore(loaded.state.conn_id))
+    take_mark(loaded)
     for phase in loaded.phases:
         migrate_phase(loaded, phase.phase, source, target)
     return loaded

@@ -1,0 +1,61 @@
+"""The PostgreSQL undo log at the engine: changes committed asynchronously are undone too."""
+
+from __future__ import annotations
+
+import psycopg
+
+from sensei_airflow.engines.base import UndoTable
+from tests.fixtures import Databases
+
+
+def test_an_asynchronous_commit_just_before_the_undo_is_undone(logical_databases: Databases) -> None:
+    """Decoding reads only flushed WAL: a commit with synchronous_commit=off still in the WAL buffers
+    must be flushed by the undo, or its change would be left in place."""
+    from sensei_airflow.engines.postgres import PostgresEngine
+
+    cluster = logical_databases.cluster
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")  # the WAL writer will not flush it first
+        admin.execute("SELECT pg_reload_conf()")
+    try:
+        engine = PostgresEngine("shop_target")
+        with logical_databases.connect("target") as conn:
+            conn.execute('CREATE TABLE "Sales Data" (id int PRIMARY KEY, "order" text)')
+            conn.execute("""INSERT INTO "Sales Data" SELECT g, 'it''s ' || g FROM generate_series(1, 50) g""")
+        name = engine.qualify('"Sales Data"')
+        mark = engine.take_mark("t", [name], undo_log=True, slot="sensei_undo_async")
+        with logical_databases.connect("target") as conn:
+            conn.execute("SET synchronous_commit = off")
+            conn.execute("""DELETE FROM "Sales Data" WHERE id <= 5""")
+            conn.execute("""UPDATE "Sales Data" SET "order" = 'Ünal' WHERE id = 6""")
+            conn.execute("""INSERT INTO "Sales Data" VALUES (51, 'new')""")
+        _, changed, _ = engine.apply_undo(mark.undo_log or {}, [UndoTable(name, ("id",))], [])
+        assert changed == {name: 7}
+        assert engine.table_checksums([name])[name].checksum == mark.tables[name]["checksum"]
+    finally:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM RESET wal_writer_delay")
+            admin.execute("SELECT pg_reload_conf()")
+
+
+def test_toasted_values_are_restored_from_the_old_row(logical_databases: Databases) -> None:
+    """An update of another column logs a large (TOASTed) value as unchanged in the new row; the old row,
+    complete under REPLICA IDENTITY FULL, brings it back, as does a delete."""
+    from sensei_airflow.engines.postgres import PostgresEngine
+
+    engine = PostgresEngine("shop_target")
+    with logical_databases.connect("target") as conn:
+        conn.execute('CREATE TABLE docs (id int PRIMARY KEY, "user" text, body text)')
+        conn.execute(
+            "INSERT INTO docs SELECT g, 'Zoë', (SELECT string_agg(md5(random()::text || i || g), '') "
+            "FROM generate_series(1, 4000) i) FROM generate_series(1, 3) g"
+        )
+    name = engine.qualify("docs")
+    mark = engine.take_mark("t", [name], undo_log=True, slot="sensei_undo_toast")
+    with logical_databases.connect("target") as conn:
+        conn.execute("""UPDATE docs SET "user" = 'O''Brien' WHERE id = 1""")
+        conn.execute("UPDATE docs SET body = 'short' WHERE id = 2")
+        conn.execute("DELETE FROM docs WHERE id = 3")
+    engine.apply_undo(mark.undo_log or {}, [UndoTable(name, ("id",))], [])
+    assert engine.table_checksums([name])[name].checksum == mark.tables[name]["checksum"]
+    assert logical_databases.scalar("target", "SELECT min(length(body)) FROM docs") == 4000 * 32
