@@ -307,8 +307,7 @@ def build_window_check_dag() -> DAG:
     once per window closing within ``rollback.point_in_time.warn_before_hours``: through the
     manifest's notify channels, the audit trail and the task log.
     """
-    from airflow.sdk import conf
-    from airflow.sdk import task
+    from airflow.sdk import conf, task
 
     with DAG(
         dag_id=WINDOW_CHECK_DAG_ID,
