@@ -231,6 +231,17 @@ def may_unpause(user: Any) -> bool:
     )
 
 
+class UnpauseNotRecorded(RuntimeError):
+    """The audit trail could not take the unpause event, so the DAG was left paused.
+
+    :param error: what the state store raised.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def unpause_audited(manifest: Manifest, request: RollbackRequest, actor: str) -> int:
     """Unpause ``sensei_rollback`` for a rollback request, recorded first; returns the audit event's number.
 
@@ -240,6 +251,7 @@ def unpause_audited(manifest: Manifest, request: RollbackRequest, actor: str) ->
     :param manifest: the migration the rollback is for.
     :param request: the validated rollback request (its reason is recorded).
     :param actor: the user Airflow authenticated.
+    :raises UnpauseNotRecorded: the audit trail could not take the event (nothing was unpaused).
     """
     from airflow.models.dag import DagModel
     from airflow.models.log import Log
@@ -249,16 +261,19 @@ def unpause_audited(manifest: Manifest, request: RollbackRequest, actor: str) ->
     from sensei_airflow.audit import AuditEvent, AuditTrail
     from sensei_airflow.state import StateStore
 
-    seq, _ = AuditTrail(StateStore(manifest.state.conn_id)).append(
-        AuditEvent(
-            step="api",
-            action="dag_unpaused",
-            migration_id=manifest.id,
-            actor=actor,
-            reason=request.reason,
-            detail={"dag_id": ROLLBACK_DAG_ID, "why": "rollback requested with unpause=true"},
+    try:
+        seq, _ = AuditTrail(StateStore(manifest.state.conn_id)).append(
+            AuditEvent(
+                step="api",
+                action="dag_unpaused",
+                migration_id=manifest.id,
+                actor=actor,
+                reason=request.reason,
+                detail={"dag_id": ROLLBACK_DAG_ID, "why": "rollback requested with unpause=true"},
+            )
         )
-    )
+    except Exception as exc:
+        raise UnpauseNotRecorded(exc) from exc
     with create_session() as session:
         session.execute(update(DagModel).where(DagModel.dag_id == ROLLBACK_DAG_ID).values(is_paused=False))
         session.add(
@@ -506,11 +521,11 @@ def create_app() -> FastAPI:
                 )
             try:
                 unpaused_by_audit_event = unpause_audited(manifest, request, _user_name(user))
-            except Exception as exc:
+            except UnpauseNotRecorded as exc:
                 raise _unavailable(
                     f"{ROLLBACK_DAG_ID} stays paused: the unpause could not be recorded in state store "
                     f"{manifest.state.conn_id}",
-                    exc,
+                    exc.error,
                 ) from None
         try:
             dag_run = trigger_dag(
