@@ -128,7 +128,7 @@ class AirflowApi:
 
 def api_conn_id() -> str:
     """``[sensei] airflow_api_conn_id`` (default ``sensei_airflow_api``)."""
-    from airflow.configuration import conf
+    from airflow.sdk import conf
 
     return conf.get("sensei", "airflow_api_conn_id", fallback=DEFAULT_API_CONN_ID) or DEFAULT_API_CONN_ID
 

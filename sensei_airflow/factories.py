@@ -32,7 +32,7 @@ ROLLBACK_DAG_ID = "sensei_rollback"
 
 def default_args() -> dict[str, Any]:
     """Task retries from ``[sensei] task_retries`` / ``retry_delay_seconds``."""
-    from airflow.configuration import conf
+    from airflow.sdk import conf
 
     return {
         "owner": "sensei",
@@ -286,8 +286,7 @@ def build_window_check_dag() -> DAG:
     once per window closing within ``rollback.point_in_time.warn_before_hours``: through the
     manifest's notify channels, the audit trail and the task log.
     """
-    from airflow.configuration import conf
-    from airflow.sdk import task
+    from airflow.sdk import conf, task
 
     with DAG(
         dag_id=WINDOW_CHECK_DAG_ID,

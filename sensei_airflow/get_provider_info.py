@@ -1,4 +1,10 @@
-"""Provider registration, read by Airflow's ProvidersManager through the entry point."""
+"""Provider registration, read by Airflow's ProvidersManager through the entry point.
+
+The REST API plugin is not listed here: it is registered once, by the ``airflow.plugins`` entry
+point, which every Airflow process loads (provider-info plugins are loaded only with
+``[core] lazy_discover_providers = False``, and then the second registration is refused as a
+duplicate). See docs/adr/0300-rest-api-plugin-behind-airflow-auth.md.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +35,6 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {"integration-name": "Sensei", "external-doc-url": "https://pypi.org/project/sensei-airflow/"}
         ],
-        "plugins": [{"name": "sensei", "plugin-class": "sensei_airflow.plugins.api.SenseiApiPlugin"}],
         "config": {
             "sensei": {
                 "description": "Settings of the sensei rollback DAGs.",

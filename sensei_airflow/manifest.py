@@ -403,7 +403,7 @@ def migrations_dir() -> Path:
     """The manifest folder: ``SENSEI_MIGRATIONS_DIR``, else ``[sensei] migrations_dir``, else dags/migrations."""
     configured = os.environ.get("SENSEI_MIGRATIONS_DIR")
     if not configured:
-        from airflow.configuration import conf
+        from airflow.sdk import conf
 
         configured = conf.get("sensei", "migrations_dir", fallback="") or os.path.join(
             conf.get("core", "dags_folder"), "migrations"

@@ -175,7 +175,7 @@ def _send_slack_api(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> 
 
 
 def _missing(extra: str, what: str, exc: Exception) -> None:
-    from airflow.exceptions import AirflowOptionalProviderFeatureException
+    from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
 
     raise AirflowOptionalProviderFeatureException(
         f"{what} need the {extra} extra: pip install 'sensei-airflow[{extra}]' ({exc})"
@@ -229,7 +229,7 @@ def send(
 
 def retry_settings() -> tuple[int, float]:
     """``[sensei] notify_attempts`` and ``notify_retry_delay_seconds``."""
-    from airflow.configuration import conf
+    from airflow.sdk import conf
 
     return (
         conf.getint("sensei", "notify_attempts", fallback=3),

@@ -42,7 +42,7 @@ class Writable(Protocol):
 
 
 def _config(key: str, fallback: str) -> str:
-    from airflow.configuration import conf
+    from airflow.sdk import conf
 
     return conf.get("sensei", key, fallback=fallback) or fallback
 
@@ -253,7 +253,7 @@ class S3Storage(Storage):
         try:
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
         except ImportError as exc:
-            from airflow.exceptions import AirflowOptionalProviderFeatureException
+            from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
 
             raise AirflowOptionalProviderFeatureException(
                 "s3:// backup locations need the amazon provider: pip install 'sensei-airflow[amazon]'"
@@ -334,7 +334,7 @@ class GCSStorage(Storage):
         try:
             from airflow.providers.google.cloud.hooks.gcs import GCSHook
         except ImportError as exc:
-            from airflow.exceptions import AirflowOptionalProviderFeatureException
+            from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
 
             raise AirflowOptionalProviderFeatureException(
                 "gs:// backup locations need the google provider: pip install 'sensei-airflow[google]'"

@@ -17,7 +17,7 @@ from sensei_airflow.engines.base import Engine, Statement
 
 def missing_extra(extra: str, provider: str) -> Exception:
     """The error raised when an optional provider is not installed, naming the extra that brings it."""
-    from airflow.exceptions import AirflowOptionalProviderFeatureException
+    from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
 
     return AirflowOptionalProviderFeatureException(
         f"the {provider} provider is needed for this target: pip install 'sensei-airflow[{extra}]'"

@@ -3,7 +3,8 @@
 Endpoints (the seed's API, prefixed with ``/sensei``):
 
 - ``GET  /sensei/v1/migrations``: the migrations, their rollback windows and newest backups;
-- ``POST /sensei/v1/migrations/{id}/rollback``: start a ``sensei_rollback`` run with the seed's body;
+- ``POST /sensei/v1/migrations/{id}/rollback``: start a ``sensei_rollback`` run with the seed's body
+  (409 while ``sensei_rollback`` is paused, unless ``?unpause=true`` asks to unpause it, audited);
 - ``GET  /sensei/v1/migrations/{id}/rollback/status``: the status document of the newest rollback;
 - ``GET  /sensei/v1/migrations/{id}/rollback/plan``: the dry-run plan, without starting anything;
 - ``POST /sensei/v1/migrations/{id}/start``: take the migration's start mark (trigger permission).
@@ -204,6 +205,91 @@ def precheck(manifest: Manifest, request: RollbackRequest, now: datetime) -> Non
         )
 
 
+def paused_detail() -> str:
+    """The 409 answer while ``sensei_rollback`` is paused: what is wrong and the two ways out, in one line."""
+    return (
+        f"{ROLLBACK_DAG_ID} is paused and Airflow runs nothing of a paused DAG, so no rollback was queued: "
+        f"unpause it (the toggle in the UI, or `airflow dags unpause {ROLLBACK_DAG_ID}`) or repeat this "
+        "request with ?unpause=true to unpause it here (recorded in the audit trail)"
+    )
+
+
+def rollback_dag_paused() -> bool | None:
+    """Whether ``sensei_rollback`` is paused in the metadata database (``None``: not there yet)."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalar(select(DagModel.is_paused).where(DagModel.dag_id == ROLLBACK_DAG_ID))
+
+
+def may_unpause(user: Any) -> bool:
+    """Whether the auth manager lets ``user`` edit the ``sensei_rollback`` DAG (what unpausing it needs)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    return bool(
+        get_auth_manager().is_authorized_dag(method="PUT", details=DagDetails(id=ROLLBACK_DAG_ID), user=user)
+    )
+
+
+class UnpauseNotRecorded(RuntimeError):
+    """The audit trail could not take the unpause event, so the DAG was left paused.
+
+    :param error: what the state store raised.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def unpause_audited(manifest: Manifest, request: RollbackRequest, actor: str) -> int:
+    """Unpause ``sensei_rollback`` for a rollback request, recorded first; returns the audit event's number.
+
+    The event goes to the migration's audit trail before the flag changes: when the state store
+    cannot take it, nothing is unpaused. Airflow's own audit log gets an entry as well.
+
+    :param manifest: the migration the rollback is for.
+    :param request: the validated rollback request (its reason is recorded).
+    :param actor: the user Airflow authenticated.
+    :raises UnpauseNotRecorded: the audit trail could not take the event (nothing was unpaused).
+    """
+    from airflow.models.dag import DagModel
+    from airflow.models.log import Log
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    from sensei_airflow.audit import AuditEvent, AuditTrail
+    from sensei_airflow.state import StateStore
+
+    try:
+        seq, _ = AuditTrail(StateStore(manifest.state.conn_id)).append(
+            AuditEvent(
+                step="api",
+                action="dag_unpaused",
+                migration_id=manifest.id,
+                actor=actor,
+                reason=request.reason,
+                detail={"dag_id": ROLLBACK_DAG_ID, "why": "rollback requested with unpause=true"},
+            )
+        )
+    except Exception as exc:
+        raise UnpauseNotRecorded(exc) from exc
+    with create_session() as session:
+        session.execute(update(DagModel).where(DagModel.dag_id == ROLLBACK_DAG_ID).values(is_paused=False))
+        session.add(
+            Log(
+                event="sensei_unpause_dag",
+                dag_id=ROLLBACK_DAG_ID,
+                owner=actor,
+                extra=json.dumps({"is_paused": False, "migration_id": manifest.id, "audit_seq": seq}),
+            )
+        )
+    return seq
+
+
 def tables_parameter(values: list[str]) -> list[str]:
     """The ``tables`` query parameter as a list of written table names.
 
@@ -374,8 +460,19 @@ def create_app() -> FastAPI:
         migration_id: str,
         user: user_dep,  # type: ignore[valid-type]  # evaluated: no postponed annotations here
         body: Annotated[dict[str, Any] | None, Body()] = None,
+        unpause: Annotated[
+            bool,
+            Query(
+                description=f"unpause {ROLLBACK_DAG_ID} when it is paused (needs the right to edit the DAG; "
+                "recorded in the migration's audit trail); without it a paused DAG answers 409"
+            ),
+        ] = False,
     ) -> dict[str, Any]:
-        """Start a rollback; answers its id (the Airflow run id of ``sensei_rollback``)."""
+        """Start a rollback; answers its id (the Airflow run id of ``sensei_rollback``).
+
+        A paused ``sensei_rollback`` would hold the run queued forever: the request is refused with
+        409 naming the fix, or, with ``unpause=true``, the DAG is unpaused first and that is audited.
+        """
         from airflow.api.common.trigger_dag import trigger_dag
         from airflow.exceptions import DagNotFound
         from airflow.utils.types import DagRunTriggeredByType
@@ -388,6 +485,23 @@ def create_app() -> FastAPI:
             precheck(manifest, request, utcnow())
         except RefusedError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, public_text(str(exc))) from None
+        unpaused_by_audit_event = None
+        if rollback_dag_paused():
+            if not unpause:
+                raise HTTPException(status.HTTP_409_CONFLICT, paused_detail())
+            if not may_unpause(user):
+                raise HTTPException(
+                    status.HTTP_403_FORBIDDEN,
+                    f"{ROLLBACK_DAG_ID} is paused and unpausing it needs the right to edit that DAG",
+                )
+            try:
+                unpaused_by_audit_event = unpause_audited(manifest, request, _user_name(user))
+            except UnpauseNotRecorded as exc:
+                raise _unavailable(
+                    f"{ROLLBACK_DAG_ID} stays paused: the unpause could not be recorded in state store "
+                    f"{manifest.state.conn_id}",
+                    exc.error,
+                ) from None
         try:
             dag_run = trigger_dag(
                 ROLLBACK_DAG_ID,
@@ -411,6 +525,7 @@ def create_app() -> FastAPI:
             "dag_id": ROLLBACK_DAG_ID,
             "request": request.conf(),
             "status_url": f"{status_url}?{urlencode({'rollback_id': dag_run.run_id})}",
+            **({"unpaused": {"audit_seq": unpaused_by_audit_event}} if unpaused_by_audit_event else {}),
         }
 
     @app.post("/v1/migrations/{migration_id}/start", dependencies=[Depends(_requires("POST"))])

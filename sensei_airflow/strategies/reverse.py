@@ -40,7 +40,7 @@ CHANGE_ROWS = 200_000
 
 def _setting(name: str, fallback: int) -> int:
     try:
-        from airflow.configuration import conf
+        from airflow.sdk import conf
 
         return conf.getint("sensei", name, fallback=fallback)
     except Exception:  # outside Airflow (benchmarks, scripts)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sensei_airflow.state import StateStore
 
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -30,6 +32,36 @@ def test_registered_as_a_provider():
     providers = {p["package_name"]: p for p in json_output(result)}
     assert "sensei-airflow" in providers
     assert providers["sensei-airflow"]["version"] == __import__("sensei_airflow").__version__
+
+
+@pytest.mark.parametrize("lazy_providers", ["True", "False"])
+def test_the_api_plugin_is_registered_once(lazy_providers: str) -> None:
+    """Shown by `airflow plugins` with its app at /sensei, and never refused as a duplicate.
+
+    Airflow loads ``airflow.plugins`` entry points always, and plugins listed in a provider's info
+    only with lazy provider discovery off: the plugin is in the entry point only (ADR 0300).
+    """
+    env = {**os.environ, "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": lazy_providers}
+    listed = subprocess.run(
+        [AIRFLOW, "plugins", "--output", "json"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert listed.returncode == 0, listed.stderr
+    plugins = [p for p in json_output(listed) if p["name"] == "sensei"]
+    assert [[app["url_prefix"] for app in p["fastapi_apps"]] for p in plugins] == [["/sensei"]]
+    assert "group='airflow.plugins'" in plugins[0]["source"]
+    errors = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from airflow import plugins_manager; print(plugins_manager._get_plugins()[1])",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert errors.returncode == 0, errors.stderr
+    assert errors.stdout.strip().splitlines()[-1] == "{}"
 
 
 def test_no_import_errors_with_good_and_bad_manifests(migrations_dir, airflow_db):

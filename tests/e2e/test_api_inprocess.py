@@ -251,3 +251,142 @@ def test_an_unreachable_state_store_shows_no_host_user_or_path(
     for answer in (listing, status, unknown):
         for revealing in ("statekeeper", "hunter2", "127.0.0.1", "port 9", str(migrations_dir)):
             assert revealing not in answer.text, (revealing, answer.text)
+
+
+# -- a paused sensei_rollback (Airflow's default for a new DAG; ADR 0300) -------------------------
+def _pause_rollback_dag(paused: bool) -> None:
+    """Set the pause flag as the UI toggle does: the tests' Airflow creates DAGs unpaused."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(update(DagModel).where(DagModel.dag_id == "sensei_rollback").values(is_paused=paused))
+
+
+@pytest.fixture
+def paused(api: Any) -> Iterator[None]:
+    """``sensei_rollback`` paused, as a fresh install has it; unpaused again for the tests after."""
+    _pause_rollback_dag(True)
+    yield
+    _pause_rollback_dag(False)
+
+
+def _is_paused() -> bool:
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return bool(session.get(DagModel, "sensei_rollback").is_paused)
+
+
+def _rollback_runs() -> int:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.query(DagRun).filter_by(dag_id="sensei_rollback").count()
+
+
+def _unpause_events(databases: Any) -> list[tuple[Any, ...]]:
+    with databases.connect("state") as conn:
+        return conn.execute(
+            "SELECT action, actor, migration_id, payload::jsonb -> 'detail' ->> 'dag_id' "
+            "FROM sensei.audit_events WHERE step = 'api' ORDER BY seq"
+        ).fetchall()
+
+
+def test_a_paused_rollback_dag_is_refused_with_the_fix(api: Any, databases: Any, paused: None) -> None:
+    before = _rollback_runs()
+    response = api.post(ROLLBACK, json={"strategy": "truncate"}, headers=_token("admin"))
+    assert response.status_code == 409, response.text
+    assert response.json()["detail"] == (
+        "sensei_rollback is paused and Airflow runs nothing of a paused DAG, so no rollback was queued: "
+        "unpause it (the toggle in the UI, or `airflow dags unpause sensei_rollback`) or repeat this "
+        "request with ?unpause=true to unpause it here (recorded in the audit trail)"
+    )
+    assert _rollback_runs() == before, "no run may wait forever behind the pause"
+    assert _is_paused()
+
+
+def test_unpause_true_unpauses_audited_then_queues(api: Any, databases: Any, paused: None) -> None:
+    from airflow.models.log import Log
+    from airflow.utils.session import create_session
+
+    response = api.post(
+        ROLLBACK,
+        params={"unpause": "true"},
+        json={"strategy": "truncate", "reason": "Bestellungen doppelt"},
+        headers=_token("op"),
+    )
+    assert response.status_code == 202, response.text
+    assert not _is_paused()
+    assert _unpause_events(databases) == [("dag_unpaused", "op", MIG, "sensei_rollback")]
+    seq = databases.scalar("state", "SELECT max(seq) FROM sensei.audit_events WHERE step = 'api'")
+    assert response.json()["unpaused"] == {"audit_seq": seq}
+    payload = databases.scalar("state", "SELECT payload FROM sensei.audit_events WHERE seq = %s", (seq,))
+    assert json.loads(payload)["reason"] == "Bestellungen doppelt"
+    with create_session() as session:
+        logged = session.query(Log).filter_by(event="sensei_unpause_dag", dag_id="sensei_rollback").all()
+    assert [(entry.owner, json.loads(entry.extra)["audit_seq"]) for entry in logged] == [("op", seq)]
+    assert _queued_conf_of(response.json()["rollback_id"])["strategy"] == "truncate"
+
+    # an unpaused DAG is left alone: nothing more is recorded
+    again = api.post(
+        ROLLBACK, params={"unpause": "true"}, json={"strategy": "truncate"}, headers=_token("op")
+    )
+    assert again.status_code == 202, again.text
+    assert "unpaused" not in again.json()
+    assert len(_unpause_events(databases)) == 1
+
+
+def test_unpause_needs_the_right_to_edit_the_dag(
+    api: Any, databases: Any, paused: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An auth manager that lets a user trigger runs but not edit the DAG (FAB can) gets 403, still paused."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    manager = type(get_auth_manager())
+    allowed = manager.is_authorized_dag
+
+    def no_dag_edits(
+        self: Any, *, method: str, user: Any, access_entity: Any = None, details: Any = None
+    ) -> bool:
+        if method == "PUT" and access_entity is None:
+            return False
+        return allowed(self, method=method, user=user, access_entity=access_entity, details=details)
+
+    monkeypatch.setattr(manager, "is_authorized_dag", no_dag_edits)
+    response = api.post(
+        ROLLBACK, params={"unpause": "true"}, json={"strategy": "truncate"}, headers=_token("op")
+    )
+    assert response.status_code == 403, response.text
+    assert (
+        response.json()["detail"]
+        == "sensei_rollback is paused and unpausing it needs the right to edit that DAG"
+    )
+    assert _is_paused()
+    assert _unpause_events(databases) == []
+
+
+def test_an_unrecordable_unpause_leaves_the_dag_paused(
+    api: Any, databases: Any, paused: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SENSEI_STATE", "postgresql://statekeeper:hunter2@127.0.0.1:9/sensei")
+    response = api.post(
+        ROLLBACK, params={"unpause": "true"}, json={"strategy": "truncate"}, headers=_token("op")
+    )
+    assert response.status_code == 503, response.text
+    assert response.json()["detail"] == (
+        "sensei_rollback stays paused: the unpause could not be recorded in state store sensei_state "
+        "(OperationalError); the api-server log has the details"
+    )
+    assert _is_paused()
+
+
+def _queued_conf_of(run_id: str) -> dict[str, Any]:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return dict(session.query(DagRun).filter_by(dag_id="sensei_rollback", run_id=run_id).one().conf)

@@ -185,17 +185,129 @@ def test_target_archives_wal_where_the_manifest_says(
     assert env["SENSEI_MIGRATIONS_DIR"] in _mounts(stack, "airflow-apiserver")
 
 
-def test_backups_go_to_the_s3_store(stack: dict[str, Any]) -> None:
-    from sensei_airflow.demo import shop
+def _flags(command: list[str]) -> dict[str, str]:
+    """``-name=value`` arguments of a command line."""
+    return dict(arg.lstrip("-").split("=", 1) for arg in command if arg.startswith("-") and "=" in arg)
 
+
+def test_backups_go_to_the_s3_store(stack: dict[str, Any]) -> None:
+    """aws_default reaches the SeaweedFS S3 gateway with an identity its config grants writes to."""
     env = _env(stack, "airflow-worker")
     aws = json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"])
     endpoint = urlsplit(aws["extra"]["endpoint_url"])
-    minio = _env(stack, endpoint.hostname or "")
-    assert (aws["login"], aws["password"]) == (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"])
-    assert endpoint.port == 9000
-    script = (REPO / "docker" / "write_demo_manifest.py").read_text()
-    buckets = set(re.findall(r"s3://([a-z0-9\-]+)/", script))
-    init = " ".join(stack["services"]["minio-init"]["command"])
-    assert buckets and all(f"local/{bucket}" in init for bucket in buckets), (buckets, init)
-    assert shop.DEMO_MIGRATION_ID in script or "DEMO_MIGRATION_ID" in script
+    s3 = stack["services"][endpoint.hostname or ""]
+    assert s3["image"].startswith("chrislusf/seaweedfs:")
+    command = s3["command"]
+    assert command[0] == "server" and "-s3" in command
+    flags = _flags(command)
+    assert endpoint.port == int(flags.get("s3.port", "8333"))
+    # SeaweedFS answers bucket names in the path unless it is given a domain name
+    assert "s3.domainName" not in flags
+    assert aws["extra"]["config_kwargs"]["s3"]["addressing_style"] == "path"
+    config = Path(_mounts(stack, endpoint.hostname or "")[flags["s3.config"]])
+    identities = json.loads(config.read_text())["identities"]
+    granted = {
+        (c["accessKey"], c["secretKey"]): set(i["actions"]) for i in identities for c in i["credentials"]
+    }
+    assert {"Read", "Write", "List"} <= granted[(aws["login"], aws["password"])]
+    assert _mounts(stack, endpoint.hostname or "")[flags["dir"]] == "backups", "objects on a named volume"
+    init = stack["services"]["airflow-init"]
+    assert init["depends_on"][endpoint.hostname]["condition"] == "service_healthy"
+    script = " ".join(init["command"])
+    assert script.index("write_demo_manifest.py") < script.index("create_buckets.py"), (
+        "bucket of the manifest"
+    )
+    assert "docker/create_buckets.py" in (REPO / "docker" / "Dockerfile").read_text()
+
+
+def test_create_buckets_makes_the_manifests_bucket_through_aws_default(
+    stack: dict[str, Any], moto_endpoint: str, tmp_path: Path
+) -> None:
+    """The init script, with the stack's aws_default pointed at a local S3 (moto), creates the bucket."""
+    import boto3
+
+    aws = json.loads(_env(stack, "airflow-init")["AIRFLOW_CONN_AWS_DEFAULT"])
+    aws["extra"]["endpoint_url"] = moto_endpoint
+    env = {**os.environ, "SENSEI_MIGRATIONS_DIR": str(tmp_path), "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws)}
+    for script in ("write_demo_manifest.py", "create_buckets.py", "create_buckets.py"):
+        done = subprocess.run(
+            [sys.executable, str(REPO / "docker" / script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "keeping bucket sensei-backups"
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=aws["login"],
+        aws_secret_access_key=aws["password"],
+    )
+    assert "sensei-backups" in {b["Name"] for b in client.list_buckets()["Buckets"]}
+    text = (tmp_path / "mig_shop_2026.yaml").read_text()
+    assert set(re.findall(r"s3://([a-z0-9\-]+)/", text)) == {"sensei-backups"}
+
+
+#: an exact version: digits and dots (at least major.minor), an optional variant, an optional digest
+EXACT_TAG = re.compile(r"^[a-z0-9./_-]+:\d+(\.\d+)+(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?$")
+
+
+def test_images_are_pinned_to_exact_tags(stack: dict[str, Any]) -> None:
+    built = {name for name, service in stack["services"].items() if "build" in service}
+    assert set(AIRFLOW_SERVICES) <= built
+    pulled = {name: service["image"] for name, service in stack["services"].items() if name not in built}
+    assert pulled, "the stack pulls its databases, broker and S3 server"
+    for name, image in pulled.items():
+        assert "latest" not in image and EXACT_TAG.match(image), (name, image)
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^ARG AIRFLOW_VERSION=\d+\.\d+\.\d+$", dockerfile, re.M)
+    assert re.search(r"^ARG PYTHON_VERSION=3\.\d+$", dockerfile, re.M)
+    assert re.search(
+        r"^FROM apache/airflow:\$\{AIRFLOW_VERSION\}-python\$\{PYTHON_VERSION\}$", dockerfile, re.M
+    )
+
+
+def test_fab_auth_manager_with_users_created_as_airflows_compose_does(stack: dict[str, Any]) -> None:
+    for name in AIRFLOW_SERVICES:
+        env = _env(stack, name)
+        assert (
+            env["AIRFLOW__CORE__AUTH_MANAGER"]
+            == "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+        ), name
+        assert not any(key.startswith("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER") for key in env), name
+    init = _env(stack, "airflow-init")
+    assert init["_AIRFLOW_DB_MIGRATE"] == "true"
+    assert init["_AIRFLOW_WWW_USER_CREATE"] == "true"
+    admin = (init["_AIRFLOW_WWW_USER_USERNAME"], init["_AIRFLOW_WWW_USER_PASSWORD"])
+    # halt and resume log in to Airflow's REST API as that user
+    api = urlsplit(_env(stack, "airflow-worker")["AIRFLOW_CONN_SENSEI_AIRFLOW_API"])
+    assert (api.username, api.password) == admin
+    assert (api.hostname, api.port) == ("airflow-apiserver", 8080)
+    assert "airflow users create --role Viewer --username viewer" in " ".join(
+        stack["services"]["airflow-init"]["command"]
+    )
+    assert "apache-airflow-providers-fab" in (REPO / "docker" / "Dockerfile").read_text()
+
+
+def test_task_logs_are_on_one_volume(stack: dict[str, Any]) -> None:
+    """Workers write task logs where the api-server reads them (AIRFLOW_HOME/logs in the image)."""
+    sources = {_mounts(stack, name).get("/opt/airflow/logs") for name in AIRFLOW_SERVICES}
+    assert sources == {"logs"}
+    assert "logs" in stack["volumes"]
+
+
+def test_the_image_gets_every_file_the_package_build_needs() -> None:
+    """pyproject names its readme and license files: a build without them fails in the image."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    needed = {project["readme"], *project["license-files"]}
+    copied = set()
+    for line in (REPO / "docker" / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and line.rstrip().endswith("/opt/sensei-airflow/"):
+            copied |= {part for part in line.split()[1:-1] if not part.startswith("--")}
+    assert needed <= copied, needed - copied

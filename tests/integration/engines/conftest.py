@@ -6,7 +6,10 @@
   spatial extension it loads is copied from its wheel into ``~/.duckdb`` (it would otherwise
   try to download it).
 - Oracle and SQL Server: no server can run here; :class:`RecordingHook` stands in for the
-  provider hook, answers catalog queries from a script and records every call.
+  provider hook, answers catalog queries with rows the test states and records every call.
+  What it answers is never computed from the SQL it was sent: a test that needs answers that
+  change during a run (row counts before and after) states them in order as a :class:`Reply`
+  script, and every scripted statement must be exactly the one the script expects.
 """
 
 from __future__ import annotations
@@ -36,6 +39,25 @@ REPO = Path(__file__).resolve().parents[3]
 Answer = list[tuple[Any, ...]] | Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
 
 
+def one_line(sql: str) -> str:
+    """A statement with its whitespace runs made single spaces (how scripts and tests write it)."""
+    return " ".join(sql.split())
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer: the statement expected next (as :func:`one_line` writes it), its bind
+    values, and the rows a server would return."""
+
+    sql: str
+    params: tuple[Any, ...]
+    rows: list[tuple[Any, ...]]
+
+
+class ScriptError(AssertionError):
+    """A scripted statement came out of order, differed from the script, or the script ran out."""
+
+
 @dataclass
 class RecordingHook:
     """A provider hook's DB-API surface: every call is recorded, queries answered by pattern.
@@ -43,11 +65,17 @@ class RecordingHook:
     ``answers`` maps a regular expression (searched in the SQL) to rows, or to a function of
     (sql, params) returning rows; the first match wins, unmatched statements return no rows.
     ``fail`` maps a pattern to an exception raised when a matching statement runs.
+    Statements matching ``scripted`` are answered from ``script`` instead, one :class:`Reply`
+    each, in order; a statement that is not the expected one raises :class:`ScriptError` (also
+    kept in ``script_errors``, since the engine's caller may turn it into a failed task).
     """
 
     answers: dict[str, Answer] = field(default_factory=dict)
     fail: dict[str, Exception] = field(default_factory=dict)
     calls: list[tuple[Any, ...]] = field(default_factory=list)
+    scripted: str | None = None
+    script: list[Reply] = field(default_factory=list)
+    script_errors: list[str] = field(default_factory=list)
 
     def get_conn(self) -> FakeConnection:
         self.calls.append(("connect",))
@@ -60,10 +88,24 @@ class RecordingHook:
         for pattern, exc in self.fail.items():
             if re.search(pattern, sql):
                 raise exc
+        if self.scripted is not None and re.search(self.scripted, sql):
+            return self._scripted(sql, params)
         for pattern, rows in self.answers.items():
             if re.search(pattern, sql):
                 return rows(sql, params) if callable(rows) else list(rows)
         return []
+
+    def _scripted(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        got = (one_line(sql), params)
+        if not self.script:
+            problem = f"the script has no answer left for {got}"
+        else:
+            reply = self.script.pop(0)
+            if got == (reply.sql, reply.params):
+                return list(reply.rows)
+            problem = f"the script expected {(reply.sql, reply.params)} but got {got}"
+        self.script_errors.append(problem)
+        raise ScriptError(problem)
 
     # what the tests read
     @property

@@ -22,7 +22,7 @@ CASES = [
 
 @pytest.mark.parametrize(("engine", "module", "extra"), CASES)
 def test_missing_provider_names_its_extra(engine, module, extra, monkeypatch):
-    from airflow.exceptions import AirflowOptionalProviderFeatureException
+    from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
 
     monkeypatch.setitem(sys.modules, module, None)  # as if the provider were not installed
     built = engine("some_conn")  # constructing the engine needs nothing

@@ -57,7 +57,7 @@ def test_registry_names_and_hook():
 
 
 def test_missing_provider_names_the_extra(monkeypatch):
-    from airflow.exceptions import AirflowOptionalProviderFeatureException
+    from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
 
     monkeypatch.setitem(sys.modules, "airflow.providers.oracle.hooks.oracle", None)
     with pytest.raises(AirflowOptionalProviderFeatureException, match=r"sensei-airflow\[oracle\]"):
