@@ -27,6 +27,7 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {"integration-name": "Sensei", "external-doc-url": "https://pypi.org/project/sensei-airflow/"}
         ],
+        "notifications": ["sensei_airflow.notify.RollbackFailureNotifier"],
         "plugins": [{"name": "sensei", "plugin-class": "sensei_airflow.plugins.api.SenseiApiPlugin"}],
         "config": {
             "sensei": {
