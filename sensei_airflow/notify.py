@@ -413,7 +413,7 @@ class ApprovalNotifier(BaseNotifier):  # type: ignore[misc]
 
     Given to the approve task as its ``notifiers``: the human-in-the-loop operator calls it once
     the request is written, with the task's context, so the link is the Airflow UI's "required
-    actions" page of that very task (``[api] base_url``).
+    actions" page of that very task (:func:`approval_link`).
 
     :param channels: the manifest's ``notify`` list.
     :param migration_id: the migration being rolled back.
@@ -432,6 +432,12 @@ class ApprovalNotifier(BaseNotifier):  # type: ignore[misc]
         self.deliveries: list[Delivery] = []
 
     def notify(self, context: Any) -> None:
+        try:
+            self._notify(context)
+        except Exception:  # the approval request is written: a channel never stops it
+            log.exception("the approval notification could not be sent")
+
+    def _notify(self, context: Any) -> None:
         link = approval_link(context)
         where = f": {link}" if link else " in Airflow (Required Actions)"
         event = RollbackEvent(
@@ -445,11 +451,21 @@ class ApprovalNotifier(BaseNotifier):  # type: ignore[misc]
 
 
 def approval_link(context: Mapping[str, Any]) -> str | None:
-    """The approval page of the context's human-in-the-loop task (None without ``[api] base_url``)."""
-    from airflow.providers.standard.operators.hitl import HITLOperator
+    """The approval page of the context's human-in-the-loop task.
 
-    try:
-        return str(HITLOperator.generate_link_to_ui_from_context(context=context))  # type: ignore[arg-type]
-    except (ValueError, KeyError) as exc:
-        log.warning("no link to the approval page: %s", exc)
+    On ``[api] base_url``, else on the URL of the Airflow API connection halt and resume use
+    (the same api-server serves the UI); None when neither is set.
+    """
+    from airflow.providers.standard.operators.hitl import HITLOperator
+    from airflow.sdk import conf
+
+    from sensei_airflow.airflow_api import connect_api
+
+    base_url = conf.get("api", "base_url", fallback=None)
+    if not base_url:
+        api = connect_api()
+        base_url = api.base_url if api is not None else None
+    if not base_url:
+        log.warning("no link to the approval page: set [api] base_url")
         return None
+    return str(HITLOperator.generate_link_to_ui_from_context(context=context, base_url=base_url))  # type: ignore[arg-type]

@@ -354,20 +354,6 @@ class PostgresEngine(Engine):
         )
         return {name: f"rows={count};sum={digest}" for name, count, digest in self.query(union, names)}
 
-    def asset_uri(self, table: str) -> str | None:
-        """``postgres://host:port/database/schema/table``, the postgres provider's Asset URI form.
-
-        Each name is percent-encoded (a plain name is unchanged; ``Sales Data`` becomes
-        ``Sales%20Data``, a ``/`` inside a name cannot split the path).
-        """
-        from urllib.parse import quote
-
-        conn = self.hook.get_connection(self.conn_id)
-        if not conn.host or not conn.schema:
-            return None
-        schema, name = (quote(part, safe="") for part in self.name_parts(table))
-        return f"postgres://{conn.host}:{conn.port or 5432}/{conn.schema}/{schema}/{name}"
-
     def row_source(self, table: str, key: Sequence[str]) -> Any | None:
         """The table's key columns, read through the reverse migration's ``PostgresRowSource``."""
         try:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.execution_time.hitl import HITLUser
 
 from sensei_airflow import consumers, notify
 from sensei_airflow.anchors import Anchor, make_anchor, verify_trail, write_anchor
@@ -174,17 +175,18 @@ class ApproveOperator(ApprovalOperator):
         self.subject = f"Roll back {plan.migration_id} with {plan.strategy}?"
         self.body = approval_body(plan)
         self.response_timeout = timedelta(hours=step.manifest.rollback.approval_timeout_hours)
+        self.assigned_users = [
+            HITLUser(id=a.id, name=a.name) for a in step.manifest.rollback.approvers
+        ] or None
         step.record("awaiting approval", detail={"subject": self.subject})
-        notify.notify_all(
-            step.manifest.notify,
-            notify.RollbackEvent(
-                event=notify.APPROVAL,
+        self.notifiers = [
+            notify.ApprovalNotifier(
+                channels=step.manifest.notify,
                 migration_id=plan.migration_id,
                 rollback_id=plan.rollback_id,
-                summary=f"Rollback {plan.rollback_id} of {plan.migration_id} awaits approval in Airflow",
-                detail={"plan": approval_body(plan)},
-            ),
-        )
+                plan=self.body,
+            )
+        ]
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
