@@ -18,7 +18,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk.execution_time.hitl import HITLUser
 
-from sensei_airflow import consumers, notify
+from sensei_airflow import consumers, lineage, notify
 from sensei_airflow.anchors import Anchor, make_anchor, verify_trail, write_anchor
 from sensei_airflow.lock import MigrationLocks
 from sensei_airflow.manifest import Strategy, load_manifests
@@ -442,7 +442,8 @@ class ResumeOperator(_ConsumerStep):
 
     Restores every consumer still recorded as halted for the migration, also those a crashed
     earlier run halted: DAGs are unpaused only if they were unpaused before; roles get exactly
-    their recorded grants back.
+    their recorded grants back. Then an asset event for each table the rollback changed tells
+    the DAGs scheduled on them that the data is back and theirs to read.
     """
 
     step = "resume"
@@ -455,6 +456,11 @@ class ResumeOperator(_ConsumerStep):
                 step.manifest, step.rollback_id, step.state, self.target(step), self.api
             )
         step.record("resumed", sql=result["statements"], detail=result)
+        changed, execution, _ = executed(step)
+        if changed is not None and execution is not None:  # consumers may now read the rolled-back tables
+            result.update(
+                lineage.tell_airflow(step.context, step.manifest, changed, self.step, lineage=False)
+            )
         return result
 
     def summary(self, result: Any) -> dict[str, Any]:
