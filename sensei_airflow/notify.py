@@ -33,7 +33,7 @@ from urllib.parse import urljoin
 from airflow.providers.common.compat.notifier import BaseNotifier
 
 from sensei_airflow.manifest import NotifyChannel
-from sensei_airflow.redaction import mask_connection, redact_error
+from sensei_airflow.redaction import mask_connection, redact_error, redact_url_loggers
 
 log = logging.getLogger(__name__)
 
@@ -301,9 +301,10 @@ def send(
             with attempt:
                 if pending is None:
                     conn = BaseHook.get_connection(channel.conn_id)
-                    mask_connection(
-                        conn
-                    )  # the task log, and every error stored below, never show its secrets
+                    # the task log, every error stored below and the HTTP clients' request lines
+                    # never show the channel's secrets
+                    mask_connection(conn)
+                    redact_url_loggers()
                     if conn.conn_type not in NOTIFIERS_BY_CONN_TYPE:
                         supported = ", ".join(sorted(NOTIFIERS_BY_CONN_TYPE))
                         raise ChannelUnusable(

@@ -16,6 +16,7 @@ See docs/adr/0007-secrets-never-stored.md.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -135,3 +136,32 @@ def redact(text: str) -> str:
 def redact_error(exc: BaseException) -> str:
     """``"TypeName: message"`` of an exception, redacted."""
     return redact(f"{type(exc).__name__}: {exc}")
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts each record of the logger it is attached to (its message, args folded in)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return True
+
+
+#: loggers that write a request's full URL (a webhook's URL is its secret), at DEBUG.
+URL_LOGGERS = ("urllib3.connectionpool", "slack_sdk.webhook.client", "slack_sdk.web.base_client")
+
+
+def redact_url_loggers(names: tuple[str, ...] = URL_LOGGERS) -> None:
+    """Attach :class:`RedactingFilter` to the loggers that log request URLs (once per logger).
+
+    Airflow masks the task log it writes, but a record also reaches every other handler (a
+    debugging handler, a test's capture) as it was logged: the filter masks it at the source.
+
+    :param names: the loggers' names.
+    """
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
