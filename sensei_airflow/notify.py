@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from html import escape
 from typing import Any
-from urllib.parse import urljoin
 
 from airflow.providers.common.compat.notifier import BaseNotifier
 
@@ -109,24 +108,6 @@ class ChannelUnusable(Exception):
 WEBHOOK_EXTRA_KEYS = ("endpoint", "headers")
 #: seconds a webhook may take, unless the connection's extra says ``timeout``.
 WEBHOOK_TIMEOUT = 10.0
-
-
-def webhook_url(conn: Any) -> str:
-    """The URL a webhook connection posts to: host (or full URL), port, schema, extra ``endpoint``."""
-    host = conn.host or ""
-    if "://" in host:
-        base = host
-    else:
-        scheme = conn.schema or "http"
-        if conn.conn_type == "https":
-            scheme = "https"
-        base = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
-    endpoint = (conn.extra_dejson or {}).get("endpoint") or ""
-    return (
-        urljoin(base if base.endswith("/") or not endpoint else base + "/", endpoint.lstrip("/"))
-        if endpoint
-        else base
-    )
 
 
 def _webhook_hook_class() -> type[Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 #: what replaces a secret.
 MASK = "***"
@@ -74,6 +74,24 @@ def url_secrets(url: str) -> list[str]:
     return found
 
 
+def webhook_url(conn: Any) -> str:
+    """The URL a webhook connection posts to: host (or full URL), port, schema, extra ``endpoint``."""
+    host = conn.host or ""
+    if "://" in host:
+        base = host
+    else:
+        scheme = conn.schema or "http"
+        if conn.conn_type == "https":
+            scheme = "https"
+        base = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
+    endpoint = (conn.extra_dejson or {}).get("endpoint") or ""
+    return (
+        urljoin(base if base.endswith("/") or not endpoint else base + "/", endpoint.lstrip("/"))
+        if endpoint
+        else base
+    )
+
+
 def connection_secrets(conn: Any) -> list[str]:
     """Every secret of an Airflow connection: password, sensitive extra values, header values, and
     the secret parts of the URL it posts to (webhooks)."""
@@ -86,8 +104,6 @@ def connection_secrets(conn: Any) -> list[str]:
         if value:
             found.append(str(value))
     if getattr(conn, "conn_type", None) in ("http", "https", "slackwebhook", "slack"):
-        from sensei_airflow.notify import webhook_url
-
         found += url_secrets(webhook_url(conn))
         endpoint = extra.get("endpoint")
         if endpoint:

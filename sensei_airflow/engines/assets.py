@@ -20,11 +20,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, cast
 from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
-if TYPE_CHECKING:
-    from sensei_airflow.engines.base import Engine
+
+class Engine(Protocol):
+    """What an Asset URI needs of an engine (:class:`sensei_airflow.engines.base.Engine` has it)."""
+
+    dialect: str
+    conn_id: str
+
+    @property
+    def hook(self) -> Any: ...
+
+    def name_parts(self, table: str) -> tuple[str, ...]: ...
+
 
 #: where a table lives before its own name parts: (authority, leading path parts); None: unknown.
 Location = tuple[str, list[str]] | None
@@ -76,7 +86,7 @@ def _snowflake(engine: Engine, conn: Any) -> Location:
     account = _extra(conn, "account", "snowflake") or conn.host
     database = _extra(conn, "database", "snowflake")
     if not database:
-        database = engine.query("SELECT CURRENT_DATABASE()")[0][0]  # type: ignore[attr-defined]
+        database = cast(Any, engine).query("SELECT CURRENT_DATABASE()")[0][0]  # a SnowflakeEngine
     return (str(account).lower(), [str(database)]) if account and database else None
 
 

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 from sensei_airflow import notify
 from sensei_airflow.manifest import NotifyChannel
+from sensei_airflow.redaction import webhook_url
 
 
 def _event() -> notify.RollbackEvent:
@@ -88,9 +89,9 @@ def test_webhook_url_from_connection_fields():
         schema = "https"
         extra_dejson = {"endpoint": "/v1/events"}
 
-    assert notify.webhook_url(Conn()) == "https://hooks.example.com:8443/v1/events"
+    assert webhook_url(Conn()) == "https://hooks.example.com:8443/v1/events"
     Conn.host, Conn.extra_dejson = "https://hooks.example.com/base", {}
-    assert notify.webhook_url(Conn()) == "https://hooks.example.com/base"
+    assert webhook_url(Conn()) == "https://hooks.example.com/base"
 
 
 def test_slack_channels_go_through_the_slack_notifiers(webhook_server, monkeypatch):
