@@ -25,7 +25,6 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from html import escape
 from typing import Any
 
@@ -96,66 +95,15 @@ class Delivery:
         }
 
 
-class WebhookRefused(Exception):
-    """The webhook answered with an error status (the message never holds its URL)."""
-
-
 class ChannelUnusable(Exception):
     """The channel cannot be used at all (a retry would not help): its type, or a missing key."""
 
 
-#: the webhook's own keys in an http connection's extra; HttpHook would send them as headers.
-WEBHOOK_EXTRA_KEYS = ("endpoint", "headers")
-#: seconds a webhook may take, unless the connection's extra says ``timeout``.
-WEBHOOK_TIMEOUT = 10.0
-
-
-def _webhook_hook_class() -> type[Any]:
-    from airflow.providers.http.hooks.http import HttpHook
-
-    class WebhookHook(HttpHook):  # type: ignore[misc]
-        """``HttpHook`` whose connection keeps sensei's ``endpoint``/``headers`` out of the headers.
-
-        ``HttpHook`` sends every unknown key of the extra as a request header; a webhook's
-        endpoint is its secret, and ``headers`` is a mapping, not a header.
-        """
-
-        @classmethod
-        def get_connection(cls, conn_id: str) -> Any:
-            import attrs
-
-            conn = super().get_connection(conn_id)
-            extra = {k: v for k, v in (conn.extra_dejson or {}).items() if k not in WEBHOOK_EXTRA_KEYS}
-            if conn.conn_type == "https" and "://" not in (conn.host or ""):
-                conn = attrs.evolve(conn, schema="https")
-            return attrs.evolve(conn, extra=json.dumps(extra))
-
-    return WebhookHook
-
-
 def _webhook_notifier(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> list[BaseNotifier]:
     try:
-        from airflow.providers.http.notifications.http import HttpNotifier
+        from sensei_airflow.webhook import WEBHOOK_TIMEOUT, WebhookNotifier
     except ImportError as exc:
         raise _missing("notify", "webhook notifications", exc) from exc
-
-    class WebhookNotifier(HttpNotifier):  # type: ignore[misc]
-        """``HttpNotifier`` that judges the answer itself: an error status never shows the URL."""
-
-        @cached_property
-        def hook(self) -> Any:
-            return _webhook_hook_class()(method=self.method, http_conn_id=self.http_conn_id)
-
-        def notify(self, context: Any) -> None:
-            response = self.hook.run(
-                endpoint=self.endpoint,
-                json=self.json,
-                headers=self.headers,
-                extra_options={**self.extra_options, "check_response": False},
-            )
-            if not response.ok:
-                raise WebhookRefused(f"the webhook answered {response.status_code} {response.reason}")
-
     extra = conn.extra_dejson or {}
     return [
         WebhookNotifier(
