@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, AssetAlias
 
 from sensei_airflow.conf import rollback_params
+from sensei_airflow.lineage import ROLLBACK_ASSET_ALIAS
 from sensei_airflow.manifest import ManifestSet, load_manifests
 from sensei_airflow.notify import notify_failure
 from sensei_airflow.operators.runbook import (
@@ -78,8 +79,10 @@ def build_rollback_dag(manifests: ManifestSet | None = None) -> DAG:
         approve = ApproveOperator(task_id=APPROVE_TASK_ID)
         notify = NotifyOperator(task_id="notify")
         halt = HaltOperator(task_id="halt", on_failure_callback=alert)
+        # the tables a rollback changes are known at run time: their asset events go through an alias
+        changed_tables = [AssetAlias(ROLLBACK_ASSET_ALIAS)]
         executes = [
-            operator(task_id=f"execute_{strategy}", on_failure_callback=alert)
+            operator(task_id=f"execute_{strategy}", on_failure_callback=alert, outlets=changed_tables)
             for strategy, operator in EXECUTE_OPERATORS.items()
         ]
         # the fallback runs whatever the preferred strategy's outcome and decides itself
@@ -92,7 +95,7 @@ def build_rollback_dag(manifests: ManifestSet | None = None) -> DAG:
         verify = VerifyOperator(
             task_id="verify", trigger_rule="none_failed_min_one_success", on_failure_callback=alert
         )
-        resume = ResumeOperator(task_id="resume", on_failure_callback=alert)
+        resume = ResumeOperator(task_id="resume", on_failure_callback=alert, outlets=changed_tables)
         watched = [
             "assess",
             APPROVE_TASK_ID,

@@ -35,6 +35,7 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {"integration-name": "Sensei", "external-doc-url": "https://pypi.org/project/sensei-airflow/"}
         ],
+        "notifications": ["sensei_airflow.notify.RollbackFailureNotifier"],
         "config": {
             "sensei": {
                 "description": "Settings of the sensei rollback DAGs.",

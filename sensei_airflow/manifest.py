@@ -242,6 +242,22 @@ class UndoLogSettings(_Frozen):
     enabled: bool = False
 
 
+class Approver(_Frozen):
+    """A user who may answer the approval (Airflow's human-in-the-loop ``assigned_users``).
+
+    Written as a plain user name when the auth manager's user id is that name (the simple auth
+    manager), or as ``{id, name}`` when it is not.
+    """
+
+    id: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: object) -> object:
+        return {"id": value, "name": value} if isinstance(value, str) else value
+
+
 class RollbackPlanning(_Frozen):
     backup_before_start: bool = False
     backup_type: Literal["logical", "physical"] = "logical"
@@ -257,6 +273,8 @@ class RollbackPlanning(_Frozen):
     require_approval: bool = False
     #: how long the approval waits for an answer; unanswered, the rollback is not done.
     approval_timeout_hours: Annotated[float, Field(gt=0)] = 24
+    #: who may approve (default: anyone allowed to answer in Airflow).
+    approvers: list[Approver] = Field(default_factory=list)
 
 
 class Downstream(_Frozen):

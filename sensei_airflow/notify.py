@@ -1,33 +1,37 @@
-"""Notifications: tell the manifest's channels that a rollback starts, fails, and ends.
+"""Notifications: tell the manifest's channels that a rollback starts, awaits approval, fails, ends.
 
 Each channel of the manifest's ``notify`` list is an Airflow connection; its connection type
-picks how the event is sent (:data:`SENDER_BY_CONN_TYPE`):
+picks the provider notifier that sends the event (:data:`NOTIFIERS_BY_CONN_TYPE`):
 
-- ``smtp`` / ``email``: an e-mail through the smtp provider's ``SmtpHook`` to the channel's ``to``;
-- ``http`` / ``https``: a webhook, an HTTP POST of the event as JSON (``httpx``) to the
-  connection's URL (host, port, schema, and ``endpoint`` in the extra);
-- ``slackwebhook`` / ``slack``: a Slack message through the slack provider (extra ``slack``).
+- ``smtp`` / ``email``: the smtp provider's ``SmtpNotifier``, to the channel's ``to``;
+- ``http`` / ``https``: the http provider's ``HttpNotifier`` (``HttpHook``), an HTTP POST of the
+  event as JSON to the connection's URL (host, port, schema, and ``endpoint`` in the extra);
+- ``slackwebhook``: the slack provider's ``SlackWebhookNotifier``;
+- ``slack``: the slack provider's ``SlackNotifier``, one message per channel of ``to``.
 
-A channel that fails is retried a few times, then recorded as failed; sending never raises,
-so notifications never block a rollback. A channel's secrets (password, URL userinfo, webhook
-path and query) are registered with Airflow's secrets masker before it is used, and a delivery's
-error is redacted before it is returned (it goes to XCom, the audit trail and the report). :func:`notify_failure` is usable as an
-``on_failure_callback``.
+A channel that fails is retried (tenacity), then recorded as failed; sending never raises, so
+notifications never block a rollback (ADR 0405). A channel's secrets (password, URL userinfo,
+webhook path and query) are registered with Airflow's secrets masker before it is used, and a
+delivery's error is redacted before it is returned (it goes to XCom, the audit trail and the
+report). The texts sent are never Jinja-rendered: they hold the databases' names.
+
+:class:`RollbackFailureNotifier` (``notify_failure``) is the runbook's ``on_failure_callback``
+and :class:`ApprovalNotifier` tells the channels where to approve a plan (ADR 0408).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
-from urllib.parse import urljoin
+
+from airflow.providers.common.compat.notifier import BaseNotifier
 
 from sensei_airflow.manifest import NotifyChannel
-from sensei_airflow.redaction import mask_connection, redact_error
+from sensei_airflow.redaction import mask_connection, redact_error, redact_url_loggers
 
 log = logging.getLogger(__name__)
 
@@ -91,140 +95,159 @@ class Delivery:
         }
 
 
-Sender = Callable[[Any, NotifyChannel, RollbackEvent], None]
+class ChannelUnusable(Exception):
+    """The channel cannot be used at all (a retry would not help): its type, or a missing key."""
 
 
-def _send_email(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> None:
+def _webhook_notifier(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> list[BaseNotifier]:
     try:
-        from airflow.providers.smtp.hooks.smtp import SmtpHook
+        from sensei_airflow.webhook import WEBHOOK_TIMEOUT, WebhookNotifier
     except ImportError as exc:
-        _missing("notify", "e-mail notifications", exc)
+        raise _missing("notify", "webhook notifications", exc) from exc
+    extra = conn.extra_dejson or {}
+    return [
+        WebhookNotifier(
+            http_conn_id=channel.conn_id,
+            endpoint=extra.get("endpoint") or None,
+            json=event.as_json(),
+            headers={"Content-Type": "application/json", **(extra.get("headers") or {})},
+            extra_options={"timeout": float(extra.get("timeout", WEBHOOK_TIMEOUT))},
+        )
+    ]
+
+
+def _email_notifier(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> list[BaseNotifier]:
+    try:
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+    except ImportError as exc:
+        raise _missing("notify", "e-mail notifications", exc) from exc
     if not channel.to:
-        raise ValueError(f"notify channel {channel.conn_id}: an e-mail channel needs a 'to' list")
-    html = f"<pre>{escape(event.text())}</pre>"
-    with SmtpHook(smtp_conn_id=channel.conn_id) as hook:
-        hook.send_email_smtp(
+        raise ChannelUnusable(f"notify channel {channel.conn_id}: an e-mail channel needs a 'to' list")
+    return [
+        SmtpNotifier(
+            smtp_conn_id=channel.conn_id,
             to=list(channel.to),
-            subject=event.subject,
-            html_content=html,
             from_email=(conn.extra_dejson or {}).get("from_email") or conn.login or "sensei@localhost",
+            subject=event.subject,
+            html_content=f"<pre>{escape(event.text())}</pre>",
             custom_headers={"X-Sensei-Event": event.event, "X-Sensei-Rollback": event.rollback_id},
         )
+    ]
 
 
-def webhook_url(conn: Any) -> str:
-    """The URL a webhook connection posts to: host (or full URL), port, schema, extra ``endpoint``."""
-    host = conn.host or ""
-    if "://" in host:
-        base = host
-    else:
-        scheme = conn.schema or "http"
-        if conn.conn_type == "https":
-            scheme = "https"
-        base = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
-    endpoint = (conn.extra_dejson or {}).get("endpoint") or ""
-    return (
-        urljoin(base if base.endswith("/") or not endpoint else base + "/", endpoint.lstrip("/"))
-        if endpoint
-        else base
-    )
+def _slack_text(event: RollbackEvent) -> str:
+    return f"*{event.summary}*\n```{event.text()}```"
 
 
-def _send_webhook(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> None:
-    import httpx
-
-    auth = (conn.login, conn.password or "") if conn.login else None
-    extra = conn.extra_dejson or {}
-    headers = {"Content-Type": "application/json", **(extra.get("headers") or {})}
-    response = httpx.post(
-        webhook_url(conn),
-        content=json.dumps(event.as_json(), default=str),
-        headers=headers,
-        auth=auth,
-        timeout=float(extra.get("timeout", 10)),
-    )
-    if response.is_error:
-        # not httpx's own error: its message carries the full URL (a webhook's path is its secret)
-        raise WebhookRefused(f"the webhook answered {response.status_code} {response.reason_phrase}")
-
-
-class WebhookRefused(Exception):
-    """The webhook answered with an error status (the message never holds its URL)."""
-
-
-def _send_slack_webhook(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> None:
+def _slack_webhook_notifier(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> list[BaseNotifier]:
     try:
-        from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
     except ImportError as exc:
-        _missing("slack", "Slack notifications", exc)
-    SlackWebhookHook(slack_webhook_conn_id=channel.conn_id).send(
-        text=f"*{event.summary}*\n```{event.text()}```"
-    )
+        raise _missing("slack", "Slack notifications", exc) from exc
+    return [SlackWebhookNotifier(slack_webhook_conn_id=channel.conn_id, text=_slack_text(event))]
 
 
-def _send_slack_api(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> None:
+def _slack_api_notifier(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> list[BaseNotifier]:
     try:
-        from airflow.providers.slack.hooks.slack import SlackHook
+        from airflow.providers.slack.notifications.slack import SlackNotifier
     except ImportError as exc:
-        _missing("slack", "Slack notifications", exc)
+        raise _missing("slack", "Slack notifications", exc) from exc
     if not channel.to:
-        raise ValueError(f"notify channel {channel.conn_id}: a Slack API channel needs 'to' (channel names)")
-    hook = SlackHook(slack_conn_id=channel.conn_id)
-    for slack_channel in channel.to:
-        hook.client.chat_postMessage(channel=slack_channel, text=f"*{event.summary}*\n```{event.text()}```")
+        raise ChannelUnusable(
+            f"notify channel {channel.conn_id}: a Slack API channel needs 'to' (channel names)"
+        )
+    return [
+        SlackNotifier(slack_conn_id=channel.conn_id, channel=slack_channel, text=_slack_text(event))
+        for slack_channel in channel.to
+    ]
 
 
-def _missing(extra: str, what: str, exc: Exception) -> None:
+def _missing(extra: str, what: str, exc: Exception) -> Exception:
     from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
 
-    raise AirflowOptionalProviderFeatureException(
+    return AirflowOptionalProviderFeatureException(
         f"{what} need the {extra} extra: pip install 'sensei-airflow[{extra}]' ({exc})"
-    ) from exc
+    )
 
 
-#: Airflow connection type -> (kind, sender).
-SENDER_BY_CONN_TYPE: dict[str, tuple[str, Sender]] = {
-    "smtp": ("email", _send_email),
-    "email": ("email", _send_email),
-    "http": ("webhook", _send_webhook),
-    "https": ("webhook", _send_webhook),
-    "slackwebhook": ("slack", _send_slack_webhook),
-    "slack": ("slack", _send_slack_api),
+NotifierFactory = Callable[[Any, NotifyChannel, RollbackEvent], list[BaseNotifier]]
+
+#: Airflow connection type -> (kind, the provider notifiers that send an event to the channel).
+NOTIFIERS_BY_CONN_TYPE: dict[str, tuple[str, NotifierFactory]] = {
+    "smtp": ("email", _email_notifier),
+    "email": ("email", _email_notifier),
+    "http": ("webhook", _webhook_notifier),
+    "https": ("webhook", _webhook_notifier),
+    "slackwebhook": ("slack", _slack_webhook_notifier),
+    "slack": ("slack", _slack_api_notifier),
 }
 
 
+def _final(exc: BaseException) -> bool:
+    """Errors a retry cannot mend: no such connection, a missing extra, an unusable channel."""
+    names = {"AirflowNotFoundException", "AirflowOptionalProviderFeatureException"}
+    return isinstance(exc, ChannelUnusable) or type(exc).__name__ in names
+
+
 def send(
-    channel: NotifyChannel, event: RollbackEvent, *, attempts: int = 3, retry_delay: float = 2.0
+    channel: NotifyChannel,
+    event: RollbackEvent,
+    *,
+    attempts: int = 3,
+    retry_delay: float = 2.0,
+    context: Mapping[str, Any] | None = None,
 ) -> Delivery:
-    """Send one event to one channel, retrying; never raises."""
+    """Send one event to one channel through its provider notifier, retrying; never raises.
+
+    :param channel: the manifest's channel (connection id, recipients).
+    :param event: what to tell.
+    :param attempts: tries before the channel is recorded as failed.
+    :param retry_delay: seconds before the second try; each further try waits that much longer.
+    :param context: the task's context, handed to the notifiers (none of them needs it).
+    """
+    import tenacity
     from airflow.sdk import BaseHook
 
     kind = "unknown"
-    error: str | None = None
-    for attempt in range(1, attempts + 1):
-        try:
-            conn = BaseHook.get_connection(channel.conn_id)
-            mask_connection(conn)  # the task log, and every error stored below, never show its secrets
-            if conn.conn_type not in SENDER_BY_CONN_TYPE:
-                supported = ", ".join(sorted(SENDER_BY_CONN_TYPE))
-                return Delivery(
-                    channel.conn_id,
-                    kind,
-                    False,
-                    attempt,
-                    f"connection type {conn.conn_type!r} cannot notify (supported: {supported})",
-                )
-            kind, sender = SENDER_BY_CONN_TYPE[conn.conn_type]
-            sender(conn, channel, event)
-            return Delivery(channel.conn_id, kind, True, attempt)
-        except Exception as exc:  # a channel must never break the rollback
-            error = redact_error(exc)
-            log.warning("notify %s: attempt %d of %d failed: %s", channel.conn_id, attempt, attempts, error)
-            if type(exc).__name__ in ("AirflowNotFoundException", "AirflowOptionalProviderFeatureException"):
-                return Delivery(channel.conn_id, kind, False, attempt, error)
-            if attempt < attempts:
-                time.sleep(retry_delay * attempt)
-    return Delivery(channel.conn_id, kind, False, attempts, error)
+    pending: list[BaseNotifier] | None = None
+
+    def _log_retry(state: tenacity.RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome else None
+        error = redact_error(failure) if failure else "?"
+        log.warning(
+            "notify %s: attempt %d of %d failed: %s", channel.conn_id, state.attempt_number, attempts, error
+        )
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(max(attempts, 1)),
+        wait=tenacity.wait_incrementing(start=retry_delay, increment=retry_delay),
+        retry=tenacity.retry_if_exception(lambda exc: not _final(exc)),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                if pending is None:
+                    conn = BaseHook.get_connection(channel.conn_id)
+                    # the task log, every error stored below and the HTTP clients' request lines
+                    # never show the channel's secrets
+                    mask_connection(conn)
+                    redact_url_loggers()
+                    if conn.conn_type not in NOTIFIERS_BY_CONN_TYPE:
+                        supported = ", ".join(sorted(NOTIFIERS_BY_CONN_TYPE))
+                        raise ChannelUnusable(
+                            f"connection type {conn.conn_type!r} cannot notify (supported: {supported})"
+                        )
+                    kind, make = NOTIFIERS_BY_CONN_TYPE[conn.conn_type]
+                    pending = make(conn, channel, event)
+                while pending:  # a retry sends only what has not gone yet
+                    pending[0].notify(dict(context or {}))  # type: ignore[arg-type]
+                    pending.pop(0)
+    except Exception as exc:  # a channel must never break the rollback
+        tries = retrying.statistics.get("attempt_number", 1)
+        return Delivery(channel.conn_id, kind, False, tries, redact_error(exc))
+    return Delivery(channel.conn_id, kind, True, retrying.statistics.get("attempt_number", 1))
 
 
 def retry_settings() -> tuple[int, float]:
@@ -237,10 +260,19 @@ def retry_settings() -> tuple[int, float]:
     )
 
 
-def notify_all(channels: Sequence[NotifyChannel], event: RollbackEvent) -> list[Delivery]:
-    """Send an event to every channel; one channel's failure never stops the others."""
+def notify_all(
+    channels: Sequence[NotifyChannel], event: RollbackEvent, context: Mapping[str, Any] | None = None
+) -> list[Delivery]:
+    """Send an event to every channel; one channel's failure never stops the others.
+
+    :param channels: the manifest's ``notify`` list.
+    :param event: what to tell.
+    :param context: the task's context, if any.
+    """
     attempts, delay = retry_settings()
-    deliveries = [send(channel, event, attempts=attempts, retry_delay=delay) for channel in channels]
+    deliveries = [
+        send(channel, event, attempts=attempts, retry_delay=delay, context=context) for channel in channels
+    ]
     for delivery in deliveries:
         if not delivery.ok:
             log.warning(
@@ -249,13 +281,22 @@ def notify_all(channels: Sequence[NotifyChannel], event: RollbackEvent) -> list[
     return deliveries
 
 
-def notify_failure(context: Mapping[str, Any]) -> None:
-    """``on_failure_callback``: tell the migration's channels that a rollback task failed.
+class RollbackFailureNotifier(BaseNotifier):  # type: ignore[misc]
+    """``on_failure_callback`` of the runbook's tasks: tell the migration's channels a task failed.
 
     The migration comes from the run's conf (``migration_id``); consumers still halted for it are
-    named, so the message says they stay halted. Never raises.
+    named, so the message says they stay halted. Never raises. Registered in the provider info
+    (``notifications``), so Airflow lists it among the notifiers.
     """
-    try:
+
+    def notify(self, context: Any) -> None:
+        try:
+            self._notify(context)
+        except Exception:
+            log.exception("the failure notification could not be sent")
+
+    @staticmethod
+    def _notify(context: Mapping[str, Any]) -> None:
         from sensei_airflow.manifest import load_manifests
 
         dag_run = context.get("dag_run")
@@ -290,6 +331,71 @@ def notify_failure(context: Mapping[str, Any]) -> None:
             summary=f"Rollback {rollback_id} of {manifest.id}: task {task_id} failed.{suffix}",
             detail=detail,
         )
-        notify_all(manifest.notify, event)
-    except Exception:
-        log.exception("the failure notification could not be sent")
+        notify_all(manifest.notify, event, context)
+
+
+#: the runbook's failure callback (an instance: Airflow calls it with the task's context).
+notify_failure = RollbackFailureNotifier()
+
+
+class ApprovalNotifier(BaseNotifier):  # type: ignore[misc]
+    """Tells the channels that a rollback awaits approval, with the link to the approval page.
+
+    Given to the approve task as its ``notifiers``: the human-in-the-loop operator calls it once
+    the request is written, with the task's context, so the link is the Airflow UI's "required
+    actions" page of that very task (:func:`approval_link`).
+
+    :param channels: the manifest's ``notify`` list.
+    :param migration_id: the migration being rolled back.
+    :param rollback_id: the rollback's run id.
+    :param plan: the plan and its impact, as the approver sees it (Markdown).
+    """
+
+    def __init__(
+        self, *, channels: Sequence[NotifyChannel], migration_id: str, rollback_id: str, plan: str
+    ) -> None:
+        super().__init__()
+        self.channels = list(channels)
+        self.migration_id = migration_id
+        self.rollback_id = rollback_id
+        self.plan = plan
+        self.deliveries: list[Delivery] = []
+
+    def notify(self, context: Any) -> None:
+        try:
+            self._notify(context)
+        except Exception:  # the approval request is written: a channel never stops it
+            log.exception("the approval notification could not be sent")
+
+    def _notify(self, context: Any) -> None:
+        link = approval_link(context)
+        where = f": {link}" if link else " in Airflow (Required Actions)"
+        event = RollbackEvent(
+            event=APPROVAL,
+            migration_id=self.migration_id,
+            rollback_id=self.rollback_id,
+            summary=f"Rollback {self.rollback_id} of {self.migration_id} awaits approval{where}",
+            detail={"approval_link": link, "plan": self.plan},
+        )
+        self.deliveries = notify_all(self.channels, event, context)
+
+
+def approval_link(context: Mapping[str, Any]) -> str | None:
+    """The approval page of the context's human-in-the-loop task.
+
+    On ``[api] base_url``, else on the URL of the Airflow API connection halt and resume use
+    (the same api-server serves the UI); None when neither is set.
+    """
+    from airflow.providers.standard.operators.hitl import HITLOperator
+    from airflow.sdk import conf
+
+    from sensei_airflow.airflow_api import connect_api
+
+    base_url = conf.get("api", "base_url", fallback=None)
+    if not base_url:
+        api = connect_api()
+        base_url = api.base_url if api is not None else None
+    if not base_url:
+        log.warning("no link to the approval page: set [api] base_url")
+        return None
+    return str(HITLOperator.generate_link_to_ui_from_context(context=context, base_url=base_url))  # type: ignore[arg-type]

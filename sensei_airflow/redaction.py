@@ -16,9 +16,10 @@ See docs/adr/0007-secrets-never-stored.md.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 #: what replaces a secret.
 MASK = "***"
@@ -73,6 +74,24 @@ def url_secrets(url: str) -> list[str]:
     return found
 
 
+def webhook_url(conn: Any) -> str:
+    """The URL a webhook connection posts to: host (or full URL), port, schema, extra ``endpoint``."""
+    host = conn.host or ""
+    if "://" in host:
+        base = host
+    else:
+        scheme = conn.schema or "http"
+        if conn.conn_type == "https":
+            scheme = "https"
+        base = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
+    endpoint = (conn.extra_dejson or {}).get("endpoint") or ""
+    return (
+        urljoin(base if base.endswith("/") or not endpoint else base + "/", endpoint.lstrip("/"))
+        if endpoint
+        else base
+    )
+
+
 def connection_secrets(conn: Any) -> list[str]:
     """Every secret of an Airflow connection: password, sensitive extra values, header values, and
     the secret parts of the URL it posts to (webhooks)."""
@@ -85,8 +104,6 @@ def connection_secrets(conn: Any) -> list[str]:
         if value:
             found.append(str(value))
     if getattr(conn, "conn_type", None) in ("http", "https", "slackwebhook", "slack"):
-        from sensei_airflow.notify import webhook_url
-
         found += url_secrets(webhook_url(conn))
         endpoint = extra.get("endpoint")
         if endpoint:
@@ -135,3 +152,32 @@ def redact(text: str) -> str:
 def redact_error(exc: BaseException) -> str:
     """``"TypeName: message"`` of an exception, redacted."""
     return redact(f"{type(exc).__name__}: {exc}")
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts each record of the logger it is attached to (its message, args folded in)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return True
+
+
+#: loggers that write a request's full URL (a webhook's URL is its secret), at DEBUG.
+URL_LOGGERS = ("urllib3.connectionpool", "slack_sdk.webhook.client", "slack_sdk.web.base_client")
+
+
+def redact_url_loggers(names: tuple[str, ...] = URL_LOGGERS) -> None:
+    """Attach :class:`RedactingFilter` to the loggers that log request URLs (once per logger).
+
+    Airflow masks the task log it writes, but a record also reaches every other handler (a
+    debugging handler, a test's capture) as it was logged: the filter masks it at the source.
+
+    :param names: the loggers' names.
+    """
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from sensei_airflow.airflow_api import AirflowApi, AirflowApiError
+
 #: ``airflow standalone`` answers in 9-30 s on two idle cores; on a busy machine it can take minutes.
 START_TIMEOUT = 600.0
 #: SIGINT stops the api-server, dag processor and triggerer within seconds, but the scheduler waits
@@ -208,19 +210,27 @@ class StandaloneAirflow:
         self.process = spawn([airflow_bin(), "standalone"], env=self.env, log=self._log)
         return self
 
+    def api(self, login: Login | None = None) -> AirflowApi | None:
+        """The REST client, logged in as ``login`` (default: the first admin; None without one)."""
+        login = login or self.admin_login()
+        if login is None:
+            return None
+        return AirflowApi(self.url, login.username, login.password, timeout=HTTP_TIMEOUT)
+
     def wait_ready(self, timeout: float = START_TIMEOUT, dag_ids: Sequence[str] = ()) -> None:
         """Wait until the api-server answers, its components are healthy and ``dag_ids`` are parsed."""
         import httpx
 
         deadline = time.monotonic() + timeout
         last = "no answer yet"
+        anonymous = AirflowApi(self.url, None, None, timeout=HTTP_TIMEOUT)
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise AirflowNotReady(
                     f"airflow standalone exited ({self.process.returncode}):\n{self.log_tail()}"
                 )
             try:
-                health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=HTTP_TIMEOUT).json()
+                health = anonymous.health()
                 unhealthy = [
                     name
                     for name in ("metadatabase", "scheduler", "dag_processor", "triggerer")
@@ -233,7 +243,7 @@ class StandaloneAirflow:
                     last = f"DAGs not parsed yet: {', '.join(missing)}"
                 else:
                     last = f"not healthy yet: {', '.join(unhealthy)}"
-            except (httpx.HTTPError, ValueError) as exc:
+            except (httpx.HTTPError, AirflowApiError, ValueError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
             time.sleep(1)
         raise AirflowNotReady(
@@ -242,17 +252,8 @@ class StandaloneAirflow:
 
     def dag_known(self, dag_id: str) -> bool:
         """Whether the api-server knows the DAG (asked with the first admin login)."""
-        import httpx
-
-        login = self.admin_login()
-        if login is None:
-            return True
-        response = httpx.get(
-            f"{self.url}/api/v2/dags/{dag_id}",
-            headers=self.auth_headers(login.username, login.password),
-            timeout=HTTP_TIMEOUT,
-        )
-        return response.status_code == 200
+        api = self.api()
+        return True if api is None else api.dag_exists(dag_id)
 
     def admin_login(self) -> Login | None:
         users = self.env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "")
@@ -265,51 +266,24 @@ class StandaloneAirflow:
                 return Login(name, passwords[name], role)
         return None
 
-    def token(self, username: str, password: str) -> str:
-        """A JWT from ``POST /auth/token``."""
-        import httpx
-
-        response = httpx.post(
-            f"{self.url}/auth/token", json={"username": username, "password": password}, timeout=HTTP_TIMEOUT
-        )
-        response.raise_for_status()
-        return str(response.json()["access_token"])
-
     def auth_headers(self, username: str, password: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(username, password)}"}
+        """The ``Authorization`` header of a fresh token for this login."""
+        api = self.api(Login(username, password))
+        assert api is not None
+        return api.headers()
 
     def unpause(self, dag_ids: Sequence[str], paused: bool = False) -> None:
         """Unpause (or with ``paused=True``, pause) these DAGs through the REST API."""
-        import httpx
-
-        login = self.admin_login()
-        if login is None:
+        api = self.api()
+        if api is None:
             return
-        headers = self.auth_headers(login.username, login.password)
         for dag_id in dag_ids:
-            response = httpx.patch(
-                f"{self.url}/api/v2/dags/{dag_id}",
-                json={"is_paused": paused},
-                headers=headers,
-                timeout=HTTP_TIMEOUT,
-            )
-            response.raise_for_status()
+            api.set_paused(dag_id, paused)
 
     def dag_ids(self) -> list[str]:
         """Every DAG the api-server knows."""
-        import httpx
-
-        login = self.admin_login()
-        if login is None:
-            return []
-        response = httpx.get(
-            f"{self.url}/api/v2/dags",
-            params={"limit": 1000},
-            headers=self.auth_headers(login.username, login.password),
-            timeout=HTTP_TIMEOUT,
-        )
-        response.raise_for_status()
-        return [d["dag_id"] for d in response.json()["dags"]]
+        api = self.api()
+        return [] if api is None else api.dag_ids()
 
     def log_tail(self, chars: int = 6000) -> str:
         try:

@@ -530,8 +530,13 @@ class Engine(ABC):
         return {t: f"rows={n}" for t, n in self.row_counts(tables).items()}
 
     def asset_uri(self, table: str) -> str | None:
-        """The Airflow Asset URI of a table, as the engine's provider writes it (None: no such form)."""
-        return None
+        """The Airflow Asset URI of a table, as the engine's provider writes it (None: no such form).
+
+        Built by :mod:`sensei_airflow.engines.assets` with the provider's own ``sanitize_uri``.
+        """
+        from sensei_airflow.engines.assets import table_asset_uri
+
+        return table_asset_uri(self, table)
 
     def row_source(self, table: str, key: Sequence[str]) -> Any | None:
         """The table's key columns as a :class:`sensei_airflow.verify.RowSource` (None: not available).

@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.execution_time.hitl import HITLUser
 
-from sensei_airflow import consumers, investigate, notify
+from sensei_airflow import consumers, investigate, lineage, notify
 from sensei_airflow.anchors import Anchor
 from sensei_airflow.lock import MigrationLocks
 from sensei_airflow.manifest import load_manifests
@@ -175,17 +176,18 @@ class ApproveOperator(ApprovalOperator):
         self.subject = f"Roll back {plan.migration_id} with {plan.strategy}?"
         self.body = approval_body(plan)
         self.response_timeout = timedelta(hours=step.manifest.rollback.approval_timeout_hours)
+        self.assigned_users = [
+            HITLUser(id=a.id, name=a.name) for a in step.manifest.rollback.approvers
+        ] or None
         step.record("awaiting approval", detail={"subject": self.subject})
-        notify.notify_all(
-            step.manifest.notify,
-            notify.RollbackEvent(
-                event=notify.APPROVAL,
+        self.notifiers = [
+            notify.ApprovalNotifier(
+                channels=step.manifest.notify,
                 migration_id=plan.migration_id,
                 rollback_id=plan.rollback_id,
-                summary=f"Rollback {plan.rollback_id} of {plan.migration_id} awaits approval in Airflow",
-                detail={"plan": approval_body(plan)},
-            ),
-        )
+                plan=self.body,
+            )
+        ]
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
@@ -431,7 +433,8 @@ class ResumeOperator(_ConsumerStep):
 
     Restores every consumer still recorded as halted for the migration, also those a crashed
     earlier run halted: DAGs are unpaused only if they were unpaused before; roles get exactly
-    their recorded grants back.
+    their recorded grants back. Then an asset event for each table the rollback changed tells
+    the DAGs scheduled on them that the data is back and theirs to read.
     """
 
     step = "resume"
@@ -444,6 +447,11 @@ class ResumeOperator(_ConsumerStep):
                 step.manifest, step.rollback_id, step.state, self.target(step), self.api
             )
         step.record("resumed", sql=result["statements"], detail=result)
+        changed, execution, _ = executed(step)
+        if changed is not None and execution is not None:  # consumers may now read the rolled-back tables
+            result.update(
+                lineage.tell_airflow(step.context, step.manifest, changed, self.step, lineage=False)
+            )
         return result
 
     def summary(self, result: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk.exceptions import AirflowSkipException
 
+from sensei_airflow import lineage
 from sensei_airflow.manifest import Strategy
 from sensei_airflow.operators.base import RunbookOperator, StepRun
 from sensei_airflow.strategies import strategy_class
@@ -20,6 +21,7 @@ class ExecuteStrategyOperator(RunbookOperator):
 
     The fence (:meth:`StepRun.fence`) refuses before anything changes when this run no longer
     holds the migration's lock, and keeps it held until the strategy's changes have committed.
+    Afterwards the changed tables' asset events and lineage go to Airflow (:mod:`sensei_airflow.lineage`).
     """
 
     step = "execute"
@@ -40,7 +42,8 @@ class ExecuteStrategyOperator(RunbookOperator):
             detail={"rows_affected": execution.rows_affected, **execution.detail},
             finished=True,
         )
-        return execution.as_xcom()
+        # the changed tables' asset events and lineage (best effort, never failing the step)
+        return {**execution.as_xcom(), **lineage.tell_airflow(step.context, step.manifest, plan, self.step)}
 
     def summary(self, result: Any) -> dict[str, Any]:
         return {"rows_affected": result["rows_affected"]}

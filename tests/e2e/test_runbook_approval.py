@@ -21,7 +21,11 @@ from sensei_airflow.state import StateStore, utcnow
 from tests.e2e.seed_payloads import assert_status_shape
 from tests.e2e.test_truncate_e2e import assess_error
 from tests.fixtures import migrate_demo, run_dag
-from tests.integration.runbook.support import api_server, write_manifest  # noqa: F401 - fixture
+from tests.integration.runbook.support import (  # noqa: F401 - fixtures
+    api_server,
+    webhook_server,
+    write_manifest,
+)
 
 
 class Approver:
@@ -70,9 +74,17 @@ def wait_for_approval_request(client, timeout: float = 120) -> dict[str, Any]:
 
 
 def test_a_rejected_approval_stops_the_run_with_nothing_changed(
-    databases, migrations_dir, airflow_db, api_server
+    databases, migrations_dir, airflow_db, api_server, webhook_server, monkeypatch
 ):
-    write_manifest(migrations_dir, require_approval=True)
+    # the channels are told where to answer: the approval page of this run's approve task, on
+    # the api-server of the Airflow API connection
+    monkeypatch.setenv("AIRFLOW_CONN_SENSEI_AIRFLOW_API", api_server.connection_env())
+    write_manifest(
+        migrations_dir,
+        require_approval=True,
+        approvers=["sensei_admin"],
+        notify=[{"conn_id": "ops_webhook"}],
+    )
     counts = migrate_demo(load_manifests(migrations_dir).get("mig_shop_2026"))
     store = StateStore("sensei_state")
 
@@ -88,6 +100,13 @@ def test_a_rejected_approval_stops_the_run_with_nothing_changed(
     assert "| 1 | sales.order_items |" in request["body"]
     assert "TRUNCATE TABLE" in request["body"]
     assert seen["answer"][0] == 200, seen["answer"]
+    assert request["assigned_users"] == [{"id": "sensei_admin", "name": "sensei_admin"}]
+    asked = next(
+        e["json"] for e in webhook_server.events if e["json"]["event"] == "rollback.awaiting_approval"
+    )
+    link = f"{api_server.url}/dags/sensei_rollback/runs/{run_id}/tasks/approve/required_actions?map_index=-1"
+    assert asked["detail"]["approval_link"] == link
+    assert asked["summary"] == f"Rollback {run_id} of mig_shop_2026 awaits approval: {link}"
     # while it waited for the answer, the rollback held the migration's lock
     assert seen["lock_holder"] == run_id
 

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from sensei_airflow.engines.base import (
     ChangeLockHeld,
@@ -312,18 +311,6 @@ class PostgresEngine(Engine):
             for name in names
         )
         return {name: f"rows={count};sum={digest}" for name, count, digest in self.query(union, names)}
-
-    def asset_uri(self, table: str) -> str | None:
-        """``postgres://host:port/database/schema/table``, the postgres provider's Asset URI form.
-
-        Each name is percent-encoded (a plain name is unchanged; ``Sales Data`` becomes
-        ``Sales%20Data``, a ``/`` inside a name cannot split the path).
-        """
-        conn = self.hook.get_connection(self.conn_id)
-        if not conn.host or not conn.schema:
-            return None
-        schema, name = (quote(part, safe="") for part in self.name_parts(table))
-        return f"postgres://{conn.host}:{conn.port or 5432}/{conn.schema}/{schema}/{name}"
 
     def row_source(self, table: str, key: Sequence[str]) -> PostgresRowSource | None:
         """The table's key columns, read through the reverse migration's ``PostgresRowSource``."""

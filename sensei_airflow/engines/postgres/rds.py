@@ -76,7 +76,7 @@ class RdsRecovery(CopyBackRecovery[RdsPointInTime]):
         try:
             from airflow.providers.amazon.aws.hooks.rds import RdsHook
         except ImportError as exc:
-            from airflow.exceptions import AirflowOptionalProviderFeatureException
+            from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
 
             raise AirflowOptionalProviderFeatureException(
                 "point-in-time recovery on RDS needs the amazon provider: pip install 'sensei-airflow[amazon]'"

@@ -100,6 +100,8 @@ class WebhookReceiver:
     #: answer HTTP 503 to this many requests first (a flaky channel)
     fail_first: int = 0
     requests: int = 0
+    #: the body of a successful answer (HTTP 200 with it; none: 204), e.g. Slack's ``{"ok": true}``
+    reply: bytes = b""
 
     @property
     def url(self) -> str:
@@ -123,9 +125,17 @@ def webhook_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebhookReceiver]
                 {
                     "path": self.path,
                     "content_type": self.headers.get("Content-Type"),
+                    "headers": dict(self.headers.items()),
                     "json": json.loads(body),
                 }
             )
+            if receiver.reply:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(receiver.reply)))
+                self.end_headers()
+                self.wfile.write(receiver.reply)
+                return
             self.send_response(204)
             self.end_headers()
 
