@@ -36,9 +36,14 @@ pytest_plugins = ["tests.fixtures"]
 def pytest_collection_modifyitems(items: list[Any]) -> None:
     """Spread the suite over pytest-xdist workers a module at a time (``--dist loadgroup``).
 
-    Module-scoped fixtures are then set up once, and every test that talks to the session's
-    ``airflow standalone`` runs on the same worker, so only one such server starts.
+    Module-scoped fixtures are then set up once. The tests that talk to the session's ``airflow
+    standalone`` form two groups (the REST API's module, and the rest), so at most two such servers
+    start and neither group alone becomes the suite's longest path.
     """
     for item in items:
-        group = "airflow_server" if "airflow_server" in item.fixturenames else item.nodeid.split("::")[0]
+        module = item.nodeid.split("::")[0]
+        if "airflow_server" in item.fixturenames:
+            group = "airflow_server-api" if module.endswith("test_api_server.py") else "airflow_server"
+        else:
+            group = module
         item.add_marker(pytest.mark.xdist_group(group))
