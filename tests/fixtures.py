@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,21 +53,35 @@ class Databases:
             return conn.execute(sql, params).fetchone()[0]
 
 
-@pytest.fixture
-def databases(pg_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Databases]:
+@contextmanager
+def databases_on(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, *, before_drop: str | None = None
+) -> Iterator[Databases]:
+    """Fresh source, target and state databases on ``cluster``, their connections in the environment.
+
+    :param before_drop: SQL run on the cluster before the databases are dropped, with the target's
+        name as its one parameter (e.g. dropping the target's replication slots).
+    """
+    import psycopg
+    from psycopg import sql
+
     suffix = uuid.uuid4().hex[:8]
     names = {role: f"{role}_{suffix}" for role in ("source", "target", "state")}
     conn_ids = {"source": "shop_source", "target": "shop_target", "state": "sensei_state"}
     for role, name in names.items():
-        uri = pg_cluster.create_database(name)
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_ids[role].upper()}", uri)
-    yield Databases(pg_cluster, names["source"], names["target"], names["state"], conn_ids)
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_ids[role].upper()}", cluster.create_database(name))
+    yield Databases(cluster, names["source"], names["target"], names["state"], conn_ids)
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        if before_drop is not None:
+            conn.execute(before_drop, (names["target"],))
         for name in names.values():
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def databases(pg_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Databases]:
+    with databases_on(pg_cluster, monkeypatch) as made:
+        yield made
 
 
 @pytest.fixture

@@ -145,6 +145,33 @@ def hold(dsn: str, *statements: str, params: Sequence[Any] = ()) -> Iterator[Hol
         held.release()
 
 
+def kill_when_blocked(
+    dsn: str,
+    statements: Sequence[str],
+    conf: dict[str, Any],
+    what: str,
+    *,
+    params: Sequence[Any] = (),
+    while_blocked: Callable[[str], None] | None = None,
+) -> str:
+    """Hold ``statements`` open on ``dsn``, start the rollback, and kill -9 it once it waits for the hold.
+
+    :param what: the step the rollback is expected to block in (for the failure message).
+    :param while_blocked: called with the blocked query before the kill (checks of what is still open).
+    :return: the query the rollback was blocked in.
+    """
+    with hold(dsn, *statements, params=params) as held:
+        child = start_rollback(conf)
+        try:
+            _, query = held.blocked(child.alive, what)
+            if while_blocked is not None:
+                while_blocked(query)
+            child.kill()
+        finally:
+            child.stop()
+    return query
+
+
 def sessions_left(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return int(

@@ -21,6 +21,7 @@ from tests.chaos.harness import (
     MIG,
     dsns,
     hold,
+    kill_when_blocked,
     release_crashed_lock,
     rows,
     staging,
@@ -52,16 +53,13 @@ def test_killed_in_execute_sequences_then_run_again(changed, databases):
     target = rows(databases, "target", TARGET_TABLES)
     conf = {"migration_id": MIG, "strategy": "reverse_migration"}
     # the reverse migration only reads the target; its sequence step is the first to need this one
-    with hold(
-        databases.cluster.dsn(databases.target), "ALTER SEQUENCE crm.customers_id_seq INCREMENT BY 1"
-    ) as held:
-        child = start_rollback(conf)
-        try:
-            _, query = held.blocked(child.alive, "execute_sequences")
-            assert query.startswith("SELECT setval(")
-            child.kill()
-        finally:
-            child.stop()
+    query = kill_when_blocked(
+        databases.cluster.dsn(databases.target),
+        ["ALTER SEQUENCE crm.customers_id_seq INCREMENT BY 1"],
+        conf,
+        "execute_sequences",
+    )
+    assert query.startswith("SELECT setval(")
     wait_until_gone(*dsns(databases))
 
     assert_source_is_inverse_of_target(databases)  # execute had committed: fully done

@@ -21,6 +21,7 @@ from tests.chaos.harness import (
     constraints,
     dsns,
     hold,
+    kill_when_blocked,
     release_crashed_lock,
     rows,
     start_rollback,
@@ -52,16 +53,22 @@ def change_lock_holder(databases) -> str | None:
 def test_killed_in_execute_truncate_then_run_again(migrated, databases):
     before = rows(databases, "target", TARGET_TABLES)
     conf = {"migration_id": MIG, "strategy": "truncate", "reason": "Zoë's chaos drill: «kill -9»"}
-    with hold(databases.cluster.dsn(databases.target), SEQUENCE_HOLD) as held:
-        child = start_rollback(conf)
-        try:
-            _, query = held.blocked(child.alive, "execute_truncate's TRUNCATE")
-            assert query.startswith("TRUNCATE TABLE")
-            crashed = MigrationLocks(StateStore("sensei_state")).holder(MIG).rollback_id
-            assert change_lock_holder(databases) == f"sensei {crashed}"  # the change runs inside the fence
-            child.kill()
-        finally:
-            child.stop()
+
+    holders: list[str] = []
+
+    def inside_the_fence(_: str) -> None:
+        holders.append(MigrationLocks(StateStore("sensei_state")).holder(MIG).rollback_id)
+        assert change_lock_holder(databases) == f"sensei {holders[0]}"  # the change runs inside the fence
+
+    query = kill_when_blocked(
+        databases.cluster.dsn(databases.target),
+        [SEQUENCE_HOLD],
+        conf,
+        "execute_truncate's TRUNCATE",
+        while_blocked=inside_the_fence,
+    )
+    assert query.startswith("TRUNCATE TABLE")
+    crashed = holders[0]
     wait_until_gone(*dsns(databases))
 
     assert rows(databases, "target", TARGET_TABLES) == before  # untouched: nothing was committed
@@ -84,14 +91,13 @@ def test_killed_in_execute_backup_restore_then_run_again(databases, migrations_d
     change_after_migration(databases)
     before, shape = rows(databases, "target", TARGET_TABLES), constraints(databases)
     conf = {"migration_id": MIG, "strategy": "backup_restore", "backup_id": backup_id}
-    with hold(databases.cluster.dsn(databases.target), SEQUENCE_HOLD) as held:
-        child = start_rollback(conf)
-        try:
-            _, query = held.blocked(child.alive, "the restore's TRUNCATE, its foreign keys set aside")
-            assert query.startswith("TRUNCATE TABLE")
-            child.kill()
-        finally:
-            child.stop()
+    query = kill_when_blocked(
+        databases.cluster.dsn(databases.target),
+        [SEQUENCE_HOLD],
+        conf,
+        "the restore's TRUNCATE, its foreign keys set aside",
+    )
+    assert query.startswith("TRUNCATE TABLE")
     wait_until_gone(*dsns(databases))
 
     assert rows(databases, "target", TARGET_TABLES) == before

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from sensei_airflow.demo import shop
-from tests.chaos.harness import hold, release_crashed_lock, start_rollback, wait_until_gone
+from tests.chaos.harness import kill_when_blocked, release_crashed_lock, wait_until_gone
 from tests.e2e.test_pitr_table_level import (  # noqa: F401 - fixtures
     MIGRATED,
     archiving,
@@ -47,15 +47,18 @@ def test_killed_while_replacing_the_tables_then_run_again(
     live = archiving.cluster.dsn(pitr_target)
     conf = {"migration_id": shop.DEMO_MIGRATION_ID, "strategy": "point_in_time"}
     try:
-        with hold(live, "ALTER SEQUENCE crm.customers_id_seq INCREMENT BY 1") as held:
-            child = start_rollback(conf)
-            try:
-                _, query = held.blocked(child.alive, "the copy back into the live tables")
-                assert query.startswith("TRUNCATE TABLE")
-                assert archiving.scratch_leftovers(), "the scratch cluster should be up at this point"
-                child.kill()
-            finally:
-                child.stop()
+
+        def scratch_is_up(_: str) -> None:
+            assert archiving.scratch_leftovers(), "the scratch cluster should be up at this point"
+
+        query = kill_when_blocked(
+            live,
+            ["ALTER SEQUENCE crm.customers_id_seq INCREMENT BY 1"],
+            conf,
+            "the copy back into the live tables",
+            while_blocked=scratch_is_up,
+        )
+        assert query.startswith("TRUNCATE TABLE")
         wait_until_gone(live, *[databases.cluster.dsn(getattr(databases, s)) for s in ("source", "state")])
         assert state_of(archiving, pitr_target) == changed  # the live target is untouched
     finally:

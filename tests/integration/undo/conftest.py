@@ -7,7 +7,6 @@ deletes, and the application writes after the cutover.
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from sensei_airflow.local_postgres import LocalCluster, PostgresUnavailable, free_port, new_cluster_dir
-from tests.fixtures import Databases
+from tests.fixtures import Databases, databases_on
 
 MIG = "mig_shop_2026"
 MIGRATED = ["crm.customers", "sales.orders", "sales.order_items"]
@@ -45,22 +44,12 @@ def logical_cluster() -> Iterator[LocalCluster]:
 @pytest.fixture
 def logical_databases(logical_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Databases]:
     """Source, target and state databases on the logical cluster (slots of the target dropped afterwards)."""
-    import psycopg
-    from psycopg import sql
-
-    suffix = uuid.uuid4().hex[:8]
-    names = {role: f"{role}_{suffix}" for role in ("source", "target", "state")}
-    conn_ids = {"source": "shop_source", "target": "shop_target", "state": "sensei_state"}
-    for role, name in names.items():
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_ids[role].upper()}", logical_cluster.create_database(name))
-    yield Databases(logical_cluster, names["source"], names["target"], names["state"], conn_ids)
-    with psycopg.connect(logical_cluster.dsn(), autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
-            (names["target"],),
-        )
-        for name in names.values():
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with databases_on(
+        logical_cluster,
+        monkeypatch,
+        before_drop="SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
+    ) as made:
+        yield made
 
 
 def write_manifest(migrations_dir: Path, *, undo_log: bool = True, **rollback: Any) -> Any:

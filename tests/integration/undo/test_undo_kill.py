@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.harness import dsns, hold, release_crashed_lock, start_rollback, wait_until_gone
+from tests.chaos.harness import dsns, kill_when_blocked, release_crashed_lock, wait_until_gone
 from tests.fixtures import run_dag
 from tests.integration.undo.conftest import MIG, MIGRATED, table_rows
 
@@ -19,14 +19,13 @@ def test_killed_before_its_commit_then_run_again(marked: dict[str, Any]) -> None
     databases = marked["databases"]
     before = table_rows(databases)
     conf = {"migration_id": MIG, "strategy": "undo_log", "reason": "Zoë's drill: «kill -9»"}
-    with hold(databases.cluster.dsn(databases.target), SEQUENCE_HOLD) as held:
-        child = start_rollback(conf)
-        try:
-            _, query = held.blocked(child.alive, "the undo's sequence reset, its rows written")
-            assert query.startswith("SELECT setval")
-            child.kill()
-        finally:
-            child.stop()
+    query = kill_when_blocked(
+        databases.cluster.dsn(databases.target),
+        [SEQUENCE_HOLD],
+        conf,
+        "the undo's sequence reset, its rows written",
+    )
+    assert query.startswith("SELECT setval")
     wait_until_gone(*dsns(databases))
 
     assert table_rows(databases) == before  # nothing was committed
