@@ -5,7 +5,10 @@ are deleted on the source, changed rows updated, new rows inserted (upsert by ke
 inverse expressions run inside the target's ``SELECT``; rows land in staging tables on the
 source chunk by chunk (each chunk a key range, committed with its checkpoint), and one
 source transaction applies every table at the end, so a failure at any point leaves the
-source as it was and a retry resumes from the last staged chunk.
+source as it was and a retry resumes from the last staged chunk. In the runbook the chunks are
+staged by several mapped tasks first (:meth:`ReverseMigrationStrategy.staging_groups`,
+:meth:`ReverseMigrationStrategy.stage`), spread over the executor's workers, and the apply task
+finds them staged (ADR 0208).
 
 Assess refuses, before anything is written, when a column in scope has no inverse, the
 source cannot be written, a key is missing, or a mapping does not round-trip on a sample of
