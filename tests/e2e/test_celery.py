@@ -9,7 +9,10 @@ the same, row for row, as a single-process run of the same rollback.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -46,11 +49,23 @@ def redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="module")
-def celery_server(pg_cluster: Any, redis: RedisServer) -> Iterator[AirflowServer]:
+def backups() -> Iterator[Path]:
+    """The backup location: one directory every worker reaches (as shared storage would be)."""
+    path = Path(tempfile.mkdtemp(prefix="sensei-celery-backups-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def celery_server(pg_cluster: Any, redis: RedisServer, backups: Path) -> Iterator[AirflowServer]:
+    from sensei_airflow.demo import shop
     from sensei_airflow.demo.standalone import AirflowNotReady
 
+    manifest = shop.manifest_yaml(pre_migration_backup=backups.as_uri(), backup_retention_days=2)
     try:
-        server = start_celery_server(pg_cluster, redis.url, WORKERS, extra=SETTINGS)
+        server = start_celery_server(pg_cluster, redis.url, WORKERS, extra=SETTINGS, manifest_yaml=manifest)
     except AirflowNotReady as exc:
         pytest.fail(f"Airflow on CeleryExecutor did not start: {exc}", pytrace=False)
     try:
@@ -84,11 +99,11 @@ def change_target(dsn: str) -> None:
         conn.execute("DELETE FROM crm.customers WHERE id = 7")
 
 
-def source_digest(dsn: str) -> dict[str, tuple[int, str]]:
-    """Row count and an md5 over every row in key order, per source table."""
+def source_digest(dsn: str, tables: dict[str, str] = SOURCE_TABLES) -> dict[str, tuple[int, str]]:
+    """Row count and an md5 over every row in key order, per table (default: the source's)."""
     found = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for table, key in SOURCE_TABLES.items():
+        for table, key in tables.items():
             count, digest = conn.execute(
                 f"SELECT count(*), md5(string_agg(t::text, E'\\n' ORDER BY {key})) FROM {table} t"  # noqa: S608
             ).fetchone()
@@ -137,7 +152,7 @@ def test_reverse_migration_staged_on_both_workers_equals_a_single_process_run(
     assert (
         celery_server.scalar(
             "source",
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'sensei_staging' AND tablename LIKE 'rev_%'",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'sensei_staging' AND starts_with(tablename, 'rev_')",
         )
         == 0
     )
@@ -154,3 +169,54 @@ def test_reverse_migration_staged_on_both_workers_equals_a_single_process_run(
     assert outcome.state == "success", outcome.task_states
     assert source_digest(databases.cluster.dsn(databases.source)) == celery_result
     assert celery_result["public.customers"][0] == CUSTOMERS + 2 - 1
+
+
+TARGET_TABLES = {"crm.customers": "id", "sales.orders": "id", "sales.order_items": "order_id, line_no"}
+
+
+def target_digest(server: AirflowServer) -> dict[str, tuple[int, str]]:
+    return source_digest(server.cluster.dsn(server.databases["target"]), TARGET_TABLES)
+
+
+def trigger(server: AirflowServer, dag_id: str, conf: dict[str, Any]) -> str:
+    with server.client(ADMIN) as client:
+        response = client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        assert response.status_code == 200, response.text
+        return str(response.json()["dag_run_id"])
+
+
+def test_backup_then_backup_restore_on_the_workers(celery_server: AirflowServer, backups: Path) -> None:
+    if not celery_server.scalar("target", "SELECT count(*) FROM crm.customers"):
+        celery_server.migrate_demo(customers=300)
+    # a backup now, on a worker, restore-tested (maybe on the other worker); the DAG was paused at start-up
+    celery_server.airflow.unpause(["sensei_backup"])
+    run_id = trigger(celery_server, "sensei_backup", {"migration_id": MIG, "restore_test": "all"})
+    run = celery_server.wait_for_run("sensei_backup", run_id, timeout=600)
+    assert run["state"] == "success", celery_server.task_states("sensei_backup", run_id)
+    with celery_server.client(ADMIN) as client:
+        entry = client.get(
+            f"/api/v2/dags/sensei_backup/dagRuns/{run_id}/taskInstances/backup_{MIG}/xcomEntries/return_value"
+        )
+        assert entry.status_code == 200, entry.text
+    backup_id = entry.json()["value"]["backup_id"]
+    assert any(backups.rglob("*")), "the backup's files are in the shared location"
+    at_backup = target_digest(celery_server)
+
+    with psycopg.connect(
+        celery_server.cluster.dsn(celery_server.databases["target"]), autocommit=True
+    ) as conn:
+        conn.execute("UPDATE sales.orders SET status = 'remboursé' WHERE id % 7 = 0")
+        conn.execute("DELETE FROM sales.order_items WHERE line_no = 1 AND order_id < 50")
+        conn.execute("UPDATE crm.customers SET name = 'Ærøskøbing \"user\"' WHERE id = 3")
+    assert target_digest(celery_server) != at_backup
+
+    rollback = trigger(
+        celery_server,
+        "sensei_rollback",
+        {"migration_id": MIG, "strategy": "backup_restore", "backup_id": backup_id},
+    )
+    run = celery_server.wait_for_run("sensei_rollback", rollback, timeout=600)
+    states = celery_server.task_states("sensei_rollback", rollback)
+    assert run["state"] == "success", states
+    assert states["execute_backup_restore"] == "success"
+    assert target_digest(celery_server) == at_backup
