@@ -29,7 +29,9 @@ def test_a_failed_staging_task_lets_the_fallback_run_on_the_unchanged_target(
     assert outcome.task_states["execute_reverse_migration"] == "upstream_failed"
     fallback = outcome.xcoms["execute_fallback"]
     assert (fallback["from"], fallback["to"]) == ("reverse_migration", "truncate")
-    assert fallback["why"].startswith("reverse_migration failed after its retries without changing the target")
+    assert fallback["why"].startswith(
+        "reverse_migration failed after its retries without changing the target"
+    )
     assert "lock timeout" in fallback["why"]
     assert databases.scalar("target", "SELECT count(*) FROM sales.orders") == 0
     assert counts["sales.orders"] > 0
