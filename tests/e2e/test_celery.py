@@ -72,6 +72,7 @@ def celery_server(pg_cluster: Any, redis: RedisServer, backups: Path) -> Iterato
         yield server
     finally:
         server.airflow.stop()
+        shutil.rmtree(server.migrations_dir.parent, ignore_errors=True)
 
 
 def change_target(dsn: str) -> None:
