@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean postgres chromium
+.PHONY: install demo test lint bench clean postgres chromium redis
 
 install: $(STAMP)
 
@@ -26,12 +26,16 @@ postgres:
 chromium:
 	@bash scripts/ensure-chromium.sh
 
+# redis-server, the Celery broker of the test that runs Airflow on CeleryExecutor with two workers.
+redis:
+	@bash scripts/ensure-redis.sh
+
 demo: install postgres
 	$(BIN)/python -m sensei_airflow.demo
 
 # Tests run on TEST_WORKERS pytest-xdist workers, each with its own PostgreSQL cluster and Airflow home.
 TEST_WORKERS ?= 3
-test: install postgres chromium
+test: install postgres chromium redis
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: install

@@ -9,11 +9,13 @@ from airflow.sdk import DAG, AssetAlias
 
 from sensei_airflow.conf import rollback_params
 from sensei_airflow.lineage import ROLLBACK_ASSET_ALIAS
-from sensei_airflow.manifest import ManifestSet, load_manifests
+from sensei_airflow.manifest import ManifestSet, Strategy, load_manifests
 from sensei_airflow.notify import notify_failure
 from sensei_airflow.operators.runbook import (
     APPROVE_TASK_ID,
     FALLBACK_TASK_ID,
+    REVERSE_CHUNKS_TASK_ID,
+    REVERSE_STAGING_TASK_ID,
     SEQUENCES_TASK_ID,
     ApproveOperator,
     AssessOperator,
@@ -26,7 +28,11 @@ from sensei_airflow.operators.runbook import (
     ResumeOperator,
     VerifyOperator,
 )
-from sensei_airflow.operators.strategies import EXECUTE_OPERATORS
+from sensei_airflow.operators.strategies import (
+    EXECUTE_OPERATORS,
+    ReverseStagingChunksOperator,
+    ReverseStagingOperator,
+)
 
 ROLLBACK_DAG_ID = "sensei_rollback"
 
@@ -101,6 +107,7 @@ def build_rollback_dag(manifests: ManifestSet | None = None) -> DAG:
             APPROVE_TASK_ID,
             "notify",
             "halt",
+            REVERSE_CHUNKS_TASK_ID,
             *[e.task_id for e in executes],
             FALLBACK_TASK_ID,
             SEQUENCES_TASK_ID,
@@ -115,7 +122,18 @@ def build_rollback_dag(manifests: ManifestSet | None = None) -> DAG:
             watched_task_ids=[*watched, "investigate"],
             trigger_rule="all_done",
         )
-        assess >> approve >> notify >> halt >> executes >> fallback >> sequences >> verify >> resume
+        # reverse migration: ranges cut, staged by mapped tasks (spread over the workers), one apply (ADR 0208)
+        reverse_chunks = ReverseStagingChunksOperator(
+            task_id=REVERSE_CHUNKS_TASK_ID, on_failure_callback=alert
+        )
+        reverse_staging = ReverseStagingOperator.partial(
+            task_id=REVERSE_STAGING_TASK_ID, on_failure_callback=alert
+        ).expand_kwargs(reverse_chunks.output)
+        reverse_apply = executes[list(EXECUTE_OPERATORS).index(Strategy.REVERSE_MIGRATION)]
+        assess >> approve >> notify >> halt
+        halt >> [e for e in executes if e is not reverse_apply]
+        halt >> reverse_chunks >> reverse_staging >> reverse_apply
+        executes >> fallback >> sequences >> verify >> resume
         resume >> investigate >> document
     return dag
 

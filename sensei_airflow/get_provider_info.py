@@ -92,6 +92,15 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "100000",
                         "default": "100000",
                     },
+                    "reverse_staging_tasks": {
+                        "description": "How many tasks stage a reverse migration's key ranges at once "
+                        "(mapped tasks, spread over the Celery or Kubernetes workers); never more than the "
+                        "ranges. One task applies them after.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "4",
+                        "default": "4",
+                    },
                     "reverse_plan_max_rows": {
                         "description": "A reverse migration's plan counts the source rows it will insert, "
                         "update and delete for tables up to this many rows (one checksum scan of each side).",

@@ -285,12 +285,15 @@ class MigrationLocks:
         token: int | None,
         ttl: timedelta,
         databases: Sequence[Engine] = (),
+        *,
+        shared: bool = False,
     ) -> Iterator[None]:
         """Run the block (a change to ``databases``) only while this run holds the migration's lock.
 
         :raises LockLost: (a refusal) before anything is changed when the lock no longer carries
             ``token``, or when another session holds the migration's change lock on one of
-            ``databases``.
+            ``databases`` (in a mode that conflicts: ``shared`` holds it in share mode, as the
+            mapped staging tasks of one run do together).
         :raises LockUnverified: when the state store does not answer, before the change; or after
             the block when the state store went away while it ran.
         """
@@ -320,7 +323,9 @@ class MigrationLocks:
             for engine in databases:
                 try:
                     stack.enter_context(
-                        engine.hold_change_lock(change_lock_key(migration_id), f"sensei {rollback_id}")
+                        engine.hold_change_lock(
+                            change_lock_key(migration_id), f"sensei {rollback_id}", shared=shared
+                        )
                     )
                 except ChangeLockHeld as exc:
                     raise LockLost(

@@ -189,6 +189,8 @@ class StandaloneAirflow:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     _log: IO[Any] | None = field(default=None, repr=False)
+    #: the components whose health :meth:`wait_ready` waits for.
+    components: tuple[str, ...] = ("metadatabase", "scheduler", "dag_processor", "triggerer")
 
     @property
     def url(self) -> str:
@@ -232,9 +234,7 @@ class StandaloneAirflow:
             try:
                 health = anonymous.health()
                 unhealthy = [
-                    name
-                    for name in ("metadatabase", "scheduler", "dag_processor", "triggerer")
-                    if (health.get(name) or {}).get("status") != "healthy"
+                    name for name in self.components if (health.get(name) or {}).get("status") != "healthy"
                 ]
                 if not unhealthy:
                     missing = [d for d in dag_ids if not self.dag_known(d)]

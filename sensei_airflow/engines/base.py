@@ -443,7 +443,9 @@ class Engine(ABC):
         """Exact row counts of the given (qualified) tables."""
 
     # -- one rollback per migration (lock.py's fence) ----------------------------------------
-    def hold_change_lock(self, key: int, holder: str) -> AbstractContextManager[None]:
+    def hold_change_lock(
+        self, key: int, holder: str, *, shared: bool = False
+    ) -> AbstractContextManager[None]:
         """Hold the migration's change lock on this database for as long as the block runs.
 
         Where the engine has session-scoped advisory locks (PostgreSQL), a dedicated connection
@@ -452,7 +454,9 @@ class Engine(ABC):
 
         :param key: the migration's lock key (:func:`sensei_airflow.state.change_lock_key`).
         :param holder: who holds it, shown to a second holder (``sensei <rollback id>``).
-        :raises ChangeLockHeld: when another session holds it.
+        :param shared: held in share mode: other shared holders (the mapped staging tasks of one
+            run) pass, an exclusive holder (an apply) is refused, and the other way round.
+        :raises ChangeLockHeld: when another session holds it (in a conflicting mode).
         """
         return nullcontext()
 
@@ -561,6 +565,16 @@ class Engine(ABC):
     def reverse_writer(self, *, chunk_rows: int) -> ReverseWriter:
         """The writer that stages and applies reverse-migrated rows on this (source) database."""
         raise NotImplementedError(f"{type(self).__name__} cannot be written by a reverse migration yet")
+
+    def reverse_stager(self, writer: Any) -> Any | None:
+        """What stages a share of a reverse migration's chunks, for several tasks at once (ADR 0208).
+
+        :param writer: this engine's :meth:`reverse_writer`.
+        :returns: an object with ``plan(rollback_id, tables, readers) -> chunks`` and
+            ``stage(rollback_id, tables, readers, group=, groups=, migration_id=)``; None where
+            the engine stages in its apply task only (the staging tasks then do nothing).
+        """
+        return None
 
     # -- backups (backups/, strategies/backup_restore.py; defaults: not supported) -------------
     def table_checksums(self, tables: Iterable[str]) -> dict[str, Any]:

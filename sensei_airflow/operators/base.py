@@ -146,11 +146,15 @@ class StepRun(TaskRun):
         )
 
     @contextmanager
-    def fence(self, plan: RollbackPlan, strategy: Strategy | None = None) -> Iterator[None]:
+    def fence(
+        self, plan: RollbackPlan, strategy: Strategy | None = None, *, shared: bool = False
+    ) -> Iterator[None]:
         """The block changes the migration's databases: only while this run holds the lock.
 
         Holds the lock row in use for the whole block (no takeover meanwhile) and the migration's
         change lock on each database ``strategy`` (default: the plan's) writes (its ``written_sides``). See :meth:`sensei_airflow.lock.MigrationLocks.fence`.
+        ``shared``: the change locks in share mode, for tasks of one run that work side by side
+        (the mapped reverse staging tasks).
         """
         from sensei_airflow.engines import get_engine
         from sensei_airflow.strategies import strategy_class
@@ -160,7 +164,7 @@ class StepRun(TaskRun):
         sides = strategy_class(strategy or plan.strategy).written_sides
         databases = [get_engine(side_conn_id(self.manifest, side)) for side in sides]
         with MigrationLocks(self.state).fence(
-            plan.migration_id, self.rollback_id, plan.lock_token, lock_ttl(), databases
+            plan.migration_id, self.rollback_id, plan.lock_token, lock_ttl(), databases, shared=shared
         ):
             yield
 

@@ -51,10 +51,31 @@ APPROVAL_XCOM_KEY = "approval"
 AUDIT_ANCHOR_XCOM_KEY = "audit_anchor"
 FALLBACK_TASK_ID = "execute_fallback"
 SEQUENCES_TASK_ID = "execute_sequences"
+#: reverse migration's tasks before its apply (``execute_reverse_migration``): ranges cut, then staged
+#: by one mapped task per group of ranges (ADR 0208).
+REVERSE_CHUNKS_TASK_ID = "execute_reverse_migration_chunks"
+REVERSE_STAGING_TASK_ID = "execute_reverse_migration_stage"
 
 
 def execute_task_id(strategy: str) -> str:
     return f"execute_{strategy}"
+
+
+def _staging_error(step: StepRun, plan: RollbackPlan) -> dict[str, Any] | None:
+    """A reverse migration's failed staging task (its apply then never ran): the first error found.
+
+    Staging writes only the run's own staging tables, so a fallback after it is as safe as after a
+    failed apply (the target's fingerprints are still compared).
+    """
+    if plan.strategy != "reverse_migration":
+        return None
+    for task_id in (REVERSE_CHUNKS_TASK_ID, REVERSE_STAGING_TASK_ID):
+        found = step.pull(task_id, key=ERROR_XCOM_KEY)
+        errors = found if isinstance(found, list) else [found]
+        for error in errors:
+            if error:
+                return dict(error)
+    return None
 
 
 def executed(step: StepRun) -> tuple[RollbackPlan | None, dict[str, Any] | None, dict[str, Any] | None]:
@@ -340,7 +361,7 @@ class FallbackOperator(RunbookOperator):
     def _why(step: StepRun, plan: RollbackPlan) -> str:
         """Why the fallback runs (:func:`~sensei_airflow.runbook.fallback_reason`), or skip, or refuse."""
         primary = execute_task_id(plan.strategy)
-        error = step.pull(primary, key=ERROR_XCOM_KEY)
+        error = step.pull(primary, key=ERROR_XCOM_KEY) or _staging_error(step, plan)
         try:
             return fallback_reason(
                 plan,

@@ -5,7 +5,10 @@ are deleted on the source, changed rows updated, new rows inserted (upsert by ke
 inverse expressions run inside the target's ``SELECT``; rows land in staging tables on the
 source chunk by chunk (each chunk a key range, committed with its checkpoint), and one
 source transaction applies every table at the end, so a failure at any point leaves the
-source as it was and a retry resumes from the last staged chunk.
+source as it was and a retry resumes from the last staged chunk. In the runbook the chunks are
+staged by several mapped tasks first (:meth:`ReverseMigrationStrategy.staging_groups`,
+:meth:`ReverseMigrationStrategy.stage`), spread over the executor's workers, and the apply task
+finds them staged (ADR 0208).
 
 Assess refuses, before anything is written, when a column in scope has no inverse, the
 source cannot be written, a key is missing, or a mapping does not round-trip on a sample of
@@ -36,6 +39,8 @@ PROOF_ROWS = 1000
 SAMPLE_KEYS = 200
 #: rows fetched (both sides) to classify the differing key ranges of one table in the plan.
 CHANGE_ROWS = 200_000
+#: staging tasks of a reverse migration when ``[sensei] reverse_staging_tasks`` is not set.
+DEFAULT_STAGING_TASKS = 4
 
 
 def _setting(name: str, fallback: int) -> int:
@@ -222,6 +227,41 @@ class ReverseMigrationStrategy(RollbackStrategy):
         by_target = {self.target.qualify(t.target): t for t in self.manifest.tables}
         tables = self._parents_first([by_target[name] for name in plan.table_names])
         return [self.resolve(t)[0] for t in tables]
+
+    # -- staging over several tasks (ADR 0208) ------------------------------------------------
+    def staging_groups(self, plan: RollbackPlan, tasks: int | None = None) -> list[dict[str, int]]:
+        """Cut the tables into chunks (checkpointed on the source) and share them out.
+
+        :param tasks: how many staging tasks at most (default ``[sensei] reverse_staging_tasks``).
+        :returns: one small XCom per staging task, ``{"group": i, "groups": n}``: never more groups
+            than chunks, at least one (it does nothing when the apply already committed).
+        """
+        wanted = tasks if tasks is not None else _setting("reverse_staging_tasks", DEFAULT_STAGING_TASKS)
+        stager = self.source.reverse_stager(self.writer)
+        if stager is None or self.writer.applied_result(plan.rollback_id) is not None:
+            return [{"group": 0, "groups": 1}]
+        specs = self._specs(plan)
+        readers = {spec.source: self.target.reverse_reader(spec) for spec in specs}
+        chunks = stager.plan(plan.rollback_id, specs, readers)
+        groups = max(1, min(wanted, chunks))
+        return [{"group": i, "groups": groups} for i in range(groups)]
+
+    def stage(self, plan: RollbackPlan, group: int, groups: int) -> dict[str, Any]:
+        """Stage one group's chunks into the source's staging tables (the apply comes after).
+
+        :returns: per target table, the chunks staged, found unchanged, and resumed.
+        """
+        stager = self.source.reverse_stager(self.writer)
+        if stager is None:
+            return {"staged_in": "the apply task (the source engine stages there)"}
+        if self.writer.applied_result(plan.rollback_id) is not None:
+            return {"resumed": "the apply had already committed"}
+        specs = self._specs(plan)
+        readers = {spec.source: self.target.reverse_reader(spec) for spec in specs}
+        chunks = stager.stage(
+            plan.rollback_id, specs, readers, group=group, groups=groups, migration_id=self.manifest.id
+        )
+        return {"group": group, "groups": groups, "chunks": chunks}
 
     def execute(self, plan: RollbackPlan) -> Execution:
         writer = self.writer

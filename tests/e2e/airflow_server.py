@@ -19,14 +19,22 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from sensei_airflow.demo.standalone import AirflowNotReady, Login, StandaloneAirflow, standalone_env
+from sensei_airflow.demo.standalone import (
+    AirflowNotReady,
+    Login,
+    StandaloneAirflow,
+    airflow_bin,
+    spawn,
+    standalone_env,
+    stop_group,
+)
 from sensei_airflow.local_postgres import LocalCluster, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +53,8 @@ class AirflowServer:
     cluster: LocalCluster
     databases: dict[str, str]
     migrations_dir: Path
+    #: Airflow's own metadata database on ``cluster`` (None: the standalone's SQLite).
+    metadata_db: str | None = None
 
     @property
     def url(self) -> str:
@@ -112,8 +122,10 @@ class AirflowServer:
             return {ti["task_id"]: ti["state"] for ti in response.json()["task_instances"]}
 
 
-def start_airflow_server(cluster: LocalCluster) -> AirflowServer:
-    """Create the databases and the manifest, start Airflow, wait until the sensei DAGs are parsed."""
+def _server_home(
+    cluster: LocalCluster, manifest_yaml: str | None = None
+) -> tuple[Path, dict[str, str], Path, dict[str, str]]:
+    """Fresh source, target and state databases, a home with the demo manifest, and their env."""
     from sensei_airflow.demo import shop
 
     suffix = os.urandom(4).hex()
@@ -123,15 +135,28 @@ def start_airflow_server(cluster: LocalCluster) -> AirflowServer:
     home = Path(tempfile.mkdtemp(prefix="sensei-e2e-airflow-"))
     migrations = home / "migrations"
     migrations.mkdir()
-    (migrations / f"{shop.DEMO_MIGRATION_ID}.yaml").write_text(shop.manifest_yaml())
-    port = free_port()
+    (migrations / f"{shop.DEMO_MIGRATION_ID}.yaml").write_text(manifest_yaml or shop.manifest_yaml())
     extra = {f"AIRFLOW_CONN_{CONN_IDS[r].upper()}": cluster.uri(n) for r, n in databases.items()}
     extra["SENSEI_MIGRATIONS_DIR"] = str(migrations)
+    return home, databases, migrations, extra
+
+
+def start_airflow_server(cluster: LocalCluster) -> AirflowServer:
+    """Create the databases and the manifest, start Airflow, wait until the sensei DAGs are parsed."""
+    home, databases, migrations, extra = _server_home(cluster)
+    port = free_port()
     env = standalone_env(
         home=home / "airflow", dags_folder=REPO / "dags", port=port, logins=[ADMIN, VIEWER], extra=extra
     )
     airflow = StandaloneAirflow(env=env, port=port, log_path=home / "standalone.log").start()
-    server = AirflowServer(airflow=airflow, cluster=cluster, databases=databases, migrations_dir=migrations)
+    return _until_ready(
+        AirflowServer(airflow=airflow, cluster=cluster, databases=databases, migrations_dir=migrations)
+    )
+
+
+def _until_ready(server: AirflowServer) -> AirflowServer:
+    """Wait until the sensei DAGs are parsed; pause the scheduled ones. Stops Airflow if it fails."""
+    airflow = server.airflow
     try:
         airflow.wait_ready(dag_ids=list(NEEDED_DAGS))
         # Scheduled DAGs (backups, window checks) would only compete for the tests' two cores;
@@ -156,3 +181,134 @@ def airflow_server(pg_cluster: LocalCluster) -> Iterator[AirflowServer]:
     finally:
         server.airflow.stop()
         shutil.rmtree(server.migrations_dir.parent, ignore_errors=True)
+
+
+# -- Airflow on CeleryExecutor ------------------------------------------------------------------------
+#: the hostname each Celery worker's tasks record in ``task_instance.hostname`` (see celery_hostname.py).
+WORKER_HOSTNAME_ENV = "SENSEI_TEST_WORKER_HOSTNAME"
+
+
+@dataclass
+class CeleryAirflow(StandaloneAirflow):
+    """Airflow on CeleryExecutor: api-server, scheduler and dag-processor, and Celery workers.
+
+    Each component is its own process group (stopped with SIGINT, then terminated), logging to its
+    own file beside ``log_path``. Each worker has its own ``AIRFLOW_HOME`` (its logs stay on its own
+    "disk") and its own hostname in the metadata database.
+    """
+
+    workers: tuple[str, ...] = ()
+    worker_concurrency: int = 1
+    components: tuple[str, ...] = ("metadatabase", "scheduler", "dag_processor")
+    processes: dict[str, Any] = field(default_factory=dict)
+    logs: dict[str, Any] = field(default_factory=dict)
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        path = self.log_path.with_name(f"{name}.log")
+        self.logs[name] = open(path, "ab")  # noqa: SIM115 - closed in stop()
+        self.processes[name] = spawn([airflow_bin(), *args], env=env, log=self.logs[name])
+
+    def start(self) -> CeleryAirflow:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.run("db", "migrate")
+        self._spawn("api-server", ["api-server", "--workers", "1"], self.env)
+        self._spawn("scheduler", ["scheduler"], self.env)
+        self._spawn("dag-processor", ["dag-processor"], self.env)
+        for name in self.workers:
+            home = Path(self.env["AIRFLOW_HOME"]).with_name(f"home-{name}")
+            home.mkdir(parents=True, exist_ok=True)
+            env = {
+                **self.env,
+                "AIRFLOW_HOME": str(home),
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.e2e.celery_hostname.hostname",
+                WORKER_HOSTNAME_ENV: name,
+                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), self.env.get("PYTHONPATH")) if p),
+            }
+            self._spawn(
+                name,
+                ["celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency",
+                 str(self.worker_concurrency), "--skip-serve-logs", "--without-gossip", "--without-mingle"],
+                env,
+            )  # fmt: skip
+        return self
+
+    def wait_ready(self, timeout: float = 600.0, dag_ids: Any = ()) -> None:
+        """The api-server's components healthy, the DAGs parsed, and every worker taking tasks."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise AirflowNotReady(f"{name} exited ({process.returncode}):\n{self.log_tail_of(name)}")
+            try:
+                super().wait_ready(timeout=5, dag_ids=dag_ids)
+                break
+            except AirflowNotReady:
+                if time.monotonic() > deadline:
+                    raise
+        for name in self.workers:
+            while f"{name}@" not in self.log_tail_of(name, 200_000) or " ready." not in self.log_tail_of(
+                name, 200_000
+            ):
+                if self.processes[name].poll() is not None or time.monotonic() > deadline:
+                    raise AirflowNotReady(f"celery worker {name} not ready:\n{self.log_tail_of(name)}")
+                time.sleep(1)
+
+    def log_tail_of(self, name: str, chars: int = 6000) -> str:
+        try:
+            return self.log_path.with_name(f"{name}.log").read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return "\n".join(f"--- {name}:\n{self.log_tail_of(name, chars // 2)}" for name in self.processes)
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            stop_group(process)
+        for log in self.logs.values():
+            log.close()
+        self.logs.clear()
+
+
+def start_celery_server(
+    cluster: LocalCluster,
+    broker_url: str,
+    workers: tuple[str, ...],
+    *,
+    extra: dict[str, str] | None = None,
+    manifest_yaml: str | None = None,
+) -> AirflowServer:
+    """Airflow on CeleryExecutor with ``workers``, its metadata database on ``cluster``.
+
+    :param broker_url: the Celery broker (and result backend), e.g. a test's redis-server.
+    :param extra: more environment (``[sensei]`` settings) for every component.
+    """
+    home, databases, migrations, env_extra = _server_home(cluster, manifest_yaml)
+    metadata = f"srv_airflow_{os.urandom(4).hex()}"
+    cluster.create_database(metadata)
+    port = free_port()
+    env_extra.update(
+        {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": cluster.uri(metadata).replace(
+                "postgresql://", "postgresql+psycopg://", 1
+            ),
+            "AIRFLOW__CELERY__BROKER_URL": broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": broker_url,
+            "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+            **(extra or {}),
+        }
+    )
+    env = standalone_env(
+        home=home / "airflow", dags_folder=REPO / "dags", port=port, logins=[ADMIN, VIEWER], extra=env_extra
+    )
+    airflow = CeleryAirflow(env=env, port=port, log_path=home / "airflow.log", workers=workers)
+    server = AirflowServer(
+        airflow=airflow, cluster=cluster, databases=databases, migrations_dir=migrations, metadata_db=metadata
+    )
+    try:
+        airflow.start()
+    except BaseException:
+        airflow.stop()
+        raise
+    return _until_ready(server)

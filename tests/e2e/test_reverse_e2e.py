@@ -52,6 +52,13 @@ def test_reverse_migration_after_changes_on_the_target(databases, migrations_dir
     assert outcome.state == "success", outcome.task_states
     assert outcome.task_states["execute_reverse_migration"] == "success"
     assert outcome.task_states["execute_truncate"] == "skipped"
+    # the ranges (one per small table) were shared among mapped staging tasks: never more groups
+    # than ranges, and the apply found every range staged
+    assert outcome.task_states["execute_reverse_migration_stage"] == "success"
+    assert outcome.xcoms["execute_reverse_migration_chunks"] == [{"group": i, "groups": 3} for i in range(3)]
+    assert all(
+        c["staged"] == 0 for c in outcome.xcoms["execute_reverse_migration"]["detail"]["chunks"].values()
+    )
     status = outcome.xcoms["document"]
     assert status["rollback_status"] == "completed"
     assert status["strategy_used"] == "reverse_migration"

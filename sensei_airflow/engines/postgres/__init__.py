@@ -78,16 +78,18 @@ class PostgresEngine(Engine):
 
     # -- one rollback per migration ----------------------------------------------------------
     @contextmanager
-    def hold_change_lock(self, key: int, holder: str) -> Iterator[None]:
+    def hold_change_lock(self, key: int, holder: str, *, shared: bool = False) -> Iterator[None]:
         """A session advisory lock on this database, on its own connection, while the block runs.
 
         ``pg_try_advisory_lock`` never waits: a second holder is refused at once, naming the
-        session that holds it (its ``application_name`` is ``holder``).
+        session that holds it (its ``application_name`` is ``holder``). ``shared`` takes it with
+        ``pg_try_advisory_lock_shared`` (the mapped staging tasks of one run hold it together).
         """
+        mode = "_shared" if shared else ""
         with self.connect() as conn:
             conn.autocommit = True
             conn.execute("SELECT set_config('application_name', %s, false)", (holder[:63],))
-            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+            if not conn.execute(f"SELECT pg_try_advisory_lock{mode}(%s)", (key,)).fetchone()[0]:
                 row = catalog.advisory_lock_holder(conn, key)
                 who = (
                     f"session {row[0]} ({row[1] or 'no application name'}, connected since {row[2].isoformat()})"
@@ -99,7 +101,7 @@ class PostgresEngine(Engine):
                 yield
             finally:
                 with suppress(Exception):  # the connection may be gone; closing it releases the lock anyway
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    conn.execute(f"SELECT pg_advisory_unlock{mode}(%s)", (key,))
 
     # -- catalog ---------------------------------------------------------------------------
     def identity(self) -> str:
@@ -158,6 +160,11 @@ class PostgresEngine(Engine):
 
     def reverse_writer(self, *, chunk_rows: int) -> PostgresReverseWriter:
         return PostgresReverseWriter(self, chunk_rows=chunk_rows)
+
+    def reverse_stager(self, writer: Any) -> Any:
+        from sensei_airflow.engines.postgres.staging import PostgresChunkStager
+
+        return PostgresChunkStager(writer)
 
     # -- target truncate -----------------------------------------------------------------
     def empty_tables_sql(
