@@ -483,15 +483,20 @@ class PostgresReverseWriter:
         return self.chunks(rollback_id, table)
 
     def expected_rows(self, readers: Any) -> int:
-        """About how many rows the readers hold: the planner's estimate on PostgreSQL, else a count."""
+        """About how many rows the readers hold, without reading a row.
+
+        On PostgreSQL the planner's estimate (``reltuples``: no lock on the table, so a table
+        locked elsewhere still fails where the staging reads it, within the lock timeout); a
+        table never analysed counts as empty. Other engines count their rows.
+        """
         total = 0
         for reader in readers:
-            estimate = 0.0
             if isinstance(reader, PostgresRowSource):
                 with session(reader.engine) as conn:
-                    estimate = catalog.estimated_rows(conn, reader.table)
+                    total += int(catalog.estimated_rows(conn, reader.table))
                     conn.rollback()
-            total += int(estimate) if estimate > 0 else reader.count_rows(KeyRange())
+            else:
+                total += reader.count_rows(KeyRange())
         return total
 
     def source_reader(self, table: ReverseTable) -> PostgresRowSource:
