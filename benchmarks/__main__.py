@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks import goals
 
 #: benchmark modules, in the order they run.
-BENCHMARKS = ["parse_time", "backup", "reverse", "pitr", "undo_log"]
+BENCHMARKS = ["parse_time", "truncate", "backup", "reverse", "pitr", "undo_log"]
 
 
 def main(argv: list[str]) -> int:

@@ -90,7 +90,9 @@ def put_back(cur: Any, engine: PostgresEngine, aside: SetAside) -> list[str]:
         if index["comment"] is not None:
             comment(cur, f"COMMENT ON INDEX {index['index']}", index["comment"])
         if index["constraint_comment"] is not None:
-            comment(cur, f"COMMENT ON CONSTRAINT {constraint} ON {index['table']}", index["constraint_comment"])
+            comment(
+                cur, f"COMMENT ON CONSTRAINT {constraint} ON {index['table']}", index["constraint_comment"]
+            )
     for fk in aside.foreign_keys:
         name = engine.quote_identifier(fk["name"])
         statement = f"ALTER TABLE {fk['table']} ADD CONSTRAINT {name} {fk['definition']}"

@@ -510,10 +510,6 @@ class PostgresReverseWriter:
             list(table.key_types),
         )
 
-    def source_has_rows(self, table: ReverseTable) -> bool:
-        quoted = self.engine.quote_table(table.source)
-        return bool(self._query(f"SELECT EXISTS (SELECT 1 FROM {quoted})")[0][0])  # noqa: S608
-
     def stage_path(self, rollback_id: str, table: ReverseTable, chunk: int) -> str:
         return f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source, chunk))}"
 
@@ -579,6 +575,9 @@ class PostgresReverseWriter:
     ) -> dict[str, int]:
         chunks = self.plan_chunks(rollback_id, table, reader)
         relayed = isinstance(reader, PostgresRowSource)
+        applier.ready.wait()  # which source tables are empty: the apply holds them locked from then on
+        applier.check()
+        shape = self.column_types(table.source)
         with ExitStack() as stack:
             run = _TableRun(
                 owner=owner,
@@ -588,7 +587,8 @@ class PostgresReverseWriter:
                 applier=applier,
                 conn=stack.enter_context(self._session()),
                 source_conn=stack.enter_context(session(reader.engine)) if relayed else None,
-                compare=skip_unchanged and relayed and self.source_has_rows(table),
+                compare=skip_unchanged and relayed and not applier.empty[table.source],
+                shape=shape,
                 source_side=self.source_reader(table),
             )
             for number, key_range, state, _rows in chunks:
@@ -613,13 +613,12 @@ class PostgresReverseWriter:
                 applier.put(table, number, key_range, "same")
                 return
         stage = self.stage_path(run.rollback_id, table, number)
-        columns = ", ".join(self.q(c) for c in table.columns)
+        # the staging table's shape from the catalog, not from the source table: the bulk apply
+        # may hold that locked ACCESS EXCLUSIVE already
+        columns = ", ".join(f"{self.q(c)} {run.shape[c]}" for c in table.columns)
         with conn.transaction():
             conn.execute(f"DROP TABLE IF EXISTS {stage}")
-            conn.execute(
-                f"CREATE UNLOGGED TABLE {stage} AS SELECT {columns} "  # noqa: S608 - quoted identifiers
-                f"FROM {self.engine.quote_table(table.source)} WITH NO DATA"
-            )
+            conn.execute(f"CREATE UNLOGGED TABLE {stage} ({columns})")
             label = run.owner.label(table.source, number)
             conn.execute(
                 pgsql.SQL("COMMENT ON TABLE {} IS {}").format(pgsql.SQL(stage), pgsql.Literal(label))
@@ -803,6 +802,8 @@ class _TableRun:
     source_conn: Any
     compare: bool
     source_side: PostgresRowSource
+    #: source column -> its type (``format_type``): the staging table's columns.
+    shape: dict[str, str]
     outcome: dict[str, int] = field(default_factory=lambda: {"staged": 0, "same": 0, "resumed": 0})
 
 
@@ -827,6 +828,9 @@ class _Applier(threading.Thread):
         self.rollback_id = rollback_id
         self.tables = tables
         self.queue: queue.Queue[Any] = queue.Queue()
+        #: set once the apply holds the source tables and knows which were empty (:attr:`empty`).
+        self.ready = threading.Event()
+        self.empty: dict[str, bool] = {}
         self.error: BaseException | None = None
         self.results: dict[str, TableApplied] = {t.source: TableApplied() for t in tables}
 
@@ -851,6 +855,8 @@ class _Applier(threading.Thread):
             pass
         except BaseException as exc:  # handed to the stager's thread
             self.error = exc
+        finally:
+            self.ready.set()  # a stager still waiting sees the error
 
     def _apply(self) -> None:
         writer, engine = self.writer, self.writer.engine
@@ -866,6 +872,13 @@ class _Applier(threading.Thread):
             }
             load_empty = [t for t in self.tables if empty[t.source]]
             in_bulk = bool(load_empty) and self.expected_rows >= writer.bulk_rows
+            aside = None
+            if in_bulk and len(load_empty) == len(self.tables):
+                # every table empty: the stager reads none of them (no compare), so set the keys
+                # aside now and load each chunk as it is staged, moving and applying overlapped
+                aside, in_bulk = self._set_aside(conn, load_empty), False
+            self.empty = empty
+            self.ready.set()
             deferred: list[tuple[ReverseTable, int, KeyRange, str]] = []
             while True:
                 item = self.queue.get()
@@ -873,11 +886,12 @@ class _Applier(threading.Thread):
                     break
                 if item is _ABORT:
                     raise _Aborted
-                if in_bulk:  # the stager reads the source tables: lock them only once it is done
+                if in_bulk:  # the stager compares non-empty tables: lock the empty ones once it is done
                     deferred.append(item)
                 else:
                     staged += self._upsert(conn, *item, empty=empty[item[0].source])
-            aside = self._set_aside(conn, load_empty) if in_bulk else None
+            if in_bulk:
+                aside = self._set_aside(conn, load_empty)
             for item in deferred:
                 staged += self._upsert(conn, *item, empty=empty[item[0].source])
             for table in reversed(self.tables):  # children first
@@ -923,11 +937,12 @@ class _Applier(threading.Thread):
     def _set_aside(self, conn: Any, empty: list[ReverseTable]) -> bulk.SetAside:
         """Bulk load (ADR 0200): set aside the foreign keys and indexes of the tables empty at the start.
 
-        Used where it pays (:attr:`PostgresReverseWriter.bulk_rows` rows or more to move), once
-        every chunk is staged, and only for empty tables: they take plain ``INSERT``s (no upsert
-        needs their key's index) and lose no row to a delete, so no ``ON DELETE`` action of a
-        dropped key is skipped. The tables are locked ``ACCESS EXCLUSIVE`` first: until commit
-        nobody sees them without their constraints.
+        Used where it pays (:attr:`PostgresReverseWriter.bulk_rows` rows or more to move), and only
+        for empty tables: they take plain ``INSERT``s (no upsert needs their key's index) and lose
+        no row to a delete, so no ``ON DELETE`` action of a dropped key is skipped. The tables are
+        locked ``ACCESS EXCLUSIVE`` first: until commit nobody sees them without their constraints.
+        When every table is empty this happens before the first chunk is loaded; otherwise once
+        every chunk is staged (the stager compares the other tables with the target).
         """
         quoted = [self.writer.engine.quote_table(t.source) for t in empty]
         conn.execute(f"LOCK TABLE {', '.join(quoted)} IN ACCESS EXCLUSIVE MODE")
