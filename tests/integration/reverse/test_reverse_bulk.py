@@ -144,3 +144,26 @@ def test_a_broken_foreign_key_fails_the_apply_in_one_line_and_changes_nothing(
         for table, query in hostile_shop.SOURCE_ROWS.items():
             assert hostile_shop.rows(conn, query) == [], table
     assert _catalog(databases) == (constraints, indexes)
+
+
+def test_only_the_empty_tables_are_loaded_in_bulk_the_others_upserted(
+    hostile: Any, databases: Databases
+) -> None:
+    with databases.connect("source") as conn:
+        conn.execute('TRUNCATE "Alt Shop"."Order.Items"')  # the parents keep their pre-migration rows
+    constraints, indexes = _catalog(databases)
+
+    execution = _execute(hostile)
+
+    with databases.connect("source") as source, databases.connect("target") as target:
+        for table, query in hostile_shop.SOURCE_ROWS.items():
+            expected = hostile_shop.rows(target, hostile_shop.EXPECTED_SOURCE[table])
+            assert hostile_shop.rows(source, query) == expected, table
+    applied = execution.detail["applied"]
+    assert applied['Alt Shop."Order.Items"']["inserted"] > 0
+    assert applied["Alt Shop.user"]["updated"] == 2  # the two changed users, upserted in place
+    after, indexes_after = _catalog(databases)
+    assert _without_oids(after) == _without_oids(constraints)
+    assert indexes_after == indexes
+    rebuilt = {row[0] for row in after if row not in constraints}
+    assert rebuilt == {"Order.Items_pkey", "Order.Items_Order No_fkey"}  # only the empty table's
