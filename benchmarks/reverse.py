@@ -52,7 +52,7 @@ SOURCE_COLUMNS = {
 
 FILL_TARGET = """
 INSERT INTO crm.customers (id, name, email_address, balance_cents, created_at)
-SELECT g, 'Customer ' || g, 'customer' || g || '@example.com', (g * 7919) %% 500000,
+SELECT g, 'Customer ' || g, 'customer' || g || '@example.com', (g::bigint * 7919) %% 500000,
        timestamptz '2025-01-01' + g * interval '1 minute'
 FROM generate_series(1, %(customers)s) g;
 INSERT INTO sales.orders (id, customer_id, status, total, ordered_at)
