@@ -1,7 +1,9 @@
 """Run the benchmarks: ``python -m benchmarks [name ...]`` (default: all).
 
 Each benchmark module has ``run() -> list[str]`` returning the lines of its report; results are
-also written to ``bench-results/<name>.txt``.
+also written to ``bench-results/<name>.txt``. Every goal a benchmark checked
+(:mod:`benchmarks.goals`) is printed at the end in one table, PASS or FAIL, and written to
+``bench-results/goals.txt``. ``SENSEI_BENCH_ROWS`` sets the rows of every benchmark.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import goals
+
 #: benchmark modules, in the order they run.
-BENCHMARKS = ["parse_time", "backup", "reverse", "pitr", "undo_log"]
+BENCHMARKS = ["parse_time", "truncate", "backup", "reverse", "pitr", "undo_log"]
 
 
 def main(argv: list[str]) -> int:
@@ -30,6 +34,9 @@ def main(argv: list[str]) -> int:
         lines.append(f"(benchmark took {time.perf_counter() - started:.1f} s)")
         print("\n".join(lines), flush=True)
         (out / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    table = goals.summary()
+    print("\n".join(table), flush=True)
+    (out / "goals.txt").write_text("\n".join(table) + "\n")
     return 0
 
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psycopg
 from psycopg import sql
 
-from sensei_airflow.engines.postgres import catalog
+from sensei_airflow.engines.postgres import bulk, catalog
 from sensei_airflow.engines.postgres.client import (
     ClientLogin,
     client_login,
@@ -259,20 +259,8 @@ def restore_tables(
                 raise ValueError(f"{table} changed shape since the backup: {problem}")
             cur.execute(f"SELECT count(*) FROM {quoted}")  # noqa: S608
             removed[table] = int(cur.fetchone()[0])
-        foreign_keys = catalog.foreign_key_definitions(cur, [engine.quote_table(t) for t in tables])
-        for fk in foreign_keys:
-            sql = f"ALTER TABLE {fk['table']} DROP CONSTRAINT {engine.quote_identifier(fk['name'])}"
-            cur.execute(sql)
-            statements.append(sql)
-        indexes = catalog.rebuildable_indexes(cur, [engine.quote_table(t) for t in tables])
-        for index in indexes:
-            if index["constraint"]:
-                constraint = engine.quote_identifier(index["constraint"])
-                sql = f"ALTER TABLE {index['table']} DROP CONSTRAINT {constraint}"
-            else:
-                sql = f"DROP INDEX {index['index']}"
-            cur.execute(sql)
-            statements.append(sql)
+        aside = bulk.set_aside(cur, engine, [engine.quote_table(t) for t in tables])
+        statements += aside.statements
         for statement in empty:
             cur.execute(statement.sql, statement.params or None)
             statements.append(statement.sql)
@@ -283,29 +271,7 @@ def restore_tables(
                     copy.write(chunk)
             restored[table] = cur.rowcount
             statements.append(copy_sql)
-        for index in indexes:
-            if index["constraint"]:
-                constraint = engine.quote_identifier(index["constraint"])
-                sql = f"ALTER TABLE {index['table']} ADD CONSTRAINT {constraint} {index['constraint_definition']}"
-            else:
-                sql = index["definition"]
-            cur.execute(sql)
-            statements.append(sql)
-            if index["comment"] is not None:
-                _comment(cur, f"COMMENT ON INDEX {index['index']}", index["comment"])
-            if index["constraint_comment"] is not None:
-                _comment(
-                    cur,
-                    f"COMMENT ON CONSTRAINT {constraint} ON {index['table']}",
-                    index["constraint_comment"],
-                )
-        for fk in foreign_keys:
-            name = engine.quote_identifier(fk["name"])
-            sql = f"ALTER TABLE {fk['table']} ADD CONSTRAINT {name} {fk['definition']}"
-            cur.execute(sql)
-            statements.append(sql)
-            if fk["comment"] is not None:
-                _comment(cur, f"COMMENT ON CONSTRAINT {name} ON {fk['table']}", fk["comment"])
+        statements += bulk.put_back(cur, engine, aside)
         for table in tables:
             for sequence in states[table].get("sequences", []):
                 sql = "SELECT setval(%s::regclass, %s, %s)"
@@ -314,11 +280,6 @@ def restore_tables(
                     f"SELECT setval('{sequence['name']}', {sequence['last_value']}, {sequence['is_called']})"
                 )
     return statements, removed, restored
-
-
-def _comment(cur: Any, target: str, text: str) -> None:
-    """``COMMENT ON ... IS '<text>'``: a utility statement takes no bind parameters, so quote the literal."""
-    cur.execute(sql.SQL(target + " IS {}").format(sql.Literal(text)))  # type: ignore[arg-type]
 
 
 # -- restore test in a scratch database ------------------------------------------------------------

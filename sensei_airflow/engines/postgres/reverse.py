@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql as pgsql
 
 from sensei_airflow.engines.base import INTEGER_TYPES, ReverseTable, integer_cuts
-from sensei_airflow.engines.postgres import catalog
+from sensei_airflow.engines.postgres import bulk, catalog
 from sensei_airflow.engines.postgres.copy import relay_copy, session
 from sensei_airflow.verify import KeyRange, KeyValues, both, split_range
 
@@ -338,6 +338,9 @@ class PostgresReverseWriter:
 
     #: how long any of the writer's statements waits for a lock before the try fails.
     lock_timeout = "30s"
+    #: from about this many rows to move, the apply loads empty source tables with their foreign
+    #: keys and indexes set aside and checks them once before commit (measured: ADR 0200).
+    bulk_rows = 50_000
 
     def __init__(self, engine: PostgresEngine, *, chunk_rows: int = 100_000) -> None:
         self.engine = engine
@@ -479,6 +482,23 @@ class PostgresReverseWriter:
                 )
         return self.chunks(rollback_id, table)
 
+    def expected_rows(self, readers: Any) -> int:
+        """About how many rows the readers hold, without reading a row.
+
+        On PostgreSQL the planner's estimate (``reltuples``: no lock on the table, so a table
+        locked elsewhere still fails where the staging reads it, within the lock timeout); a
+        table never analysed counts as empty. Other engines count their rows.
+        """
+        total = 0
+        for reader in readers:
+            if isinstance(reader, PostgresRowSource):
+                with session(reader.engine) as conn:
+                    total += int(catalog.estimated_rows(conn, reader.table))
+                    conn.rollback()
+            else:
+                total += reader.count_rows(KeyRange())
+        return total
+
     def source_reader(self, table: ReverseTable) -> PostgresRowSource:
         """The source side of the table, read as its plain columns."""
         return PostgresRowSource(
@@ -489,10 +509,6 @@ class PostgresReverseWriter:
             [self.q(k) for k in table.source_key],
             list(table.key_types),
         )
-
-    def source_has_rows(self, table: ReverseTable) -> bool:
-        quoted = self.engine.quote_table(table.source)
-        return bool(self._query(f"SELECT EXISTS (SELECT 1 FROM {quoted})")[0][0])  # noqa: S608
 
     def stage_path(self, rollback_id: str, table: ReverseTable, chunk: int) -> str:
         return f"{STAGING_SCHEMA}.{self.q(stage_name(rollback_id, table.source, chunk))}"
@@ -522,7 +538,7 @@ class PostgresReverseWriter:
         """
         with self._session() as conn, conn.transaction():
             self.ensure_staging(conn)
-        applier = _Applier(self, rollback_id, list(tables))
+        applier = _Applier(self, rollback_id, list(tables), self.expected_rows(readers.values()))
         applier.start()
         outcomes: dict[str, dict[str, int]] = {}
         try:
@@ -559,6 +575,9 @@ class PostgresReverseWriter:
     ) -> dict[str, int]:
         chunks = self.plan_chunks(rollback_id, table, reader)
         relayed = isinstance(reader, PostgresRowSource)
+        applier.ready.wait()  # which source tables are empty: the apply holds them locked from then on
+        applier.check()
+        shape = self.column_types(table.source)
         with ExitStack() as stack:
             run = _TableRun(
                 owner=owner,
@@ -568,7 +587,8 @@ class PostgresReverseWriter:
                 applier=applier,
                 conn=stack.enter_context(self._session()),
                 source_conn=stack.enter_context(session(reader.engine)) if relayed else None,
-                compare=skip_unchanged and relayed and self.source_has_rows(table),
+                compare=skip_unchanged and relayed and not applier.empty[table.source],
+                shape=shape,
                 source_side=self.source_reader(table),
             )
             for number, key_range, state, _rows in chunks:
@@ -593,13 +613,12 @@ class PostgresReverseWriter:
                 applier.put(table, number, key_range, "same")
                 return
         stage = self.stage_path(run.rollback_id, table, number)
-        columns = ", ".join(self.q(c) for c in table.columns)
+        # the staging table's shape from the catalog, not from the source table: the bulk apply
+        # may hold that locked ACCESS EXCLUSIVE already
+        columns = ", ".join(f"{self.q(c)} {run.shape[c]}" for c in table.columns)
         with conn.transaction():
             conn.execute(f"DROP TABLE IF EXISTS {stage}")
-            conn.execute(
-                f"CREATE UNLOGGED TABLE {stage} AS SELECT {columns} "  # noqa: S608 - quoted identifiers
-                f"FROM {self.engine.quote_table(table.source)} WITH NO DATA"
-            )
+            conn.execute(f"CREATE UNLOGGED TABLE {stage} ({columns})")
             label = run.owner.label(table.source, number)
             conn.execute(
                 pgsql.SQL("COMMENT ON TABLE {} IS {}").format(pgsql.SQL(stage), pgsql.Literal(label))
@@ -783,6 +802,8 @@ class _TableRun:
     source_conn: Any
     compare: bool
     source_side: PostgresRowSource
+    #: source column -> its type (``format_type``): the staging table's columns.
+    shape: dict[str, str]
     outcome: dict[str, int] = field(default_factory=lambda: {"staged": 0, "same": 0, "resumed": 0})
 
 
@@ -797,12 +818,19 @@ class _Aborted(Exception):
 class _Applier(threading.Thread):
     """The apply transaction of :meth:`PostgresReverseWriter.migrate`, fed chunk by chunk."""
 
-    def __init__(self, writer: PostgresReverseWriter, rollback_id: str, tables: list[ReverseTable]) -> None:
+    def __init__(
+        self, writer: PostgresReverseWriter, rollback_id: str, tables: list[ReverseTable], expected_rows: int
+    ) -> None:
         super().__init__(name="sensei-reverse-apply", daemon=True)
         self.writer = writer
+        #: about how many rows the staging will move (decides the bulk load).
+        self.expected_rows = expected_rows
         self.rollback_id = rollback_id
         self.tables = tables
         self.queue: queue.Queue[Any] = queue.Queue()
+        #: set once the apply holds the source tables and knows which were empty (:attr:`empty`).
+        self.ready = threading.Event()
+        self.empty: dict[str, bool] = {}
         self.error: BaseException | None = None
         self.results: dict[str, TableApplied] = {t.source: TableApplied() for t in tables}
 
@@ -827,6 +855,8 @@ class _Applier(threading.Thread):
             pass
         except BaseException as exc:  # handed to the stager's thread
             self.error = exc
+        finally:
+            self.ready.set()  # a stager still waiting sees the error
 
     def _apply(self) -> None:
         writer, engine = self.writer, self.writer.engine
@@ -840,23 +870,30 @@ class _Applier(threading.Thread):
                 ).fetchone()[0]
                 for t in self.tables
             }
+            load_empty = [t for t in self.tables if empty[t.source]]
+            in_bulk = bool(load_empty) and self.expected_rows >= writer.bulk_rows
+            aside = None
+            if in_bulk and len(load_empty) == len(self.tables):
+                # every table empty: the stager reads none of them (no compare), so set the keys
+                # aside now and load each chunk as it is staged, moving and applying overlapped
+                aside, in_bulk = self._set_aside(conn, load_empty), False
+            self.empty = empty
+            self.ready.set()
+            deferred: list[tuple[ReverseTable, int, KeyRange, str]] = []
             while True:
                 item = self.queue.get()
                 if item is _DONE:
                     break
                 if item is _ABORT:
                     raise _Aborted
-                table, chunk, key_range, state = item
-                result = self.results[table.source]
-                if state != "staged":
-                    result.unchanged_chunks += 1
-                    continue
-                result.staged_chunks += 1
-                stage = writer.stage_path(self.rollback_id, table, chunk)
-                inserted, updated = writer.upsert_chunk(conn, stage, table, empty[table.source])
-                result.inserted += inserted
-                result.updated += updated
-                staged.append((table, chunk, key_range))
+                if in_bulk:  # the stager compares non-empty tables: lock the empty ones once it is done
+                    deferred.append(item)
+                else:
+                    staged += self._upsert(conn, *item, empty=empty[item[0].source])
+            if in_bulk:
+                aside = self._set_aside(conn, load_empty)
+            for item in deferred:
+                staged += self._upsert(conn, *item, empty=empty[item[0].source])
             for table in reversed(self.tables):  # children first
                 if empty[table.source]:
                     continue
@@ -866,6 +903,13 @@ class _Applier(threading.Thread):
                         self.results[table.source].deleted += writer.delete_missing(
                             conn, stage, table, key_range
                         )
+            if aside is not None:
+                try:
+                    bulk.put_back(conn, engine, aside)
+                except bulk.ForeignKeyBroken as exc:
+                    from sensei_airflow.plan import RefusedError
+
+                    raise RefusedError(f"reverse migration: {exc}") from None
             for table in self.tables:
                 self.results[table.source].sequences = writer._advance_sequences(conn, table)
             conn.execute(
@@ -874,3 +918,32 @@ class _Applier(threading.Thread):
                 (self.rollback_id, json.dumps({name: vars(r) for name, r in self.results.items()})),
             )
             writer._drop_staging(conn, self.rollback_id)
+
+    def _upsert(
+        self, conn: Any, table: ReverseTable, chunk: int, key_range: KeyRange, state: str, *, empty: bool
+    ) -> list[tuple[ReverseTable, int, KeyRange]]:
+        """Apply one staged chunk (insert or upsert); the chunk, for the deletes, when it was staged."""
+        result = self.results[table.source]
+        if state != "staged":
+            result.unchanged_chunks += 1
+            return []
+        result.staged_chunks += 1
+        stage = self.writer.stage_path(self.rollback_id, table, chunk)
+        inserted, updated = self.writer.upsert_chunk(conn, stage, table, empty)
+        result.inserted += inserted
+        result.updated += updated
+        return [(table, chunk, key_range)]
+
+    def _set_aside(self, conn: Any, empty: list[ReverseTable]) -> bulk.SetAside:
+        """Bulk load (ADR 0200): set aside the foreign keys and indexes of the tables empty at the start.
+
+        Used where it pays (:attr:`PostgresReverseWriter.bulk_rows` rows or more to move), and only
+        for empty tables: they take plain ``INSERT``s (no upsert needs their key's index) and lose
+        no row to a delete, so no ``ON DELETE`` action of a dropped key is skipped. The tables are
+        locked ``ACCESS EXCLUSIVE`` first: until commit nobody sees them without their constraints.
+        When every table is empty this happens before the first chunk is loaded; otherwise once
+        every chunk is staged (the stager compares the other tables with the target).
+        """
+        quoted = [self.writer.engine.quote_table(t.source) for t in empty]
+        conn.execute(f"LOCK TABLE {', '.join(quoted)} IN ACCESS EXCLUSIVE MODE")
+        return bulk.set_aside(conn, self.writer.engine, quoted)
