@@ -242,6 +242,11 @@ def tables_in_schema(on: Any, schema: str, prefix: str) -> list[tuple[str, str |
     ]
 
 
+def has_rows(on: Any, quoted_table: str) -> bool:
+    """Whether a table holds at least one row (reads one row, not the table)."""
+    return bool(_rows(on, f"SELECT EXISTS (SELECT 1 FROM {quoted_table})")[0][0])  # noqa: S608
+
+
 def estimated_rows(on: Any, quoted_table: str) -> float:
     """The planner's row estimate of a table (0 when never analysed)."""
     rows = _rows(

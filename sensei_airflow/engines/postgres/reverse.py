@@ -864,12 +864,7 @@ class _Applier(threading.Thread):
         with writer._session() as conn, conn.transaction():
             quoted = ", ".join(engine.quote_table(t.source) for t in self.tables)
             conn.execute(f"LOCK TABLE {quoted} IN EXCLUSIVE MODE")
-            empty = {
-                t.source: not conn.execute(
-                    f"SELECT EXISTS (SELECT 1 FROM {engine.quote_table(t.source)})"  # noqa: S608
-                ).fetchone()[0]
-                for t in self.tables
-            }
+            empty = {t.source: not catalog.has_rows(conn, engine.quote_table(t.source)) for t in self.tables}
             load_empty = [t for t in self.tables if empty[t.source]]
             in_bulk = bool(load_empty) and self.expected_rows >= writer.bulk_rows
             aside = None

@@ -21,6 +21,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from sensei_airflow.engines.base import ReverseTable
+from sensei_airflow.engines.postgres import catalog
 from sensei_airflow.engines.postgres.copy import session
 from sensei_airflow.engines.postgres.reverse import (
     PostgresReverseWriter,
@@ -39,6 +40,15 @@ class _StageOnly:
 
     def put(self, table: ReverseTable, chunk: int, key_range: KeyRange, state: str) -> None:
         """The chunk is checkpointed on the source; the apply task reads it from there."""
+
+
+def _has_rows(writer: PostgresReverseWriter, table: ReverseTable) -> bool:
+    """Whether the source table holds rows: only then can a chunk be found unchanged and left unmoved.
+
+    The apply task decides for itself, under its locks, which tables it loads in bulk; a staging
+    task only needs to know whether comparing is worth it.
+    """
+    return bool(writer._read(catalog.has_rows, writer.engine.quote_table(table.source)))
 
 
 class PostgresChunkStager:
@@ -100,8 +110,9 @@ class PostgresChunkStager:
                     applier=_StageOnly(),  # type: ignore[arg-type]
                     conn=stack.enter_context(writer._session()),
                     source_conn=stack.enter_context(session(reader.engine)) if relayed else None,
-                    compare=relayed and writer.source_has_rows(table),
+                    compare=relayed and _has_rows(writer, table),
                     source_side=writer.source_reader(table),
+                    shape=writer.column_types(table.source),
                 )
                 for number, key_range, state, _rows in mine:
                     writer._stage_chunk(run, number, key_range, state)
