@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,10 +103,39 @@ def airflow_db() -> None:
     resetdb()
 
 
+#: how long ``dag.test`` waits before it looks at the run again when no task is ready.
+DAG_TEST_POLL_SECONDS = 0.05
+
+
+def _poll_dag_test_quickly() -> None:
+    """Shorten the wait of Airflow's ``dag.test`` loop when a pass finds no task ready to run.
+
+    The loop sleeps a whole second then: each level of skipped or upstream-failed tasks after a
+    branch or a refusal costs one, about 7 s of every refused rollback. Only sleeps called by
+    ``DAG.test`` itself are shortened (``time.sleep`` is wrapped once per process); every pass still
+    reads the run's state from the metadata database.
+    """
+    from airflow.sdk.definitions.dag import DAG
+
+    if getattr(time.sleep, "dag_test_poll", False):
+        return
+    loop, sleep = DAG.test.__code__, time.sleep
+
+    def quick_sleep(seconds: float) -> None:
+        sleep(min(seconds, DAG_TEST_POLL_SECONDS) if sys._getframe(1).f_code is loop else seconds)
+
+    quick_sleep.dag_test_poll = True  # type: ignore[attr-defined]
+    time.sleep = quick_sleep
+
+
 def load_dag(dag_id: str) -> Any:
-    """Parse the DAG from the repository's dags folder, as the dag processor would."""
+    """Parse the DAG from the repository's dags folder, as the dag processor would.
+
+    Its ``dag.test`` polls quickly (:func:`_poll_dag_test_quickly`).
+    """
     from airflow.dag_processing.dagbag import DagBag
 
+    _poll_dag_test_quickly()
     bag = DagBag(dag_folder=str(REPO / "dags" / f"{dag_id}.py"))
     assert not bag.import_errors, bag.import_errors
     return bag.dags[dag_id]
