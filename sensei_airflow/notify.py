@@ -30,6 +30,7 @@ from typing import Any
 
 from airflow.providers.common.compat.notifier import BaseNotifier
 
+from sensei_airflow.extras import missing_extra
 from sensei_airflow.manifest import NotifyChannel
 from sensei_airflow.redaction import mask_connection, redact_error, redact_url_loggers
 
@@ -103,7 +104,7 @@ def _webhook_notifier(conn: Any, channel: NotifyChannel, event: RollbackEvent) -
     try:
         from sensei_airflow.webhook import WEBHOOK_TIMEOUT, WebhookNotifier
     except ImportError as exc:
-        raise _missing("notify", "webhook notifications", exc) from exc
+        raise missing_extra("notify", "HTTP", "webhook notifications") from exc
     extra = conn.extra_dejson or {}
     return [
         WebhookNotifier(
@@ -120,7 +121,7 @@ def _email_notifier(conn: Any, channel: NotifyChannel, event: RollbackEvent) -> 
     try:
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
     except ImportError as exc:
-        raise _missing("notify", "e-mail notifications", exc) from exc
+        raise missing_extra("notify", "SMTP", "e-mail notifications") from exc
     if not channel.to:
         raise ChannelUnusable(f"notify channel {channel.conn_id}: an e-mail channel needs a 'to' list")
     return [
@@ -143,7 +144,7 @@ def _slack_webhook_notifier(conn: Any, channel: NotifyChannel, event: RollbackEv
     try:
         from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
     except ImportError as exc:
-        raise _missing("slack", "Slack notifications", exc) from exc
+        raise missing_extra("slack", "Slack", "Slack notifications") from exc
     return [SlackWebhookNotifier(slack_webhook_conn_id=channel.conn_id, text=_slack_text(event))]
 
 
@@ -151,7 +152,7 @@ def _slack_api_notifier(conn: Any, channel: NotifyChannel, event: RollbackEvent)
     try:
         from airflow.providers.slack.notifications.slack import SlackNotifier
     except ImportError as exc:
-        raise _missing("slack", "Slack notifications", exc) from exc
+        raise missing_extra("slack", "Slack", "Slack notifications") from exc
     if not channel.to:
         raise ChannelUnusable(
             f"notify channel {channel.conn_id}: a Slack API channel needs 'to' (channel names)"
@@ -160,14 +161,6 @@ def _slack_api_notifier(conn: Any, channel: NotifyChannel, event: RollbackEvent)
         SlackNotifier(slack_conn_id=channel.conn_id, channel=slack_channel, text=_slack_text(event))
         for slack_channel in channel.to
     ]
-
-
-def _missing(extra: str, what: str, exc: Exception) -> Exception:
-    from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
-
-    return AirflowOptionalProviderFeatureException(
-        f"{what} need the {extra} extra: pip install 'sensei-airflow[{extra}]' ({exc})"
-    )
 
 
 NotifierFactory = Callable[[Any, NotifyChannel, RollbackEvent], list[BaseNotifier]]

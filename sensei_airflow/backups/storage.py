@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
+from sensei_airflow.extras import missing_extra
+
 #: read and write chunk size of every backend.
 CHUNK = 1 << 20
 #: S3 multipart part size (S3 needs at least 5 MiB for every part but the last).
@@ -252,12 +254,8 @@ class S3Storage(Storage):
     def hook(self) -> Any:
         try:
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        except ImportError as exc:
-            from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
-
-            raise AirflowOptionalProviderFeatureException(
-                "s3:// backup locations need the amazon provider: pip install 'sensei-airflow[amazon]'"
-            ) from exc
+        except ImportError:
+            raise missing_extra("amazon", "Amazon", "s3:// backup locations") from None
         return S3Hook(aws_conn_id=self.aws_conn_id or _config("aws_conn_id", "aws_default"))
 
     @cached_property
@@ -333,12 +331,8 @@ class GCSStorage(Storage):
     def hook(self) -> Any:
         try:
             from airflow.providers.google.cloud.hooks.gcs import GCSHook
-        except ImportError as exc:
-            from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
-
-            raise AirflowOptionalProviderFeatureException(
-                "gs:// backup locations need the google provider: pip install 'sensei-airflow[google]'"
-            ) from exc
+        except ImportError:
+            raise missing_extra("google", "Google", "gs:// backup locations") from None
         return GCSHook(gcp_conn_id=self.gcp_conn_id or _config("gcp_conn_id", "google_cloud_default"))
 
     @cached_property

@@ -30,7 +30,7 @@ from sensei_airflow.engines.base import (
     Statement,
     check_outside_empty,
 )
-from sensei_airflow.engines.dbapi import missing_extra
+from sensei_airflow.extras import missing_extra
 
 #: BigQuery's default time-travel window when the dataset does not set one.
 DEFAULT_TIME_TRAVEL_HOURS = 168

@@ -15,15 +15,6 @@ from typing import Any
 from sensei_airflow.engines.base import Engine, Statement
 
 
-def missing_extra(extra: str, provider: str) -> Exception:
-    """The error raised when an optional provider is not installed, naming the extra that brings it."""
-    from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
-
-    return AirflowOptionalProviderFeatureException(
-        f"the {provider} provider is needed for this target: pip install 'sensei-airflow[{extra}]'"
-    )
-
-
 class DbApiEngine(Engine):
     """An engine reached through a DB-API 2 connection from its provider's hook."""
 

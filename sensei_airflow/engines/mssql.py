@@ -33,7 +33,8 @@ from sensei_airflow.engines.base import (
     Statement,
     check_outside_empty,
 )
-from sensei_airflow.engines.dbapi import DbApiEngine, missing_extra
+from sensei_airflow.engines.dbapi import DbApiEngine
+from sensei_airflow.extras import missing_extra
 
 _USER_TABLES = """
 SELECT s.name, t.name FROM sys.tables t JOIN sys.schemas s ON s.schema_id = t.schema_id

@@ -37,7 +37,8 @@ from sensei_airflow.engines.base import (
     Statement,
     check_outside_empty,
 )
-from sensei_airflow.engines.dbapi import DbApiEngine, missing_extra
+from sensei_airflow.engines.dbapi import DbApiEngine
+from sensei_airflow.extras import missing_extra
 
 _USER_TABLES = """
 SELECT t.owner, t.table_name FROM all_tables t JOIN all_users u ON u.username = t.owner

@@ -32,7 +32,8 @@ from sensei_airflow.engines.base import (
     Statement,
     check_outside_empty,
 )
-from sensei_airflow.engines.dbapi import DbApiEngine, missing_extra
+from sensei_airflow.engines.dbapi import DbApiEngine
+from sensei_airflow.extras import missing_extra
 
 _USER_TABLES = """
 SELECT table_schema, table_name FROM information_schema.tables

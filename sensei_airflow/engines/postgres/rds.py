@@ -39,6 +39,7 @@ from sensei_airflow.engines.base import (
 )
 from sensei_airflow.engines.postgres.client import connection_params
 from sensei_airflow.engines.postgres.copy import CopyBackRecovery, replace_statements, replacement_scope
+from sensei_airflow.extras import missing_extra
 from sensei_airflow.manifest import RdsPointInTime
 
 MECHANISM = "AWS RDS point-in-time restore"
@@ -75,12 +76,8 @@ class RdsRecovery(CopyBackRecovery[RdsPointInTime]):
     def hook(self) -> Any:
         try:
             from airflow.providers.amazon.aws.hooks.rds import RdsHook
-        except ImportError as exc:
-            from airflow.sdk.exceptions import AirflowOptionalProviderFeatureException
-
-            raise AirflowOptionalProviderFeatureException(
-                "point-in-time recovery on RDS needs the amazon provider: pip install 'sensei-airflow[amazon]'"
-            ) from exc
+        except ImportError:
+            raise missing_extra("amazon", "Amazon", "point-in-time recovery on RDS") from None
         return RdsHook(aws_conn_id=self.config.aws_conn_id, region_name=self.config.region_name)
 
     @property
