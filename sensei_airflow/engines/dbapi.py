@@ -59,29 +59,33 @@ class DbApiEngine(Engine):
         for statement in begin:
             cur.execute(statement.sql)
 
-    def run_statements(self, statements: Sequence[Statement], *, transaction: bool = True) -> None:
-        """Run ``statements`` in order: in one transaction committed at the end, or each on its own
-        in autocommit mode (for statements no transaction may hold, e.g. ``RESTORE``)."""
+    @contextmanager
+    def transaction(self) -> Iterator[tuple[Any, Any]]:
+        """``(connection, cursor)`` in one open transaction: committed when the block ends, rolled
+        back when it raises."""
         with self.connect() as conn:
-            if not transaction:
-                self.hook.set_autocommit(conn, True)
             cur = conn.cursor()
             try:
-                if transaction:
-                    self.open_transaction(conn, cur)
-                for statement in statements:
-                    if statement.params:
-                        cur.execute(statement.sql, tuple(statement.params))
-                    else:
-                        cur.execute(statement.sql)
-                if transaction:
-                    conn.commit()
+                self.open_transaction(conn, cur)
+                yield conn, cur
+                conn.commit()
             except BaseException:
-                if transaction:
-                    conn.rollback()
+                conn.rollback()
                 raise
             finally:
                 cur.close()
+
+    def run_statements(self, statements: Sequence[Statement], *, transaction: bool = True) -> None:
+        """Run ``statements`` in order: in one transaction committed at the end, or each on its own
+        in autocommit mode (for statements no transaction may hold, e.g. ``RESTORE``)."""
+        if transaction:
+            with self.transaction() as (_, cur):
+                _execute_all(cur, statements)
+            return
+        with self.connect() as conn:
+            self.hook.set_autocommit(conn, True)
+            with closing(conn.cursor()) as cur:
+                _execute_all(cur, statements)
 
     def counts_sql(self, tables: Sequence[str]) -> Statement:
         """One query answering ``(table, rows)`` for each table."""
@@ -97,3 +101,11 @@ class DbApiEngine(Engine):
             return {}
         statement = self.counts_sql(names)
         return {str(name): int(count) for name, count in self.query(statement.sql, statement.params)}
+
+
+def _execute_all(cur: Any, statements: Sequence[Statement]) -> None:
+    for statement in statements:
+        if statement.params:
+            cur.execute(statement.sql, tuple(statement.params))
+        else:
+            cur.execute(statement.sql)

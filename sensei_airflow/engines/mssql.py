@@ -227,25 +227,16 @@ class MsSqlEngine(DbApiEngine):
         guard = self.guard_sql(outside)
         work = self.empty_tables_sql(tables, referenced_from_outside)
         counts = self.counts_sql(tables)
-        with self.connect() as conn:
-            cur = conn.cursor()
-            try:
-                self.open_transaction(conn, cur)
-                for statement in locks:
-                    cur.execute(statement.sql)
-                for statement in guard:
-                    cur.execute(statement.sql, tuple(statement.params))
-                    check_outside_empty({str(t): int(n) for t, n in cur.fetchall()})
-                cur.execute(counts.sql, tuple(counts.params))
-                removed = {str(t): int(n) for t, n in cur.fetchall()}
-                for statement in work:
-                    cur.execute(statement.sql)
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            finally:
-                cur.close()
+        with self.transaction() as (_, cur):
+            for statement in locks:
+                cur.execute(statement.sql)
+            for statement in guard:
+                cur.execute(statement.sql, tuple(statement.params))
+                check_outside_empty({str(t): int(n) for t, n in cur.fetchall()})
+            cur.execute(counts.sql, tuple(counts.params))
+            removed = {str(t): int(n) for t, n in cur.fetchall()}
+            for statement in work:
+                cur.execute(statement.sql)
         return [*locks, *guard, counts, *work], removed
 
     def reset_sequences(self, tables: Sequence[str]) -> list[SequenceReset]:

@@ -273,31 +273,22 @@ class OracleEngine(DbApiEngine):
         locks = self.lock_sql(tables, delete=delete)
         work = self.empty_tables_sql(tables, referenced_from_outside, delete=delete)
         counts = self.counts_sql(tables)
-        with self.connect() as conn:
-            cur = conn.cursor()
-            try:
-                self.open_transaction(conn, cur)
-                for statement in guard:
+        with self.transaction() as (conn, cur):
+            for statement in guard:
+                cur.execute(statement.sql)
+            if outside:
+                outside_counts = self.counts_sql(outside)
+                cur.execute(outside_counts.sql, tuple(outside_counts.params))
+                check_outside_empty({str(t): int(n) for t, n in cur.fetchall()})
+            for statement in locks:
+                cur.execute(statement.sql)
+            cur.execute(counts.sql, tuple(counts.params))
+            removed = {str(t): int(n) for t, n in cur.fetchall()}
+            for statement in work:
+                if statement.sql == "COMMIT":
+                    conn.commit()
+                else:
                     cur.execute(statement.sql)
-                if outside:
-                    outside_counts = self.counts_sql(outside)
-                    cur.execute(outside_counts.sql, tuple(outside_counts.params))
-                    check_outside_empty({str(t): int(n) for t, n in cur.fetchall()})
-                for statement in locks:
-                    cur.execute(statement.sql)
-                cur.execute(counts.sql, tuple(counts.params))
-                removed = {str(t): int(n) for t, n in cur.fetchall()}
-                for statement in work:
-                    if statement.sql == "COMMIT":
-                        conn.commit()
-                    else:
-                        cur.execute(statement.sql)
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            finally:
-                cur.close()
         return [*guard, *locks, *work], removed
 
     # -- point-in-time recovery ----------------------------------------------------------

@@ -142,26 +142,17 @@ class SnowflakeEngine(DbApiEngine):
         """
         statements = [*self.begin_sql(), *self.empty_tables_sql(tables, referenced_from_outside)]
         removed: dict[str, int] = {}
-        with self.connect() as conn:
-            cur = conn.cursor()
-            try:
-                self.open_transaction(conn, cur)
-                if outside:
-                    guard = self.counts_sql(outside)
-                    cur.execute(guard.sql, tuple(guard.params))
-                    check_outside_empty({str(t): int(n) for t, n in cur.fetchall()})
-                if tables:
-                    counts = self.counts_sql(tables)
-                    cur.execute(counts.sql, tuple(counts.params))
-                    removed = {str(t): int(n) for t, n in cur.fetchall()}
-                for statement in statements[1:]:
-                    cur.execute(statement.sql)
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            finally:
-                cur.close()
+        with self.transaction() as (_, cur):
+            if outside:
+                guard = self.counts_sql(outside)
+                cur.execute(guard.sql, tuple(guard.params))
+                check_outside_empty({str(t): int(n) for t, n in cur.fetchall()})
+            if tables:
+                counts = self.counts_sql(tables)
+                cur.execute(counts.sql, tuple(counts.params))
+                removed = {str(t): int(n) for t, n in cur.fetchall()}
+            for statement in statements[1:]:
+                cur.execute(statement.sql)
         return statements, removed
 
     def reset_sequences(self, tables: Sequence[str]) -> list[SequenceReset]:
