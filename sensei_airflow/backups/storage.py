@@ -254,8 +254,8 @@ class S3Storage(Storage):
     def hook(self) -> Any:
         try:
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        except ImportError:
-            raise missing_extra("amazon", "Amazon", "s3:// backup locations") from None
+        except ImportError as exc:
+            raise missing_extra("amazon", "Amazon", "s3:// backup locations") from exc
         return S3Hook(aws_conn_id=self.aws_conn_id or _config("aws_conn_id", "aws_default"))
 
     @cached_property
@@ -331,8 +331,8 @@ class GCSStorage(Storage):
     def hook(self) -> Any:
         try:
             from airflow.providers.google.cloud.hooks.gcs import GCSHook
-        except ImportError:
-            raise missing_extra("google", "Google", "gs:// backup locations") from None
+        except ImportError as exc:
+            raise missing_extra("google", "Google", "gs:// backup locations") from exc
         return GCSHook(gcp_conn_id=self.gcp_conn_id or _config("gcp_conn_id", "google_cloud_default"))
 
     @cached_property

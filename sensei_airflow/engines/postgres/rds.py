@@ -76,8 +76,8 @@ class RdsRecovery(CopyBackRecovery[RdsPointInTime]):
     def hook(self) -> Any:
         try:
             from airflow.providers.amazon.aws.hooks.rds import RdsHook
-        except ImportError:
-            raise missing_extra("amazon", "Amazon", "point-in-time recovery on RDS") from None
+        except ImportError as exc:
+            raise missing_extra("amazon", "Amazon", "point-in-time recovery on RDS") from exc
         return RdsHook(aws_conn_id=self.config.aws_conn_id, region_name=self.config.region_name)
 
     @property
