@@ -36,14 +36,11 @@ pytest_plugins = ["tests.fixtures"]
 def pytest_collection_modifyitems(items: list[Any]) -> None:
     """Spread the suite over pytest-xdist workers a module at a time (``--dist loadgroup``).
 
-    Module-scoped fixtures are then set up once. The tests that talk to the session's ``airflow
-    standalone`` form two groups (the REST API's module, and the rest), so at most two such servers
-    start and neither group alone becomes the suite's longest path.
+    Module-scoped fixtures are then set up once. The tests that talk to a running ``airflow
+    standalone`` form one group, so one worker starts one such server, and stops it after the
+    group's last test (``tests/e2e/conftest.py``). The group mostly waits for the server's
+    scheduler, so the other workers have the cores meanwhile.
     """
     for item in items:
-        module = item.nodeid.split("::")[0]
-        if "airflow_server" in item.fixturenames:
-            group = "airflow_server-api" if module.endswith("test_api_server.py") else "airflow_server"
-        else:
-            group = module
+        group = "airflow_server" if "airflow_server" in item.fixturenames else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))

@@ -1,4 +1,4 @@
-"""A real ``airflow standalone`` for the end-to-end tests: one per test session, started on first use.
+"""A real ``airflow standalone`` for the end-to-end tests: started on first use, stopped after its last.
 
 Request the ``airflow_server`` fixture (registered by ``tests/e2e/conftest.py``). It runs
 Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor; SimpleAuthManager)
@@ -8,7 +8,7 @@ admin) and ``viewer``/``viewer`` (role viewer: may read, may not trigger).
 
 The server is the same :class:`~sensei_airflow.demo.standalone.StandaloneAirflow` the demo
 launcher uses. It fails the requesting test, with the end of Airflow's log, when it does not
-come up; it is stopped with SIGINT (then terminated) at the end of the session.
+come up; it is stopped with SIGINT (then terminated) once the worker's next test does not need it.
 """
 
 from __future__ import annotations
@@ -169,18 +169,53 @@ def _until_ready(server: AirflowServer) -> AirflowServer:
     return server
 
 
+class _ServerSlot:
+    """The worker's one running Airflow: started by the first test that needs it, stopped by
+    :func:`release_airflow_server` as soon as the worker's next test does not need it.
+
+    The tests on the server form one ``xdist_group`` (see ``tests/conftest.py``), run one after the
+    other on one worker; an idle Airflow (scheduler, dag-processor, api-server, triggerer) would
+    otherwise take CPU from the other workers' tests until the whole session ends.
+    """
+
+    server: AirflowServer | None = None
+
+    @classmethod
+    def get(cls, cluster: LocalCluster) -> AirflowServer:
+        if cls.server is None:
+            try:
+                cls.server = start_airflow_server(cluster)
+            except AirflowNotReady as exc:
+                pytest.fail(f"airflow standalone is needed and did not start: {exc}", pytrace=False)
+        return cls.server
+
+    @classmethod
+    def stop(cls) -> None:
+        server, cls.server = cls.server, None
+        if server is not None:
+            server.airflow.stop()
+            shutil.rmtree(server.migrations_dir.parent, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def airflow_server(pg_cluster: LocalCluster) -> Iterator[AirflowServer]:
-    """One running ``airflow standalone`` for the session (see the module docstring)."""
+def _airflow_server_slot() -> Iterator[type[_ServerSlot]]:
+    """Stops the worker's Airflow at the end of the session at the latest."""
     try:
-        server = start_airflow_server(pg_cluster)
-    except AirflowNotReady as exc:
-        pytest.fail(f"airflow standalone is needed and did not start: {exc}", pytrace=False)
-    try:
-        yield server
+        yield _ServerSlot
     finally:
-        server.airflow.stop()
-        shutil.rmtree(server.migrations_dir.parent, ignore_errors=True)
+        _ServerSlot.stop()
+
+
+@pytest.fixture
+def airflow_server(pg_cluster: LocalCluster, _airflow_server_slot: type[_ServerSlot]) -> AirflowServer:
+    """The worker's running ``airflow standalone`` (see the module docstring and :class:`_ServerSlot`)."""
+    return _airflow_server_slot.get(pg_cluster)
+
+
+def release_airflow_server(nextitem: pytest.Item | None) -> None:
+    """Stop the worker's Airflow unless ``nextitem`` (the worker's next test) needs it."""
+    if "airflow_server" not in getattr(nextitem, "fixturenames", ()):
+        _ServerSlot.stop()
 
 
 # -- Airflow on CeleryExecutor ------------------------------------------------------------------------
