@@ -120,7 +120,13 @@ class Hold:
                     (self.pid,),
                 ).fetchone()
                 if row:
-                    return int(row[0]), str(row[1])
+                    # A statement reads pg_stat_activity once, before pg_blocking_pids runs: the text
+                    # can be the session's previous statement. It waits for this hold until the test
+                    # lets go, so a second read gives the statement that waits.
+                    (query,) = watcher.execute(
+                        "SELECT query FROM pg_stat_activity WHERE pid = %s", (row[0],)
+                    ).fetchone()
+                    return int(row[0]), str(query)
                 assert alive(), f"the rollback ended before it reached {what}"
                 assert time.monotonic() < deadline, f"the rollback never reached {what}"
                 time.sleep(0.02)
