@@ -92,6 +92,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 for c in verification["checks"]
             ],
         )
+    if verification and verification.get("warnings"):
+        lines += ["", *[f"- Warning: {w}" for w in verification["warnings"]]]
     consumers = report.get("consumers")
     if consumers:
         lines += ["", "## Downstream consumers", "", f"```json\n{json.dumps(consumers, indent=2)}\n```"]

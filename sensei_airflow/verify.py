@@ -40,6 +40,8 @@ class Verification(BaseModel):
     record_counts_match: bool | None = None
     sample_verification: Outcome = "skipped"
     checks: list[TableCheck] = Field(default_factory=list)
+    #: what was compared with less than asked, or with something else (one line each; they fail nothing).
+    warnings: list[str] = Field(default_factory=list)
 
     @classmethod
     def skipped(cls) -> Verification:

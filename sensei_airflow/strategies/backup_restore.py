@@ -7,7 +7,9 @@ expired, physical, missing a table in scope, on unreachable storage, or whose fi
 match their sha256. Execute replaces the rows of the tables in scope in one
 transaction (parents loaded first; constraints, indexes and grants kept; owned sequences set
 back), leaving every other table alone. Verify compares each table with the row count and
-checksum the catalog recorded when the backup was taken.
+checksum the catalog recorded when the backup was taken; when the backup is the one the start
+mark took, also with the mark's (a write between the backup and the mark's moment shows there).
+An older backup's rows are not the mark's: verify says so and does not compare them with it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sensei_airflow.backups.files import CorruptBackup
 from sensei_airflow.backups.storage import StorageUnreachable, storage_for
 from sensei_airflow.conf import RollbackRequest
 from sensei_airflow.manifest import Strategy, TableMapping
+from sensei_airflow.mark import load_mark
 from sensei_airflow.plan import RefusedError, RollbackPlan, dependency_order
 from sensei_airflow.state import utcnow
 from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
@@ -217,9 +220,24 @@ class BackupRestoreStrategy(RollbackStrategy):
                                      actual=after_outside.get(table), ok=after_outside.get(table) == rows))  # fmt: skip
         counts_ok = all(c.ok for c in checks if not c.check.startswith("checksum"))
         sums_ok = all(c.ok for c in checks if c.check.startswith("checksum"))
+        warnings: list[str] = []
+        mark = load_mark(self.state, self.manifest.id)
+        if mark is not None and mark.backup_id == entry.backup_id:
+            marked = self.mark_checks(plan, mark, now=now)
+            checks += marked.checks
+            counts_ok = counts_ok and all(c.ok for c in marked.counts)
+            sums_ok = sums_ok and marked.checksum_outcome != "failed"
+            warnings += marked.warnings
+        elif mark is not None:
+            taken = entry.created_at.isoformat()
+            warnings.append(
+                f"the tables in scope hold backup {entry.backup_id}'s rows (taken at {taken}), not the start "
+                f"mark's ({mark.taken_at.isoformat()}): compared with the backup only"
+            )
         return Verification(
             record_counts_match=counts_ok,
             source_comparison="skipped",
             sample_verification="passed" if sums_ok else "failed",
             checks=checks,
+            warnings=warnings,
         )

@@ -10,9 +10,10 @@ from typing import Any, ClassVar, Literal
 from sensei_airflow.conf import RollbackRequest
 from sensei_airflow.engines import Engine, ForeignKey, get_engine
 from sensei_airflow.manifest import Manifest, Strategy, TableMapping
+from sensei_airflow.mark import StartMark
 from sensei_airflow.plan import RollbackPlan
 from sensei_airflow.state import StateStore
-from sensei_airflow.verify import TableCheck, Verification, count_checks
+from sensei_airflow.verify import Outcome, TableCheck, Verification, count_checks
 
 #: a database of the migration: the target (rolled back) or the source (the migration read it).
 Side = Literal["target", "source"]
@@ -53,6 +54,31 @@ class Execution:
         return {"statements": self.statements, "rows_affected": self.rows_affected, "detail": self.detail}
 
 
+@dataclass
+class MarkChecks:
+    """The tables in scope against the start mark: what a strategy restoring the mark's state must give back.
+
+    ``checksums`` holds only tables whose checksum both the mark and the engine now give: a check
+    with nothing to compare with could not fail. ``warnings`` says, one line each, what was
+    compared by row count only or not at all.
+    """
+
+    counts: list[TableCheck]
+    checksums: list[TableCheck]
+    warnings: list[str]
+
+    @property
+    def checks(self) -> list[TableCheck]:
+        return [*self.counts, *self.checksums]
+
+    @property
+    def checksum_outcome(self) -> Outcome:
+        """``skipped`` when no checksum could be compared: never ``passed`` for a check not made."""
+        if not self.checksums:
+            return "skipped"
+        return "passed" if all(c.ok for c in self.checksums) else "failed"
+
+
 class RollbackStrategy(ABC):
     """One way of undoing a migration. Engine differences stay in the engine."""
 
@@ -87,6 +113,65 @@ class RollbackStrategy(ABC):
             *count_checks(check, expected, after),
             *count_checks("untouched outside the scope", untouched, after),
         ]
+
+    def mark_checks(
+        self,
+        plan: RollbackPlan,
+        mark: StartMark,
+        *,
+        others: bool = False,
+        now: dict[str, Any] | None = None,
+    ) -> MarkChecks:
+        """Each table in scope against its row count and checksum at the start mark; they must match exactly.
+
+        Shared by the strategies that give back the mark's state (undo_log; point_in_time to the
+        mark; backup_restore of the backup the mark took), so that "restored to the mark" means the
+        same everywhere. Where the mark recorded no checksum, or the engine computes none, the
+        table is compared by row count only, and a warning says so.
+
+        :param others: also every other table of the target against its count in assess.
+        :param now: the tables' checksums when the caller has just read them (one scan less).
+        """
+        recorded = [t for t in plan.table_names if t in mark.tables]
+        warnings: list[str] = []
+        unrecorded = [t for t in plan.table_names if t not in mark.tables]
+        if unrecorded:
+            warnings.append(f"the start mark did not record {', '.join(unrecorded)}: not compared with it")
+        counts = self.scope_count_checks(
+            plan, "rows at the start mark", {t: mark.rows()[t] for t in recorded}, others=others
+        )
+        sums = mark.checksums()
+        expected = {t: sums[t] for t in recorded if sums[t] is not None}
+        unsummed = [t for t in recorded if t not in expected]
+        if unsummed:
+            warnings.append(
+                f"the start mark recorded no checksum of {', '.join(unsummed)}: compared with it by row "
+                "count only"
+            )
+        if expected and now is None:
+            try:
+                now = self.target.table_checksums(list(expected))
+            except NotImplementedError:
+                now = {}
+        actual = {t: getattr((now or {}).get(t), "checksum", None) for t in expected}
+        uncomputed = [t for t, s in actual.items() if s is None]
+        if uncomputed:
+            warnings.append(
+                f"{self.target.engine_title} computes no checksum of {', '.join(uncomputed)} here: compared "
+                "with the start mark by row count only"
+            )
+        checksums = [
+            TableCheck(
+                table=t,
+                check="checksum at the start mark",
+                expected=expected[t],
+                actual=actual[t],
+                ok=actual[t] == expected[t],
+            )
+            for t in expected
+            if actual[t] is not None
+        ]
+        return MarkChecks(counts, checksums, warnings)
 
     @abstractmethod
     def assess(self, scope: list[TableMapping], request: RollbackRequest) -> Assessment:

@@ -4,7 +4,8 @@ The strategy knows no database: it asks the target's engine for its recovery mec
 (:meth:`~sensei_airflow.engines.base.Engine.point_in_time`, configured by the manifest's
 ``rollback.point_in_time`` block) and hands it the tables and the point. Where the migration
 tool recorded a restore point when it started (:func:`mark_migration_start`), a rollback to
-the migration's ``started_at`` uses that mark instead of a timestamp.
+the migration's ``started_at`` uses that mark instead of a timestamp. Recovered to the start mark
+itself, the tables in scope must also match the mark's row counts and checksums exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sensei_airflow.engines.base import (
     RecoveryTarget,
 )
 from sensei_airflow.manifest import Manifest, Strategy, TableMapping
+from sensei_airflow.mark import StartMark, load_mark
 from sensei_airflow.plan import RefusedError, RollbackPlan
 from sensei_airflow.start import migration_start
 from sensei_airflow.state import StateStore, utcnow
@@ -121,8 +123,6 @@ class PointInTimeStrategy(RollbackStrategy):
             raise RefusedError(str(exc)) from None
         settings = self.manifest.rollback.point_in_time
         if settings.prefer_restore_point and point == start:
-            from sensei_airflow.mark import load_mark
-
             started = load_mark(self.state, self.manifest.id)
             if (
                 started is not None
@@ -208,8 +208,26 @@ class PointInTimeStrategy(RollbackStrategy):
                 return detail
         return None
 
+    def _mark_recovered(self, plan: RollbackPlan) -> StartMark | None:
+        """The start mark, when this rollback recovered to its very moment (else None).
+
+        Its restore point, else its position, else its time: the same point the recovery target
+        was chosen by. Only then must the tables equal the mark's rows; another point
+        legitimately holds other rows.
+        """
+        mark = load_mark(self.state, self.manifest.id)
+        if mark is None or mark.target_identity != self.target.identity():
+            return None
+        target = self.recovery_target(self._restore_to(plan))
+        if target.restore_point is not None:
+            return mark if target.restore_point == mark.restore_point else None
+        if target.position is not None:
+            return mark if target.position == mark.position else None
+        return mark if target.time == mark.taken_at else None
+
     def verify(self, plan: RollbackPlan) -> Verification:
-        """The tables in scope hold what was recovered; on the table path, the others are untouched."""
+        """The tables in scope hold what was recovered (and, recovered to the start mark, exactly the mark's
+        rows); on the table path, the others are untouched."""
         executed = self._executed(plan)
         if executed is None:
             checks = [
@@ -228,9 +246,19 @@ class PointInTimeStrategy(RollbackStrategy):
             TableCheck(table=c.what, check=c.check, expected=c.expected, actual=c.actual, ok=c.ok)
             for c in self.recovery.verify_restore(executed)
         ]
+        mark = self._mark_recovered(plan)
+        if mark is None:
+            return Verification(
+                record_counts_match=all(c.ok for c in checks),
+                source_comparison="skipped",
+                sample_verification="skipped",
+                checks=checks,
+            )
+        marked = self.mark_checks(plan, mark)
         return Verification(
-            record_counts_match=all(c.ok for c in checks),
+            record_counts_match=all(c.ok for c in [*checks, *marked.counts]),
             source_comparison="skipped",
-            sample_verification="skipped",
-            checks=checks,
+            sample_verification=marked.checksum_outcome,
+            checks=[*checks, *marked.checks],
+            warnings=marked.warnings,
         )

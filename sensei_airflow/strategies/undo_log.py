@@ -17,7 +17,7 @@ from sensei_airflow.manifest import Strategy, TableMapping
 from sensei_airflow.mark import StartMark, load_mark
 from sensei_airflow.plan import RefusedError, RollbackPlan, dependency_order
 from sensei_airflow.strategies.base import Assessment, Execution, RollbackStrategy
-from sensei_airflow.verify import TableCheck, Verification
+from sensei_airflow.verify import Verification
 
 
 class UndoLogStrategy(RollbackStrategy):
@@ -123,26 +123,11 @@ class UndoLogStrategy(RollbackStrategy):
 
     def verify(self, plan: RollbackPlan) -> Verification:
         """Each table in scope against the mark's row count and checksum; the others untouched."""
-        counted = self.scope_count_checks(
-            plan, "rows at the start mark", {t: self.mark.rows()[t] for t in plan.table_names}
-        )
-        now = self.target.table_checksums(plan.table_names)
-        expected = self.mark.checksums()
-        summed: list[TableCheck] = []
-        for table in plan.table_names:
-            actual = getattr(now.get(table), "checksum", None)
-            summed.append(
-                TableCheck(
-                    table=table,
-                    check="checksum at the start mark",
-                    expected=expected.get(table),
-                    actual=actual,
-                    ok=expected.get(table) is not None and actual == expected.get(table),
-                )
-            )
+        marked = self.mark_checks(plan, self.mark, others=True)
         return Verification(
-            record_counts_match=all(c.ok for c in counted),
+            record_counts_match=all(c.ok for c in marked.counts),
             source_comparison="skipped",
-            sample_verification="passed" if all(c.ok for c in summed) else "failed",
-            checks=[*counted, *summed],
+            sample_verification=marked.checksum_outcome,
+            checks=marked.checks,
+            warnings=marked.warnings,
         )

@@ -8,11 +8,14 @@ so a correct restore is visible (they come back) and a truncate would be wrong (
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sensei_airflow.backups.catalog import BackupCatalog
 from sensei_airflow.state import StateStore
-from tests.fixtures import run_dag, write_demo_manifest
+from tests.chaos.harness import task_error
+from tests.fixtures import migrate_demo, run_dag, write_demo_manifest
 from tests.integration.backups.conftest import (  # noqa: F401 - fixtures
     MIGRATED,
     backup_dir,
@@ -130,3 +133,125 @@ def test_restore_from_s3(databases, migrations_dir, airflow_db, s3_bucket):
     assert outcome.state == "success", outcome.task_states
     assert checksums(databases) == before["sums"]
     assert sequences_follow_the_keys(databases)
+
+
+# -- verify against the start mark -----------------------------------------------------------------
+def mark_with_backup(databases, migrations_dir, backup_dir, *, between_backup_and_mark=None) -> Any:
+    """Fill the target, a scheduled backup, a customer's payment, then the start mark (taking its pre-migration
+    backup) and the demo migration without its DAG (fast). Returns the manifest.
+
+    :param between_backup_and_mark: SQL committed after the mark's backup, before the mark's moment.
+    """
+    from sensei_airflow.backups import jobs
+
+    fill_target(databases)
+    manifest = write_demo_manifest(
+        migrations_dir, pre_migration_backup=str(backup_dir), backup_retention_days=2
+    )
+    jobs.backup_migration(manifest, kind="scheduled")  # the nightly backup, before the migration
+    with databases.connect("target") as conn:
+        conn.execute("UPDATE crm.customers SET balance_cents = balance_cents + 4999 WHERE id = 900007")
+    if between_backup_and_mark is not None:
+        backup = jobs.backup_migration
+
+        def backup_then_written(*args: Any, **kwargs: Any) -> Any:
+            entry = backup(*args, **kwargs)
+            with databases.connect("target") as conn:
+                conn.execute(between_backup_and_mark)
+            return entry
+
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(jobs, "backup_migration", backup_then_written)
+            migrate_demo(manifest, customers=40)
+    else:
+        migrate_demo(manifest, customers=40)
+    change_after_migration(databases)
+    return manifest
+
+
+def the_mark() -> Any:
+    from sensei_airflow.mark import load_mark
+
+    mark = load_mark(StateStore("sensei_state"), "mig_shop_2026")
+    assert mark is not None and mark.backup_id and all(mark.checksums().values())
+    return mark
+
+
+def mark_checks_of(verification: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (c["table"], c["check"]): c for c in verification["checks"] if c["check"].endswith("the start mark")
+    }
+
+
+def test_restoring_the_marks_backup_verify_compares_with_the_mark(
+    databases, migrations_dir, airflow_db, backup_dir
+):
+    from sensei_airflow.plan import RollbackPlan
+    from sensei_airflow.strategies.backup_restore import BackupRestoreStrategy
+
+    manifest = mark_with_backup(databases, migrations_dir, backup_dir)
+    mark = the_mark()
+    catalog = BackupCatalog(StateStore("sensei_state"))
+    scheduled = next(e for e in catalog.list("mig_shop_2026") if e.kind == "scheduled")
+
+    outcome = run_dag(ROLLBACK, {"migration_id": "mig_shop_2026", "strategy": "backup_restore"})
+
+    assert outcome.state == "success", outcome.task_states
+    assert outcome.xcoms["execute_backup_restore"]["detail"]["backup_id"] == mark.backup_id
+    verification = outcome.xcoms["verify"]
+    assert verification["sample_verification"] == "passed" and verification["warnings"] == []
+    marked = mark_checks_of(verification)
+    for table in MIGRATED:
+        rows = marked[(table, "rows at the start mark")]
+        summed = marked[(table, "checksum at the start mark")]
+        assert rows["expected"] == rows["actual"] == mark.rows()[table] and rows["ok"], rows
+        assert summed["expected"] == summed["actual"] == mark.checksums()[table] and summed["ok"], summed
+    backup_checks = [
+        c for c in verification["checks"] if c["check"].endswith(f"as in backup {mark.backup_id}")
+    ]
+    assert len(backup_checks) == 2 * len(MIGRATED) and all(c["ok"] for c in backup_checks)
+
+    # The nightly backup from before the payment: its rows come back, verified against it, not the mark.
+    plan = RollbackPlan.model_validate(outcome.xcoms["assess"]).model_copy(
+        update={"backup_id": scheduled.backup_id}
+    )
+    strategy = BackupRestoreStrategy(manifest, StateStore("sensei_state"))
+    strategy.execute(plan)
+    older = strategy.verify(plan)
+    assert older.passed and not mark_checks_of(older.model_dump(mode="json"))
+    assert older.warnings == [
+        f"the tables in scope hold backup {scheduled.backup_id}'s rows (taken at "
+        f"{scheduled.created_at.isoformat()}), not the start mark's ({mark.taken_at.isoformat()}): compared "
+        "with the backup only"
+    ]
+    assert checksums(databases, ["crm.customers"])["crm.customers"][1] != mark.checksums()["crm.customers"]
+
+
+def test_a_write_between_the_marks_backup_and_its_moment_fails_the_mark_checksum(
+    databases, migrations_dir, airflow_db, backup_dir
+):
+    """An order refunded after the pre-migration backup, before the mark: the backup restores, but not the mark."""
+    mark_with_backup(
+        databases,
+        migrations_dir,
+        backup_dir,
+        between_backup_and_mark="UPDATE sales.orders SET status = 'refunded' WHERE id = 900010",
+    )
+    mark = the_mark()
+    entry = BackupCatalog(StateStore("sensei_state")).require(mark.backup_id)
+
+    outcome = run_dag(ROLLBACK, {"migration_id": "mig_shop_2026", "strategy": "backup_restore"})
+
+    assert outcome.state == "failed" and outcome.task_states["verify"] == "failed", outcome.task_states
+    assert outcome.xcoms["execute_backup_restore"]["detail"]["backup_id"] == mark.backup_id
+    verification = outcome.xcoms["verify"]
+    failed = [c for c in verification["checks"] if not c["ok"]]
+    assert [(c["table"], c["check"]) for c in failed] == [("sales.orders", "checksum at the start mark")]
+    # what came back is exactly the backup's rows; the mark had the refund
+    assert failed[0]["expected"] == mark.checksums()["sales.orders"]
+    assert failed[0]["actual"] == entry.table_stats["sales.orders"]["checksum"] != failed[0]["expected"]
+    assert verification["record_counts_match"] is True and verification["sample_verification"] == "failed"
+    assert (
+        f"verification failed: sales.orders checksum at the start mark: expected {failed[0]['expected']}, "
+        f"found {failed[0]['actual']}; consumers stay halted"
+    ) in task_error(outcome.run_id, "verify")

@@ -194,3 +194,108 @@ def test_refusals_leave_the_target_unchanged(databases, archiving, pitr_target, 
     for outcome in (early, late, gap):
         assert outcome.task_states["execute_point_in_time"] != "success"
     assert state_of(archiving, pitr_target) == unchanged
+
+
+# -- verify against the start mark -----------------------------------------------------------------
+def order_status(archiving: ArchivingCluster, database: str, order_id: int) -> str:
+    with archiving.connect(database) as conn:
+        return conn.execute("SELECT status FROM sales.orders WHERE id = %s", (order_id,)).fetchone()[0]
+
+
+def load_manifest(migrations_dir) -> Any:
+    from sensei_airflow.manifest import load_manifests
+
+    return load_manifests(migrations_dir).get(shop.DEMO_MIGRATION_ID)
+
+
+def mark_then_migrate(archiving, pitr_target, migrations_dir) -> Any:
+    """Orders from before the migration, the start mark (a restore point), the demo migration without its DAG
+    (fast), then the shop ships an order that was there at the mark. Returns the mark."""
+    from sensei_airflow.mark import load_mark
+    from sensei_airflow.state import StateStore
+    from tests.fixtures import migrate_demo
+
+    with archiving.connect(pitr_target) as conn:
+        conn.execute(
+            "INSERT INTO sales.orders (id, customer_id, status, total, ordered_at) VALUES "
+            "(900001, 900001, 'paid', 12.50, '2025-02-01T00:00:00Z'), "
+            "(900002, 900001, 'new', 7.25, '2025-02-02T00:00:00Z')"
+        )
+        conn.execute("INSERT INTO sales.order_items VALUES (900001, 1, 'Straße lamp', 2, 6.25)")
+    write_manifest(migrations_dir, archiving, archiving.now(pitr_target))
+    migrate_demo(load_manifest(migrations_dir), customers=40)
+    with archiving.connect(pitr_target) as conn:
+        conn.execute("UPDATE sales.orders SET status = 'shipped' WHERE id = 900002")
+    mark = load_mark(StateStore("sensei_state"), shop.DEMO_MIGRATION_ID)
+    assert mark is not None and mark.restore_point and all(mark.checksums().values())
+    return mark
+
+
+def mark_checks_of(verification: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (c["table"], c["check"]): c for c in verification["checks"] if c["check"].endswith("the start mark")
+    }
+
+
+def test_recovered_to_the_start_mark_verify_compares_with_its_counts_and_checksums(
+    databases, archiving, pitr_target, migrations_dir, airflow_db
+):
+    from sensei_airflow.plan import RollbackPlan
+    from sensei_airflow.state import StateStore
+    from sensei_airflow.strategies.point_in_time import PointInTimeStrategy
+
+    mark = mark_then_migrate(archiving, pitr_target, migrations_dir)
+
+    outcome = run_dag(
+        "sensei_rollback", {"migration_id": shop.DEMO_MIGRATION_ID, "strategy": "point_in_time"}
+    )
+
+    assert outcome.state == "success", outcome.task_states
+    verification = outcome.xcoms["verify"]
+    assert verification["sample_verification"] == "passed" and verification["warnings"] == []
+    marked = mark_checks_of(verification)
+    for table in MIGRATED:
+        rows = marked[(table, "rows at the start mark")]
+        summed = marked[(table, "checksum at the start mark")]
+        assert rows["expected"] == rows["actual"] == mark.rows()[table] and rows["ok"], rows
+        assert summed["expected"] == summed["actual"] == mark.checksums()[table] and summed["ok"], summed
+    assert order_status(archiving, pitr_target, 900002) == "new"  # as at the mark
+
+    # the same rollback verified as if it had recovered to another point: nothing compared with the mark
+    plan = RollbackPlan.model_validate(outcome.xcoms["assess"])
+    other = plan.model_copy(update={"restore_to": (mark.taken_at + timedelta(seconds=1)).isoformat()})
+    elsewhere = PointInTimeStrategy(load_manifest(migrations_dir), StateStore("sensei_state")).verify(other)
+    assert elsewhere.passed and not mark_checks_of(elsewhere.model_dump(mode="json"))
+    assert elsewhere.sample_verification == "skipped"
+
+
+def test_a_restored_row_changed_before_verify_fails_the_start_mark_checksum(
+    databases, archiving, pitr_target, migrations_dir, airflow_db, monkeypatch
+):
+    """A writer the halt step does not know about updates a restored order: same counts, not the mark's rows."""
+    mark = mark_then_migrate(archiving, pitr_target, migrations_dir)
+    restore = PostgresWalRecovery.restore
+
+    def restore_then_written(self, plan, target):
+        outcome = restore(self, plan, target)
+        with archiving.connect(pitr_target) as conn:
+            conn.execute("UPDATE sales.orders SET total = 0 WHERE id = 900001")
+        return outcome
+
+    monkeypatch.setattr(PostgresWalRecovery, "restore", restore_then_written)
+
+    outcome = run_dag(
+        "sensei_rollback", {"migration_id": shop.DEMO_MIGRATION_ID, "strategy": "point_in_time"}
+    )
+
+    assert outcome.state == "failed" and outcome.task_states["verify"] == "failed", outcome.task_states
+    verification = outcome.xcoms["verify"]
+    failed = [c for c in verification["checks"] if not c["ok"]]
+    assert [(c["table"], c["check"]) for c in failed] == [("sales.orders", "checksum at the start mark")]
+    assert failed[0]["expected"] == mark.checksums()["sales.orders"] != failed[0]["actual"]
+    assert mark_checks_of(verification)[("sales.orders", "rows at the start mark")]["ok"]  # same count
+    assert verification["sample_verification"] == "failed"
+    assert (
+        f"verification failed: sales.orders checksum at the start mark: expected {failed[0]['expected']}, "
+        f"found {failed[0]['actual']}; consumers stay halted"
+    ) in error_of(outcome, "verify")

@@ -100,9 +100,20 @@ def take_mark(
     if not undo_log:
         with engine.connect() as conn, conn.cursor() as cur:
             conn.autocommit = True
+            # the snapshot is taken by the first statement: the restore point, so that a recovery to
+            # it and the counts read below see the same commits (no other session's round trip between)
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            cur.execute("SELECT 1")  # the snapshot is taken by the first statement
-            point, notes = _restore_point(engine, name)
+            point, notes = name, []
+            try:
+                cur.execute("SELECT pg_create_restore_point(%s)", (name,))
+            except Exception as exc:
+                point, notes = (
+                    None,
+                    [f"no restore point was created ({str(exc).splitlines()[0]}); the LSN marks the start"],
+                )
+                cur.execute("ROLLBACK")
+                cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                cur.execute("SELECT 1")
             cur.execute("SELECT pg_current_wal_lsn()::text, clock_timestamp()")
             position, at = cur.fetchone()
             moment = _read_state(engine, cur, tables, at=at, position=position, restore_point=point)

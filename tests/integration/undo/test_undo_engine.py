@@ -59,3 +59,48 @@ def test_toasted_values_are_restored_from_the_old_row(logical_databases: Databas
     engine.apply_undo(mark.undo_log or {}, [UndoTable(name, ("id",))], [])
     assert engine.table_checksums([name])[name].checksum == mark.tables[name]["checksum"]
     assert logical_databases.scalar("target", "SELECT min(length(body)) FROM docs") == 4000 * 32
+
+
+def test_the_mark_creates_its_restore_point_as_its_snapshot_or_says_why_not(
+    databases: Databases, monkeypatch
+) -> None:
+    """Without the undo log the restore point is the first statement of the mark's snapshot; a role
+    that may not create one still gets a mark, marked by its LSN, and a note says why."""
+    import json
+
+    from sensei_airflow.engines.postgres import PostgresEngine
+
+    with databases.connect("target") as conn:
+        conn.execute('CREATE TABLE "Zoë\'s order" (id int PRIMARY KEY)')
+        conn.execute('INSERT INTO "Zoë\'s order" SELECT generate_series(1, 7)')
+        conn.execute(
+            'DO $$ BEGIN CREATE ROLE "mark reader Zoë" LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$'
+        )
+        conn.execute('GRANT SELECT ON "Zoë\'s order" TO "mark reader Zoë"')
+    name = PostgresEngine("shop_target").qualify('"Zoë\'s order"')
+
+    marked = PostgresEngine("shop_target").take_mark("sensei_mark_test", [name], undo_log=False, slot="")
+    assert marked.restore_point == "sensei_mark_test" and marked.notes == []
+    assert marked.tables[name]["rows"] == 7 and marked.position
+
+    uri = databases.cluster.uri(databases.target, user="mark reader Zoë")
+    monkeypatch.setenv("AIRFLOW_CONN_MARK_READER", json.dumps({"conn_type": "postgres", **_parts(uri)}))
+    plain = PostgresEngine("mark_reader").take_mark("sensei_mark_test_2", [name], undo_log=False, slot="")
+    assert plain.restore_point is None
+    assert plain.notes == [
+        "no restore point was created (permission denied for function pg_create_restore_point); the LSN marks "
+        "the start"
+    ]
+    assert plain.tables[name] == marked.tables[name] and plain.position
+
+
+def _parts(uri: str) -> dict[str, object]:
+    from urllib.parse import unquote, urlsplit
+
+    url = urlsplit(uri)
+    return {
+        "host": url.hostname,
+        "port": url.port,
+        "login": unquote(url.username or ""),
+        "schema": url.path[1:],
+    }
