@@ -15,6 +15,12 @@ See docs/adr/0603-oracle-truncate-and-flashback.md.
 Point-in-time recovery is ``FLASHBACK TABLE t1, t2, ... TO TIMESTAMP`` (one statement, one
 transaction), after checking row movement and undo retention, and recording the SCN before it
 so the flashback itself can be undone.
+
+The undo log is Flashback Query (engines/row_history.py): the mark records the SCN, an undo reads
+the keys changed since with ``VERSIONS BETWEEN SCN`` and sets them back from the table ``AS OF
+SCN``: a ``MERGE`` per table (parents first), then a ``DELETE`` of the keys new since the mark
+(children first), in one transaction. It reaches back as far as ``UNDO_RETENTION``; see
+docs/adr/0701-undo-log-from-row-history.md.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from typing import Any
 
 from sensei_airflow.engines.base import (
     ForeignKey,
+    MarkMoment,
+    MarkRefused,
     PointInTimeOutcome,
     PointInTimePlan,
     PointInTimeRecovery,
@@ -35,9 +43,10 @@ from sensei_airflow.engines.base import (
     RecoveryWindow,
     SequenceReset,
     Statement,
+    UndoTable,
     check_outside_empty,
 )
-from sensei_airflow.engines.dbapi import DbApiEngine
+from sensei_airflow.engines.row_history import RowHistoryUndo
 from sensei_airflow.extras import missing_extra
 
 _USER_TABLES = """
@@ -68,6 +77,7 @@ _ROW_MOVEMENT = "SELECT owner, table_name, row_movement FROM all_tables WHERE ow
 _LAST_DDL = (
     "SELECT last_ddl_time FROM all_objects WHERE owner = :1 AND object_name = :2 AND object_type = 'TABLE'"
 )
+_COLUMNS = "SELECT column_name, data_type FROM all_tab_columns WHERE owner = :1 AND table_name = :2 ORDER BY column_id"
 _UNDO_RETENTION = "SELECT value FROM v$parameter WHERE name = 'undo_retention'"
 _CURRENT_SCN = "SELECT DBMS_FLASHBACK.GET_SYSTEM_CHANGE_NUMBER FROM dual"
 _TIMESTAMP_TO_SCN = "SELECT TIMESTAMP_TO_SCN(:1) FROM dual"
@@ -93,7 +103,8 @@ def timestamp_literal(moment: datetime) -> str:
     return f"TO_TIMESTAMP_TZ('{utc.strftime('%Y-%m-%d %H:%M:%S.%f')} +00:00', '{_TS_FORMAT}')"
 
 
-class OracleEngine(DbApiEngine):
+class OracleEngine(RowHistoryUndo):
+    history_kind = "oracle_flashback"
     dialect = "oracle"
     engine_title = "Oracle"
     paramstyle = "numeric"
@@ -292,6 +303,101 @@ class OracleEngine(DbApiEngine):
         return [*guard, *locks, *work], removed
 
     # -- point-in-time recovery ----------------------------------------------------------
+    # -- the undo log: Flashback Query since the mark's SCN (engines/row_history.py) ------------
+    def column_types(self, table: str) -> dict[str, str]:
+        owner, name = self.name_parts(table)
+        return {str(c): str(t) for c, t in self.query(_COLUMNS, (owner, name))}
+
+    def undo_retention(self) -> int:
+        """``UNDO_RETENTION`` in seconds: how far back Flashback Query reaches (at least)."""
+        return int(self.query(_UNDO_RETENTION)[0][0])
+
+    def open_row_history(self, tables: Sequence[str]) -> dict[str, Any]:
+        """Nothing to turn on (undo is always kept); the retention is read now, so a mark that cannot
+        be read back is refused before the migration starts."""
+        try:
+            return {"undo_retention_seconds": self.undo_retention()}
+        except Exception as exc:
+            raise MarkRefused(
+                f"cannot read UNDO_RETENTION on {self.conn_id} ({type(exc).__name__}): grant SELECT on V_$PARAMETER "
+                "to the connection's user, or disable rollback.undo_log"
+            ) from None
+
+    def history_moment(self, moment: MarkMoment) -> dict[str, Any]:
+        return {"scn": int(moment.position or 0), "at": moment.at.astimezone(UTC).isoformat()}
+
+    def at_mark(self, table: str, undo: dict[str, Any]) -> str:
+        return f"{self.quote_table(table)} AS OF SCN {int(undo['scn'])}"
+
+    def changed_keys(self, table: UndoTable, undo: dict[str, Any]) -> str:
+        keys = ", ".join(self.quote_column(k) for k in table.key)
+        return (
+            f"SELECT DISTINCT {keys} FROM {self.quote_table(table.table)} "  # noqa: S608 - quoted names
+            f"VERSIONS BETWEEN SCN {int(undo['scn'])} AND MAXVALUE "
+            "WHERE VERSIONS_STARTSCN IS NOT NULL OR VERSIONS_ENDSCN IS NOT NULL"
+        )
+
+    def undo_lock_sql(self, tables: Sequence[str]) -> list[Statement]:
+        return self.lock_sql(tables, delete=True)
+
+    def undo_statements(
+        self, table: UndoTable, columns: Sequence[str], undo: dict[str, Any]
+    ) -> tuple[list[Statement], list[Statement]]:
+        """A ``MERGE`` from the table at the mark (rows set back, deleted rows inserted again), and a
+        ``DELETE`` of the keys new since the mark: Oracle checks foreign keys per statement, so the
+        first runs parents first and the second children first."""
+        key = [self.column_name(k) for k in table.key]
+        q = self.quote_identifier
+        target = self.quote_table(table.table)
+        keys = ", ".join(q(k) for k in key)
+        on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in key)
+        others = [c for c in columns if c not in key]
+        update = (
+            f" WHEN MATCHED THEN UPDATE SET {', '.join(f't.{q(c)} = s.{q(c)}' for c in others)}"
+            if others
+            else ""
+        )
+        merge = (
+            f"MERGE INTO {target} t USING (SELECT {', '.join(f'm.{q(c)}' for c in columns)} "  # noqa: S608
+            f"FROM {self.at_mark(table.table, undo)} m WHERE ({', '.join(f'm.{q(k)}' for k in key)}) IN "
+            f"({self.changed_keys(table, undo)})) s ON ({on}){update} "
+            f"WHEN NOT MATCHED THEN INSERT ({', '.join(q(c) for c in columns)}) "
+            f"VALUES ({', '.join(f's.{q(c)}' for c in columns)})"
+        )
+        delete = (
+            f"DELETE FROM {target} WHERE ({keys}) IN ({self.changed_keys(table, undo)} "  # noqa: S608
+            f"MINUS SELECT {keys} FROM {self.at_mark(table.table, undo)})"
+        )
+        return (
+            [Statement(merge, purpose=f"set {table.table} back to the start mark")],
+            [Statement(delete, purpose=f"delete the rows of {table.table} new since the start mark")],
+        )
+
+    def history_problems(self, undo: dict[str, Any], tables: Sequence[UndoTable]) -> list[str]:
+        """A mark older than the undo retention; an identity column that refuses its old values back."""
+        found: list[str] = []
+        retention = self.undo_retention()
+        at = datetime.fromisoformat(undo["at"])
+        if at + timedelta(seconds=retention) < datetime.now(UTC):
+            found.append(
+                f"the undo log may be gone: Oracle keeps row history for UNDO_RETENTION = {retention} s and the "
+                f"start mark ({at.isoformat()}) is older; roll back with backup_restore"
+            )
+        for table in tables:
+            for column, generation, *_ in self.identity_columns(table.table):
+                if str(generation).upper() == "ALWAYS":
+                    found.append(
+                        f"{table.table}.{column} is GENERATED ALWAYS AS IDENTITY: deleted rows cannot be inserted "
+                        "again with their values; make it GENERATED BY DEFAULT for the rollback, or use "
+                        "point_in_time"
+                    )
+        return found
+
+    def undo_log_retained(self, undo: dict[str, Any]) -> dict[str, Any]:
+        retention = self.undo_retention()
+        until = datetime.fromisoformat(undo["at"]) + timedelta(seconds=retention)
+        return {"undo_retention_seconds": retention, "reaches_back_until": until.isoformat()}
+
     def point_in_time(self, settings: Any) -> OracleFlashback:
         return OracleFlashback(self)
 

@@ -6,6 +6,11 @@ manifest is ``CRM.CUSTOMERS`` here (and is quoted that way); ``crm."Customers"``
 on standard tables, so ``TRUNCATE`` never fails because of one; tables are still emptied
 children first. ``TRUNCATE`` is DML in Snowflake: all tables are emptied in one transaction.
 
+The undo log is change tracking read through Time Travel (engines/row_history.py): the mark turns
+``CHANGE_TRACKING`` on for the tables that had it off, an undo reads the keys changed since the
+mark with ``CHANGES(INFORMATION => DEFAULT) AT(...)`` and sets each back with one ``MERGE`` per
+table from the table ``AT`` the mark; see docs/adr/0701-undo-log-from-row-history.md.
+
 Point-in-time recovery is Time Travel: each table is cloned ``AT`` the point (or ``BEFORE`` the
 migration's first statement), then swapped in with ``ALTER TABLE ... SWAP WITH``; see
 docs/adr/0600-snowflake-time-travel-clone-and-swap.md.
@@ -22,6 +27,7 @@ from typing import Any
 
 from sensei_airflow.engines.base import (
     ForeignKey,
+    MarkMoment,
     PointInTimeOutcome,
     PointInTimePlan,
     PointInTimeRecovery,
@@ -30,9 +36,10 @@ from sensei_airflow.engines.base import (
     RecoveryWindow,
     SequenceReset,
     Statement,
+    UndoTable,
     check_outside_empty,
 )
-from sensei_airflow.engines.dbapi import DbApiEngine
+from sensei_airflow.engines.row_history import RowHistoryUndo
 from sensei_airflow.extras import missing_extra
 
 _USER_TABLES = """
@@ -65,9 +72,10 @@ WHERE table_type = 'BASE TABLE' AND table_schema <> 'INFORMATION_SCHEMA'
 RETENTION_MARGIN = timedelta(minutes=30)
 
 
-class SnowflakeEngine(DbApiEngine):
+class SnowflakeEngine(RowHistoryUndo):
     dialect = "snowflake"
     engine_title = "Snowflake"
+    history_kind = "snowflake_changes"
     paramstyle = "format"
     folds_unquoted = True
     max_identifier_chars = 255
@@ -95,10 +103,8 @@ class SnowflakeEngine(DbApiEngine):
         return [Statement("BEGIN", purpose="open a transaction")]
 
     # -- catalog ---------------------------------------------------------------------------
-    def mark_moment(self, name: str) -> Any:
+    def mark_moment(self, name: str) -> MarkMoment:
         """The server's time in UTC: Time Travel (``AT(TIMESTAMP => ...)``) reaches the mark."""
-        from sensei_airflow.engines.base import MarkMoment
-
         (at,) = self.query("SELECT CONVERT_TIMEZONE('UTC', CURRENT_TIMESTAMP())::TIMESTAMP_NTZ")[0]
         return MarkMoment(at=_utc(at))
 
@@ -187,6 +193,138 @@ class SnowflakeEngine(DbApiEngine):
             [self.reverse_quote_column(k) for k in table.target_key],
             list(table.key_types),
         )
+
+    # -- the undo log: change tracking read through Time Travel (engines/row_history.py) -----------
+    def column_types(self, table: str) -> dict[str, str]:
+        return self.reverse_column_types(table)
+
+    def change_tracking(self, table: str) -> bool | None:
+        """Whether ``table`` has ``CHANGE_TRACKING`` on (None: no such table), from ``SHOW TABLES``."""
+        schema, name = self.name_parts(table)
+        pattern = name.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%").replace("'", "''")
+        with self.connect() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(f"SHOW TABLES LIKE '{pattern}' IN SCHEMA {self.quote_identifier(schema)}")
+                columns = [str(d[0]).lower() for d in cur.description or []]
+                rows = [dict(zip(columns, row, strict=False)) for row in cur.fetchall()]
+            finally:
+                cur.close()
+        for row in rows:
+            if row.get("name") == name:
+                return str(row.get("change_tracking", "")).upper() == "ON"
+        return None
+
+    def table_checksums(self, tables: Iterable[str]) -> dict[str, Any]:
+        """Rows and ``HASH_AGG(*)`` per table: order-independent, computed in Snowflake (the mark records
+        them, and verify compares an undone table with them)."""
+        from sensei_airflow.engines.postgres.backup import TableChecksum
+
+        names = [self.qualify(t) for t in tables]
+        if not names:
+            return {}
+        union = " UNION ALL ".join(
+            f"SELECT %s, COUNT(*), TO_VARCHAR(HASH_AGG(*)) FROM {self.quote_table(t)}"  # noqa: S608 - quoted
+            for t in names
+        )
+        return {str(t): TableChecksum(int(n), str(h)) for t, n, h in self.query(union, tuple(names))}
+
+    def open_row_history(self, tables: Sequence[str]) -> dict[str, Any]:
+        """Turn ``CHANGE_TRACKING`` on where it is off (``CHANGES`` reads only from when it was on)."""
+        enabled = [t for t in tables if self.change_tracking(t) is False]
+        self.run_statements(
+            [Statement(f"ALTER TABLE {self.quote_table(t)} SET CHANGE_TRACKING = TRUE") for t in enabled],
+            transaction=False,
+        )
+        return {"tracked": list(tables), "enabled": enabled}
+
+    def history_moment(self, moment: MarkMoment) -> dict[str, Any]:
+        return {"at": moment.at.astimezone(UTC).isoformat()}
+
+    @staticmethod
+    def _at(undo: dict[str, Any]) -> str:
+        # a literal from the recorded datetime (parsed and written again: never free text)
+        return f"AT(TIMESTAMP => '{datetime.fromisoformat(undo['at']).astimezone(UTC).isoformat()}'::TIMESTAMP_TZ)"
+
+    def at_mark(self, table: str, undo: dict[str, Any]) -> str:
+        return f"{self.quote_table(table)} {self._at(undo)}"
+
+    def changed_keys(self, table: UndoTable, undo: dict[str, Any]) -> str:
+        keys = ", ".join(self.quote_column(k) for k in table.key)
+        return (
+            f"SELECT DISTINCT {keys} FROM {self.quote_table(table.table)} "  # noqa: S608 - quoted names
+            f"CHANGES(INFORMATION => DEFAULT) {self._at(undo)}"
+        )
+
+    def undo_statements(
+        self, table: UndoTable, columns: Sequence[str], undo: dict[str, Any]
+    ) -> tuple[list[Statement], list[Statement]]:
+        """One ``MERGE``: keys new since the mark deleted, changed rows set back, deleted rows inserted
+        again. Snowflake enforces no foreign key, so one statement per table does all three."""
+        key = [self.column_name(k) for k in table.key]
+        q = self.quote_identifier
+        probe = [q(f"sensei$key_{i}") for i in range(1, len(key) + 1)]
+        picked = ", ".join(
+            [f"c.{q(k)} AS {p}" for k, p in zip(key, probe, strict=True)] + [f"m.{q(c)}" for c in columns]
+        )
+        on = " AND ".join(f"t.{q(k)} = s.{p}" for k, p in zip(key, probe, strict=True))
+        others = [c for c in columns if c not in key]
+        update = (
+            f" WHEN MATCHED THEN UPDATE SET {', '.join(f'{q(c)} = s.{q(c)}' for c in others)}"
+            if others
+            else ""
+        )
+        listed = ", ".join(q(c) for c in columns)
+        values = ", ".join(f"s.{q(c)}" for c in columns)
+        sql = (
+            f"MERGE INTO {self.quote_table(table.table)} t USING (SELECT {picked} "  # noqa: S608 - quoted names
+            f"FROM ({self.changed_keys(table, undo)}) c "
+            f"LEFT JOIN {self.at_mark(table.table, undo)} m ON {self._match('m', 'c', table.key)}) s ON ({on}) "
+            f"WHEN MATCHED AND s.{q(key[0])} IS NULL THEN DELETE{update} "
+            f"WHEN NOT MATCHED AND s.{q(key[0])} IS NOT NULL THEN INSERT ({listed}) VALUES ({values})"
+        )
+        return [Statement(sql, purpose=f"set {table.table} back to the start mark")], []
+
+    def history_problems(self, undo: dict[str, Any], tables: Sequence[UndoTable]) -> list[str]:
+        """A table that was not tracked from the mark, or whose Time Travel retention no longer reaches it."""
+        at = datetime.fromisoformat(undo["at"])
+        kept = self.table_retention()
+        now = datetime.now(UTC)
+        found: list[str] = []
+        for table in tables:
+            if table.table not in undo.get("tracked", []):
+                found.append(
+                    f"{table.table} was not in the migration when the start mark was taken: no change tracking "
+                    "reaches back to it; roll back with backup_restore or point_in_time"
+                )
+                continue
+            times = kept.get(table.table)
+            if times is not None and at + timedelta(days=times.retention_days) - RETENTION_MARGIN < now:
+                found.append(
+                    f"the undo log of {table.table} is gone: its Time Travel retention ({times.retention_days} d) "
+                    f"no longer reaches the start mark ({at.isoformat()}); roll back with backup_restore"
+                )
+        return found
+
+    def undo_log_retained(self, undo: dict[str, Any]) -> dict[str, Any]:
+        """When Time Travel stops reaching the mark (the earliest over the tracked tables)."""
+        at = datetime.fromisoformat(undo["at"])
+        kept = self.table_retention()
+        days = [kept[t].retention_days for t in undo.get("tracked", []) if t in kept]
+        return (
+            {"reaches_back_until": (at + timedelta(days=min(days))).isoformat()}
+            if days
+            else {"exists": False}
+        )
+
+    def close_undo_log(self, undo: dict[str, Any]) -> list[str]:
+        """Turn change tracking off again where the mark turned it on."""
+        tables = [t for t in undo.get("enabled", []) if self.change_tracking(t)]
+        self.run_statements(
+            [Statement(f"ALTER TABLE {self.quote_table(t)} SET CHANGE_TRACKING = FALSE") for t in tables],
+            transaction=False,
+        )
+        return [f"change tracking off again on {t}" for t in tables]
 
     # -- point-in-time recovery ----------------------------------------------------------
     def point_in_time(self, settings: Any) -> SnowflakeTimeTravel:

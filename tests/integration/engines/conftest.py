@@ -65,6 +65,9 @@ class RecordingHook:
     ``answers`` maps a regular expression (searched in the SQL) to rows, or to a function of
     (sql, params) returning rows; the first match wins, unmatched statements return no rows.
     ``fail`` maps a pattern to an exception raised when a matching statement runs.
+    ``columns`` maps a pattern to the column names a matching query's cursor describes, and
+    ``rowcounts`` a pattern to the row count a matching statement reports (else -1, as DB-API
+    drivers say "unknown").
     Statements matching ``scripted`` are answered from ``script`` instead, one :class:`Reply`
     each, in order; a statement that is not the expected one raises :class:`ScriptError` (also
     kept in ``script_errors``, since the engine's caller may turn it into a failed task).
@@ -72,6 +75,8 @@ class RecordingHook:
 
     answers: dict[str, Answer] = field(default_factory=dict)
     fail: dict[str, Exception] = field(default_factory=dict)
+    columns: dict[str, list[str]] = field(default_factory=dict)
+    rowcounts: dict[str, int] = field(default_factory=dict)
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     scripted: str | None = None
     script: list[Reply] = field(default_factory=list)
@@ -80,6 +85,12 @@ class RecordingHook:
     def get_conn(self) -> FakeConnection:
         self.calls.append(("connect",))
         return FakeConnection(self)
+
+    def get_connection(self, conn_id: str) -> Any:
+        """The Airflow connection itself (as the provider hook reads it)."""
+        from airflow.sdk import BaseHook
+
+        return BaseHook.get_connection(conn_id)
 
     def set_autocommit(self, conn: Any, autocommit: bool) -> None:
         self.calls.append(("autocommit", autocommit))
@@ -147,11 +158,16 @@ class FakeCursor:
     def __init__(self, hook: RecordingHook) -> None:
         self.hook = hook
         self.rows: list[tuple[Any, ...]] = []
+        self.description: list[tuple[str, ...]] | None = None
+        self.rowcount = -1
 
     def execute(self, sql: str, params: Any = None) -> None:
         bound = tuple(params) if params is not None else ()
         self.hook.calls.append(("execute", sql, bound))
         self.rows = self.hook.answer(sql, bound)
+        names = next((c for p, c in self.hook.columns.items() if re.search(p, sql)), None)
+        self.description = None if names is None else [(n,) for n in names]
+        self.rowcount = next((n for p, n in self.hook.rowcounts.items() if re.search(p, sql)), -1)
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         return self.rows

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sensei_airflow.engines.base import MarkRefused
+from tests.integration.engines.test_mssql import mssql
 from tests.integration.engines.test_oracle import oracle
 
 
@@ -22,12 +23,12 @@ def test_oracle_marks_by_scn_and_utc_time():
     ]
 
 
-def test_an_undo_log_on_oracle_is_refused_at_mark_time():
-    engine, _ = oracle()
+def test_an_undo_log_on_sql_server_is_refused_at_mark_time():
+    engine, _ = mssql()
     with pytest.raises(MarkRefused) as refused:
-        engine.take_mark("sensei_mig", ["CRM.CUSTOMERS"], undo_log=True, slot="sensei_undo_mig")
+        engine.take_mark("sensei_mig", ["crm.customers"], undo_log=True, slot="sensei_undo_mig")
     assert str(refused.value) == (
-        "Oracle keeps no undo log here: disable rollback.undo_log and roll back with point_in_time or "
+        "SQL Server keeps no undo log here: disable rollback.undo_log and roll back with point_in_time or "
         "backup_restore"
     )
 
@@ -39,15 +40,13 @@ def test_undo_log_is_refused_in_assess_naming_the_engine_and_the_alternatives(mi
     from sensei_airflow.strategies.undo_log import UndoLogStrategy
     from tests.fixtures import write_demo_manifest
 
-    manifest = write_demo_manifest(migrations_dir, target_conn_id="ora")
+    manifest = write_demo_manifest(migrations_dir, target_conn_id="mssql")
     strategy = UndoLogStrategy(manifest, StateStore("sensei_state"))
-    strategy.__dict__["target"] = oracle()[
-        0
-    ]  # no Oracle server here: the engine answers from a recording hook
+    strategy.__dict__["target"] = mssql()[0]  # no SQL Server here: the engine answers from a recording hook
     request = RollbackRequest.parse({"migration_id": manifest.id, "strategy": "undo_log"})
     with pytest.raises(RefusedError) as refused:
         strategy.assess(resolve_scope(manifest, request), request)
     assert str(refused.value) == (
-        "Oracle keeps no undo log here (ora): roll back mig_shop_2026 with point_in_time (the engine's own "
+        "SQL Server keeps no undo log here (mssql): roll back mig_shop_2026 with point_in_time (the engine's own "
         "history) or backup_restore"
     )
