@@ -4,11 +4,14 @@ One deployment for the module: ``redis-server`` started here, an api-server, sch
 dag-processor on CeleryExecutor with their metadata database on the session's PostgreSQL cluster,
 and two ``airflow celery worker`` processes, each with its own ``AIRFLOW_HOME`` and hostname.
 A reverse migration of 200k rows is staged by mapped tasks on both workers, and its result is
-the same, row for row, as a single-process run of the same rollback.
+the same, row for row, as a single-process run of the same rollback. A backup, a backup_restore
+and a table-level point_in_time (its scratch cluster built on whichever worker runs it, from the
+archive every worker reaches) also run through the workers.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ import pytest
 
 from tests.e2e.airflow_server import ADMIN, AirflowServer, start_celery_server
 from tests.e2e.redis_server import RedisNotStarted, RedisServer, start_redis
+from tests.integration.pitr.clusters import ArchivingCluster, archiving_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("celery")]
 
@@ -29,6 +33,10 @@ WORKERS = ("sensei-worker-1", "sensei-worker-2")
 #: ~20 rows of order_items and orders per customer: 20,100 customers make just over 200k rows.
 CUSTOMERS = 20_100
 SETTINGS = {"AIRFLOW__SENSEI__REVERSE_CHUNK_ROWS": "25000", "AIRFLOW__SENSEI__REVERSE_STAGING_TASKS": "4"}
+#: the point_in_time migration's target: a database on the archiving cluster, under its own connection.
+PITR_MIG = "mig_pitr_on_celery"
+PITR_CONN = "pitr_target"
+PITR_DB = "warehouse_wal"
 SOURCE_TABLES = {
     "public.customers": "id",
     "public.orders": "id",
@@ -59,13 +67,31 @@ def backups() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def celery_server(pg_cluster: Any, redis: RedisServer, backups: Path) -> Iterator[AirflowServer]:
+def archiving() -> Iterator[ArchivingCluster]:
+    """A target cluster that archives its WAL, with a base backup: what point_in_time recovers from."""
+    with archiving_cluster("sensei-celery-pitr-") as cluster:
+        cluster.cluster.create_database(PITR_DB)
+        cluster.base_backup()
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def celery_server(
+    pg_cluster: Any, redis: RedisServer, backups: Path, archiving: ArchivingCluster
+) -> Iterator[AirflowServer]:
     from sensei_airflow.demo import shop
     from sensei_airflow.demo.standalone import AirflowNotReady
 
     manifest = shop.manifest_yaml(pre_migration_backup=backups.as_uri(), backup_retention_days=2)
+    extra = {
+        **SETTINGS,
+        f"AIRFLOW_CONN_{PITR_CONN.upper()}": archiving.cluster.uri(PITR_DB),
+        # staging tasks start on both workers, whatever the machine's load (worker_plugins/staging_barrier.py)
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(Path(__file__).with_name("worker_plugins")),
+        "SENSEI_TEST_STAGING_BARRIER": pg_cluster.create_database(f"celery_barrier_{os.urandom(4).hex()}"),
+    }
     try:
-        server = start_celery_server(pg_cluster, redis.url, WORKERS, extra=SETTINGS, manifest_yaml=manifest)
+        server = start_celery_server(pg_cluster, redis.url, WORKERS, extra=extra, manifest_yaml=manifest)
     except AirflowNotReady as exc:
         pytest.fail(f"Airflow on CeleryExecutor did not start: {exc}", pytrace=False)
     try:
@@ -221,3 +247,60 @@ def test_backup_then_backup_restore_on_the_workers(celery_server: AirflowServer,
     assert run["state"] == "success", states
     assert states["execute_backup_restore"] == "success"
     assert target_digest(celery_server) == at_backup
+
+
+def test_point_in_time_on_a_worker(
+    celery_server: AirflowServer, archiving: ArchivingCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Table-level point_in_time through the workers: the scratch cluster is built, replayed and
+    dropped inside the execute task, from the archive and base backups every worker reaches."""
+    import yaml
+
+    from sensei_airflow.demo import shop
+    from sensei_airflow.demo.migration import prepare_target
+    from sensei_airflow.engines.postgres import PostgresEngine
+
+    monkeypatch.setenv(f"AIRFLOW_CONN_{PITR_CONN.upper()}", archiving.cluster.uri(PITR_DB))
+    prepare_target(PostgresEngine(PITR_CONN))
+    dsn = archiving.cluster.dsn(PITR_DB)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO crm.customers (id, name, email_address, balance_cents, created_at) "
+            "SELECT g, 'Zoë ' || g, 'c' || g || '@example.com', g, '2026-02-01' FROM generate_series(1, 40) g"
+        )
+        conn.execute(
+            "INSERT INTO sales.orders (id, customer_id, status, total, ordered_at) "
+            "SELECT g, 1 + g % 40, 'new', g, '2026-02-02' FROM generate_series(1, 120) g"
+        )
+    point = archiving.now(PITR_DB)
+    before = source_digest(dsn, TARGET_TABLES)
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the migration went wrong after the point
+        conn.execute("UPDATE sales.orders SET status = 'remboursé \"order\"' WHERE id % 3 = 0")
+        conn.execute("DELETE FROM sales.orders WHERE id > 100")
+        conn.execute("UPDATE crm.customers SET name = 'Ærøskøbing' WHERE id = 5")
+    assert source_digest(dsn, TARGET_TABLES) != before
+
+    document = shop.manifest(migration_id=PITR_MIG, target_conn_id=PITR_CONN, started_at=point)
+    document["rollback"] |= {
+        "preferred_strategy": "point_in_time",
+        "point_in_time": {"postgres": archiving.settings(recovery_timeout_seconds=300)},
+    }
+    (celery_server.migrations_dir / f"{PITR_MIG}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    rollback = trigger(
+        celery_server,
+        "sensei_rollback",
+        {"migration_id": PITR_MIG, "strategy": "point_in_time", "restore_to": point.isoformat()},
+    )
+    run = celery_server.wait_for_run("sensei_rollback", rollback, timeout=600)
+    states = celery_server.task_states("sensei_rollback", rollback)
+    assert run["state"] == "success", states
+    assert states["execute_point_in_time"] == "success"
+    assert source_digest(dsn, TARGET_TABLES) == before
+    [(hostname,)] = metadata(
+        celery_server,
+        "SELECT hostname FROM task_instance WHERE dag_id = 'sensei_rollback' AND run_id = %s "
+        "AND task_id = 'execute_point_in_time'",
+        (rollback,),
+    )
+    assert hostname in WORKERS
+    assert archiving.scratch_leftovers() == []
