@@ -31,8 +31,9 @@ from sensei_airflow.airflow_api import AirflowApi, AirflowApiError
 #: ``airflow standalone`` answers in 9-30 s on two idle cores; on a busy machine it can take minutes.
 START_TIMEOUT = 600.0
 #: SIGINT stops the api-server, dag processor and triggerer within seconds, but the scheduler waits
-#: on its idle LocalExecutor workers indefinitely; after this long the group is terminated.
-STOP_TIMEOUT = 20.0
+#: on its idle LocalExecutor workers indefinitely; after this long the group is terminated (waiting
+#: longer only delayed every stop by the whole timeout).
+STOP_TIMEOUT = 5.0
 #: how long the rest of the group may take to exit after the leader did.
 GROUP_GRACE = 10.0
 #: a busy machine can keep the api-server from answering for tens of seconds.
