@@ -103,7 +103,8 @@ def take_mark(
             # the snapshot is taken by the first statement: the restore point, so that a recovery to
             # it and the counts read below see the same commits (no other session's round trip between)
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            point, notes = name, []
+            point: str | None = name
+            notes: list[str] = []
             try:
                 cur.execute("SELECT pg_create_restore_point(%s)", (name,))
             except Exception as exc:
