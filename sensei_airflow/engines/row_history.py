@@ -111,10 +111,17 @@ class RowHistoryUndo(DbApiEngine):
                 )
         return found + self.history_problems(undo, tables)
 
-    def _kinds_sql(self, table: UndoTable, undo: dict[str, Any], select: str, tail: str = "") -> str:
+    def _present(self, table: UndoTable, template: str) -> str:
+        """``template`` (our own text) with ``{mark}`` / ``{now}``: the key's first column at the mark / now.
+
+        Formatted before any name joins it, so a name holding braces is never read as a placeholder.
+        """
         first = self.quote_column(table.key[0])
+        return template.format(mark=f"m.{first}", now=f"n.{first}")
+
+    def _kinds_sql(self, table: UndoTable, undo: dict[str, Any], select: str, tail: str = "") -> str:
         return (
-            f"SELECT {select.format(mark=f'm.{first}', now=f'n.{first}')} "  # noqa: S608 - quoted names
+            f"SELECT {select} "  # noqa: S608 - quoted names
             f"FROM ({self.changed_keys(table, undo)}) c "
             f"LEFT JOIN {self.at_mark(table.table, undo)} m ON {self._match('m', 'c', table.key)} "
             f"LEFT JOIN {self.quote_table(table.table)} n ON {self._match('n', 'c', table.key)}{tail}"
@@ -136,7 +143,9 @@ class RowHistoryUndo(DbApiEngine):
         )
         result = UndoSummary()
         for table in tables:
-            changed, insert, update, delete = self.query(self._kinds_sql(table, undo, counts))[0]
+            changed, insert, update, delete = self.query(
+                self._kinds_sql(table, undo, self._present(table, counts))
+            )[0]
             result.per_table[table.table] = {
                 "insert": int(insert),
                 "update": int(update),
@@ -145,7 +154,12 @@ class RowHistoryUndo(DbApiEngine):
             result.captured[table.table] = {"changed keys": int(changed)}
             keys = ", ".join(f"c.{self.quote_column(k)}" for k in table.key)
             rows = self.query(
-                self._kinds_sql(table, undo, f"{keys}, {kind}", f" FETCH FIRST {int(sample)} ROWS ONLY")
+                self._kinds_sql(
+                    table,
+                    undo,
+                    f"{keys}, {self._present(table, kind)}",
+                    f" FETCH FIRST {int(sample)} ROWS ONLY",
+                )
             )
             names = [self.column_name(k) for k in table.key]
             result.samples[table.table] = [

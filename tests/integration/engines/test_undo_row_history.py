@@ -332,3 +332,18 @@ def test_a_table_without_a_key_or_gone_is_refused():
         "backup_restore or point_in_time",
         "CRM.GONE no longer exists (DDL since the start mark); roll back with backup_restore or point_in_time",
     ]
+
+
+def test_a_key_whose_name_holds_braces_is_quoted_not_read_as_a_placeholder():
+    engine, hook = oracle(**{"COUNT\\(\\*\\), COUNT\\(CASE": [(2, 1, 0, 1)], "FETCH FIRST": [(7, "insert")]})
+    ORA_COLUMNS[("CRM", "BRACES")] = [("{mark} Nr", "NUMBER")]
+    try:
+        summary = engine.undo_summary(ORA_UNDO, [UndoTable("CRM.BRACES", ('"{mark} Nr"',))], sample=1)
+    finally:
+        del ORA_COLUMNS[("CRM", "BRACES")]
+    assert summary.per_table == {"CRM.BRACES": {"insert": 1, "update": 0, "delete": 1}}
+    assert summary.samples == {"CRM.BRACES": [{"undo": "insert", "key": {"{mark} Nr": 7}}]}
+    [sampled] = hook.sql("FETCH FIRST")
+    assert sampled.startswith(
+        'SELECT c."{mark} Nr", CASE WHEN m."{mark} Nr" IS NULL AND n."{mark} Nr" IS NOT NULL'
+    )
