@@ -197,6 +197,13 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagOutcome:
     return DagOutcome(state=str(dag_run.state), task_states=states, xcoms=xcoms, run_id=dag_run.run_id)
 
 
+def mark_checks_of(verification: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The checks against the start mark of a verification block, by (table, check)."""
+    return {
+        (c["table"], c["check"]): c for c in verification["checks"] if c["check"].endswith("the start mark")
+    }
+
+
 def write_demo_manifest(migrations_dir: Path, **kwargs: Any) -> Any:
     """Write the demo manifest (sensei_airflow.demo.shop) and return it parsed."""
     from sensei_airflow.demo import shop

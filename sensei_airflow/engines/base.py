@@ -250,6 +250,14 @@ class ReverseWriter(Protocol):
     def drop_leftover_staging(self, leftovers: Sequence[Any]) -> list[str]: ...
 
 
+@dataclass(frozen=True)
+class TableChecksum:
+    """Rows of a table and an order-independent checksum of their contents, computed in its database."""
+
+    rows: int
+    checksum: str
+
+
 @dataclass
 class MarkMoment:
     """What the engine recorded when it took a migration's start mark (see ``sensei_airflow/mark.py``).

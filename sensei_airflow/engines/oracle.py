@@ -329,13 +329,9 @@ class OracleEngine(RowHistoryUndo):
     def at_mark(self, table: str, undo: dict[str, Any]) -> str:
         return f"{self.quote_table(table)} AS OF SCN {int(undo['scn'])}"
 
-    def changed_keys(self, table: UndoTable, undo: dict[str, Any]) -> str:
-        keys = ", ".join(self.quote_column(k) for k in table.key)
-        return (
-            f"SELECT DISTINCT {keys} FROM {self.quote_table(table.table)} "  # noqa: S608 - quoted names
-            f"VERSIONS BETWEEN SCN {int(undo['scn'])} AND MAXVALUE "
-            "WHERE VERSIONS_STARTSCN IS NOT NULL OR VERSIONS_ENDSCN IS NOT NULL"
-        )
+    def since_mark(self, undo: dict[str, Any]) -> str:
+        scn = int(undo["scn"])
+        return f"VERSIONS BETWEEN SCN {scn} AND MAXVALUE WHERE VERSIONS_STARTSCN IS NOT NULL OR VERSIONS_ENDSCN IS NOT NULL"
 
     def undo_lock_sql(self, tables: Sequence[str]) -> list[Statement]:
         return self.lock_sql(tables, delete=True)

@@ -56,8 +56,14 @@ class RowHistoryUndo(DbApiEngine):
         """A FROM item of ``table``'s rows as they were at the mark (values are literals, never user text)."""
 
     @abstractmethod
+    def since_mark(self, undo: dict[str, Any]) -> str:
+        """What follows a table's name to read only its row versions changed since the mark
+        (Snowflake ``CHANGES ... AT``, Oracle ``VERSIONS BETWEEN SCN``)."""
+
     def changed_keys(self, table: UndoTable, undo: dict[str, Any]) -> str:
         """A query of the distinct keys of ``table`` changed since the mark (columns: the key, quoted)."""
+        keys = ", ".join(self.quote_column(k) for k in table.key)
+        return f"SELECT DISTINCT {keys} FROM {self.quote_table(table.table)} {self.since_mark(undo)}"  # noqa: S608
 
     @abstractmethod
     def undo_statements(

@@ -36,6 +36,7 @@ from sensei_airflow.engines.base import (
     RecoveryWindow,
     SequenceReset,
     Statement,
+    TableChecksum,
     UndoTable,
     check_outside_empty,
 )
@@ -218,8 +219,6 @@ class SnowflakeEngine(RowHistoryUndo):
     def table_checksums(self, tables: Iterable[str]) -> dict[str, Any]:
         """Rows and ``HASH_AGG(*)`` per table: order-independent, computed in Snowflake (the mark records
         them, and verify compares an undone table with them)."""
-        from sensei_airflow.engines.postgres.backup import TableChecksum
-
         names = [self.qualify(t) for t in tables]
         if not names:
             return {}
@@ -249,12 +248,8 @@ class SnowflakeEngine(RowHistoryUndo):
     def at_mark(self, table: str, undo: dict[str, Any]) -> str:
         return f"{self.quote_table(table)} {self._at(undo)}"
 
-    def changed_keys(self, table: UndoTable, undo: dict[str, Any]) -> str:
-        keys = ", ".join(self.quote_column(k) for k in table.key)
-        return (
-            f"SELECT DISTINCT {keys} FROM {self.quote_table(table.table)} "  # noqa: S608 - quoted names
-            f"CHANGES(INFORMATION => DEFAULT) {self._at(undo)}"
-        )
+    def since_mark(self, undo: dict[str, Any]) -> str:
+        return f"CHANGES(INFORMATION => DEFAULT) {self._at(undo)}"
 
     def undo_statements(
         self, table: UndoTable, columns: Sequence[str], undo: dict[str, Any]

@@ -15,7 +15,7 @@ import pytest
 from sensei_airflow.backups.catalog import BackupCatalog
 from sensei_airflow.state import StateStore
 from tests.chaos.harness import task_error
-from tests.fixtures import migrate_demo, run_dag, write_demo_manifest
+from tests.fixtures import mark_checks_of, migrate_demo, run_dag, write_demo_manifest
 from tests.integration.backups.conftest import (  # noqa: F401 - fixtures
     MIGRATED,
     backup_dir,
@@ -175,12 +175,6 @@ def the_mark() -> Any:
     mark = load_mark(StateStore("sensei_state"), "mig_shop_2026")
     assert mark is not None and mark.backup_id and all(mark.checksums().values())
     return mark
-
-
-def mark_checks_of(verification: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {
-        (c["table"], c["check"]): c for c in verification["checks"] if c["check"].endswith("the start mark")
-    }
 
 
 def test_restoring_the_marks_backup_verify_compares_with_the_mark(

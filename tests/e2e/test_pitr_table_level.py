@@ -21,7 +21,7 @@ from sensei_airflow.engines.postgres.basebackup import list_base_backups
 from sensei_airflow.engines.postgres.pitr import PostgresWalRecovery
 from sensei_airflow.engines.postgres.wal import archived_segments
 from sensei_airflow.manifest import PointInTimeSettings
-from tests.fixtures import run_dag
+from tests.fixtures import mark_checks_of, run_dag
 from tests.integration.pitr.clusters import ArchivingCluster, archiving_cluster
 
 MIGRATED = ["crm.customers", "sales.orders", "sales.order_items"]
@@ -229,12 +229,6 @@ def mark_then_migrate(archiving, pitr_target, migrations_dir) -> Any:
     mark = load_mark(StateStore("sensei_state"), shop.DEMO_MIGRATION_ID)
     assert mark is not None and mark.restore_point and all(mark.checksums().values())
     return mark
-
-
-def mark_checks_of(verification: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {
-        (c["table"], c["check"]): c for c in verification["checks"] if c["check"].endswith("the start mark")
-    }
 
 
 def test_recovered_to_the_start_mark_verify_compares_with_its_counts_and_checksums(

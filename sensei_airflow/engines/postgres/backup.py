@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psycopg
 from psycopg import sql
 
+from sensei_airflow.engines.base import TableChecksum
 from sensei_airflow.engines.postgres import bulk, catalog
 from sensei_airflow.engines.postgres.client import (
     ClientLogin,
@@ -54,14 +55,6 @@ CHUNK = 1 << 20
 
 class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class TableChecksum:
-    """Rows of a table and an order-independent checksum of their contents."""
-
-    rows: int
-    checksum: str
 
 
 @dataclass
