@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -21,6 +22,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -34,39 +37,37 @@ HOLD_NAME = "chaos test hold"
 DEADLINE = 300.0
 MIG = "mig_shop_2026"
 
-CHILD = """
-import json, sys
-from sensei_airflow.engines.postgres import PostgresEngine
-PostgresEngine.lock_timeout = sys.argv[2]  # the test holds locks longer than the default bound
-from tests.fixtures import load_dag
-run = load_dag("sensei_rollback").test(run_conf=json.loads(sys.argv[1]))
-print("SENSEI_RUN " + json.dumps({"run_id": run.run_id, "state": str(run.state)}), flush=True)
-"""
+
+def _forkserver() -> BaseContext:
+    """This worker's forkserver, with :mod:`tests.chaos.zygote` imported (started on first use)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tests.chaos.zygote"])
+    return context
 
 
 @dataclass
 class ChildRollback:
-    """A ``sensei_rollback`` run in a child process."""
+    """A ``sensei_rollback`` run in a child process (forked from :mod:`tests.chaos.zygote`)."""
 
-    process: subprocess.Popen[bytes]
+    process: BaseProcess
     log: Path
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return self.process.is_alive()
 
     def kill(self) -> None:
         """``kill -9``: no cleanup code of the run gets to run."""
         assert self.alive(), f"the rollback ended before it could be killed:\n{self.tail()}"
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(60)
+        self.process.kill()
+        self.process.join(60)
+        assert self.process.exitcode == -signal.SIGKILL, self.process.exitcode
 
     def finish(self, timeout: float = DEADLINE) -> dict[str, str]:
         """Wait for the run to end; its run id and state."""
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise AssertionError(f"the rollback did not end within {timeout:.0f} s:\n{self.tail()}") from None
+        self.process.join(timeout)
+        if self.alive():
+            self.stop()
+            raise AssertionError(f"the rollback did not end within {timeout:.0f} s:\n{self.tail()}")
         for line in reversed(self.log.read_text(errors="replace").splitlines()):
             if line.startswith("SENSEI_RUN "):
                 return json.loads(line.removeprefix("SENSEI_RUN "))
@@ -78,7 +79,7 @@ class ChildRollback:
     def stop(self) -> None:
         if self.alive():
             self.process.kill()
-            self.process.wait(60)
+            self.process.join(60)
 
 
 def start_rollback(
@@ -89,15 +90,14 @@ def start_rollback(
     :param lock_timeout: the target engine's lock wait bound in the child (the test's holds last
         longer than the default 30 s on a busy machine).
     """
+    from tests.chaos import zygote
+
     log = Path(tempfile.mkstemp(prefix="sensei-chaos-", suffix=".log")[1])
-    process = subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(conf), lock_timeout],
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+    environ = {**os.environ, **(env or {})}
+    process = _forkserver().Process(
+        target=zygote.run_rollback, args=(conf, lock_timeout, environ, str(log), str(REPO)), daemon=True
     )
+    process.start()
     return ChildRollback(process, log)
 
 
