@@ -56,6 +56,24 @@ class TaskRun:
     def pull(self, task_ids: str | list[str], key: str = "return_value") -> Any:
         return self.ti.xcom_pull(task_ids=task_ids, key=key)
 
+    def failed(self, task_ids: Sequence[str]) -> list[str]:
+        """Which of ``task_ids`` failed in this run (a mapped task: any of its instances), in order.
+
+        One request for the run's task states, instead of one XCom read per task.
+        """
+        states = self.ti.get_task_states(
+            dag_id=self.ti.dag_id, task_ids=list(task_ids), run_ids=[self.run_id]
+        )
+        failed = {key for key, state in states.get(self.run_id, {}).items() if state == "failed"}
+
+        def is_failed(task_id: str) -> bool:
+            # a mapped task's instances are keyed "<task_id>_<map_index>"
+            return task_id in failed or any(
+                key.startswith(f"{task_id}_") and key[len(task_id) + 1 :].isdigit() for key in failed
+            )
+
+        return [task_id for task_id in task_ids if is_failed(task_id)]
+
     def append(
         self,
         trail: AuditTrail,

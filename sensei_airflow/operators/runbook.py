@@ -480,7 +480,9 @@ class ResumeOperator(_ConsumerStep):
 
 
 def _errors(step: StepRun, task_ids: list[str]) -> list[dict[str, Any]]:
-    found = step.pull(task_ids, key=ERROR_XCOM_KEY) or []
+    """The recorded errors of those of ``task_ids`` that failed."""
+    failed = step.failed(task_ids)
+    found = (step.pull(failed, key=ERROR_XCOM_KEY) or []) if failed else []
     if isinstance(found, dict):
         found = [found]
     return [e for e in found if e]

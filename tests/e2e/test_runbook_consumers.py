@@ -174,6 +174,7 @@ def test_a_failed_verification_keeps_consumers_halted_and_investigates(
     assert grants_of(databases, role) == [("crm.campaigns", "SELECT", False)]
     # investigate located the rows left, by key range, and the report shows them
     evidence = outcome.xcoms["investigate"]
+    assert [error["task_id"] for error in evidence["errors"]] == ["verify"]  # the one task that failed
     ranges = evidence["differing_key_ranges"]["crm.customers"]
     assert sum(r["source_rows"] for r in ranges) == 181
     assert all(r["expected_rows"] == 0 for r in ranges)
