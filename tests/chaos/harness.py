@@ -90,12 +90,12 @@ def start_rollback(
     :param lock_timeout: the target engine's lock wait bound in the child (the test's holds last
         longer than the default 30 s on a busy machine).
     """
-    from tests.chaos import zygote
+    from tests.chaos import child
 
     log = Path(tempfile.mkstemp(prefix="sensei-chaos-", suffix=".log")[1])
     environ = {**os.environ, **(env or {})}
     process = _forkserver().Process(
-        target=zygote.run_rollback, args=(conf, lock_timeout, environ, str(log), str(REPO)), daemon=True
+        target=child.run_rollback, args=(conf, lock_timeout, environ, str(log), str(REPO)), daemon=True
     )
     process.start()
     return ChildRollback(process, log)
