@@ -9,6 +9,7 @@ database, and checks what the databases hold.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
@@ -93,6 +94,7 @@ def start_rollback(
     from tests.chaos import child
 
     log = Path(tempfile.mkstemp(prefix="sensei-chaos-", suffix=".log")[1])
+    atexit.register(log.unlink, missing_ok=True)  # kept for the failure messages until the session ends
     environ = {**os.environ, **(env or {})}
     process = _forkserver().Process(
         target=child.run_rollback, args=(conf, lock_timeout, environ, str(log), str(REPO)), daemon=True
