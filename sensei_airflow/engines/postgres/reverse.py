@@ -146,20 +146,64 @@ class PostgresRowSource:
         return {tuple(r[:n]): int(r[n]) for r in self._query(sql, params)}
 
     def boundaries(self, key_range: KeyRange, parts: int) -> list[KeyValues]:
+        """Up to ``parts - 1`` ascending cuts: the last key of each of ``parts`` equal parts of the range.
+
+        A single integer key is cut arithmetically. Otherwise, where an index gives the keys in
+        order, walk it: each cut is ``OFFSET`` a part's size past the previous one (one pass over the
+        index, no sort); without such an index, number the rows in one sorted scan.
+        """
         if parts < 2:
             return []
         where, params = self._where(key_range)
         if len(self.keys) == 1 and self.key_types[0] in INTEGER_TYPES:
             return integer_cuts(self._query, self.table, self.keys[0], (where, params), parts)
+        total = self.count_rows(key_range)
+        size = math.ceil(total / parts)
+        if total < 2 or size >= total:
+            return []
         key_list = ", ".join(self.keys)
         texts = ", ".join(f"{k}::text" for k in self.keys)
-        sql = (
-            f"SELECT {texts} FROM (SELECT DISTINCT ON (tile) {key_list}, tile FROM (SELECT {key_list}, "  # noqa: S608
-            f"ntile(%s) OVER (ORDER BY {key_list}) AS tile FROM {self.table} WHERE {where}) s "
-            f"ORDER BY tile, {', '.join(k + ' DESC' for k in self.keys)}) t ORDER BY tile"
+        with session(self.engine) as conn:
+            if self._index_ordered(conn, where, params):
+                cuts = self._walk_index(conn, key_range, size, total)
+            else:
+                numbered = conn.execute(
+                    f"SELECT {texts} FROM (SELECT {key_list}, row_number() OVER (ORDER BY {key_list}) AS n "  # noqa: S608
+                    f"FROM {self.table} WHERE {where}) s WHERE n %% %s = 0 AND n < %s ORDER BY n",
+                    [*params, size, total],
+                ).fetchall()
+                cuts = [tuple(r) for r in numbered]
+            conn.rollback()
+        return cuts
+
+    def _next_cut_sql(self, where: str) -> str:
+        # ordered by the qualified columns: an unqualified name would mean the ``::text`` output
+        texts = ", ".join(f"walk.{k}::text" for k in self.keys)
+        return (
+            f"SELECT {texts} FROM {self.table} AS walk WHERE {where} "  # noqa: S608 - quoted identifiers
+            f"ORDER BY {', '.join(f'walk.{k}' for k in self.keys)} OFFSET %s LIMIT 1"
         )
-        rows = self._query(sql, [parts, *params])
-        return [tuple(r) for r in rows[:-1]]
+
+    def _index_ordered(self, conn: Any, where: str, params: Sequence[Any]) -> bool:
+        """Whether the planner reads the keys in order from an index (no sort) for the walk."""
+        (plan,) = conn.execute("EXPLAIN (FORMAT JSON) " + self._next_cut_sql(where), [*params, 0]).fetchone()
+
+        def sorts(node: dict[str, Any]) -> bool:
+            return "Sort" in node["Node Type"] or any(sorts(child) for child in node.get("Plans", []))
+
+        return not sorts(plan[0]["Plan"])
+
+    def _walk_index(self, conn: Any, key_range: KeyRange, size: int, total: int) -> list[KeyValues]:
+        cuts: list[KeyValues] = []
+        lo = key_range.lo
+        while len(cuts) < math.ceil(total / size) - 1:
+            where, params = range_predicate(self.keys, self.key_types, KeyRange(lo, key_range.hi))
+            row = conn.execute(self._next_cut_sql(where), [*params, size - 1]).fetchone()
+            if row is None:  # rows deleted since the count: fewer, larger parts
+                break
+            cuts.append(tuple(row))
+            lo = cuts[-1]
+        return cuts
 
     def sample_keys(self, n: int) -> list[KeyValues]:
         percent = self._sample_percent(n)
