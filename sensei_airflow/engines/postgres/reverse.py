@@ -133,9 +133,12 @@ class PostgresRowSource:
         count, total = self._query(sql, params)[0]
         return int(count), int(total)
 
+    def _count_sql(self, where: str) -> str:
+        return f"SELECT count(*) FROM {self.table} WHERE {where}"  # noqa: S608 - quoted identifiers
+
     def count_rows(self, key_range: KeyRange) -> int:
         where, params = self._where(key_range)
-        return int(self._query(f"SELECT count(*) FROM {self.table} WHERE {where}", params)[0][0])  # noqa: S608
+        return int(self._query(self._count_sql(where), params)[0][0])
 
     def row_hashes(self, key_range: KeyRange) -> dict[KeyValues, int]:
         """Key -> ``hashtext`` of the row as :meth:`checksum` renders it, for the rows in the range."""
@@ -157,24 +160,29 @@ class PostgresRowSource:
         where, params = self._where(key_range)
         if len(self.keys) == 1 and self.key_types[0] in INTEGER_TYPES:
             return integer_cuts(self._query, self.table, self.keys[0], (where, params), parts)
-        total = self.count_rows(key_range)
-        size = math.ceil(total / parts)
-        if total < 2 or size >= total:
-            return []
-        key_list = ", ".join(self.keys)
-        texts = ", ".join(f"{k}::text" for k in self.keys)
-        with session(self.engine) as conn:
-            if self._index_ordered(conn, where, params):
+        with session(self.engine) as conn:  # one connection: bisection cuts many ranges
+            total = int(conn.execute(self._count_sql(where), params).fetchone()[0])
+            size = math.ceil(total / parts)
+            if total < 2 or size >= total:
+                cuts: list[KeyValues] = []
+            elif self._index_ordered(conn, where, params):
                 cuts = self._walk_index(conn, key_range, size, total)
             else:
-                numbered = conn.execute(
-                    f"SELECT {texts} FROM (SELECT {key_list}, row_number() OVER (ORDER BY {key_list}) AS n "  # noqa: S608
-                    f"FROM {self.table} WHERE {where}) s WHERE n %% %s = 0 AND n < %s ORDER BY n",
-                    [*params, size, total],
-                ).fetchall()
-                cuts = [tuple(r) for r in numbered]
+                cuts = self._number_rows(conn, where, params, size, total)
             conn.rollback()
         return cuts
+
+    def _number_rows(
+        self, conn: Any, where: str, params: Sequence[Any], size: int, total: int
+    ) -> list[KeyValues]:
+        key_list = ", ".join(self.keys)
+        texts = ", ".join(f"{k}::text" for k in self.keys)
+        numbered = conn.execute(
+            f"SELECT {texts} FROM (SELECT {key_list}, row_number() OVER (ORDER BY {key_list}) AS n "  # noqa: S608
+            f"FROM {self.table} WHERE {where}) s WHERE n %% %s = 0 AND n < %s ORDER BY n",
+            [*params, size, total],
+        ).fetchall()
+        return [tuple(r) for r in numbered]
 
     def _next_cut_sql(self, where: str) -> str:
         # ordered by the qualified columns: an unqualified name would mean the ``::text`` output
@@ -195,8 +203,8 @@ class PostgresRowSource:
 
     def _walk_index(self, conn: Any, key_range: KeyRange, size: int, total: int) -> list[KeyValues]:
         cuts: list[KeyValues] = []
-        lo = key_range.lo
-        while len(cuts) < math.ceil(total / size) - 1:
+        lo, wanted = key_range.lo, math.ceil(total / size) - 1
+        while len(cuts) < wanted:
             where, params = range_predicate(self.keys, self.key_types, KeyRange(lo, key_range.hi))
             row = conn.execute(self._next_cut_sql(where), [*params, size - 1]).fetchone()
             if row is None:  # rows deleted since the count: fewer, larger parts
