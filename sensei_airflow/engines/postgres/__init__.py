@@ -174,7 +174,11 @@ class PostgresEngine(Engine):
             return []
         if not set(referenced_from_outside):
             quoted = ", ".join(self.quote_table(t) for t in tables)
-            return [Statement(f"TRUNCATE TABLE {quoted} RESTART IDENTITY", purpose="empty tables")]
+            return [
+                # an open undo log would otherwise copy every emptied row into its journal (undo.py)
+                Statement("SET LOCAL sensei.truncate_capture = off", purpose="no copy into an undo log"),
+                Statement(f"TRUNCATE TABLE {quoted} RESTART IDENTITY", purpose="empty tables"),
+            ]
         # A table outside the scope still references one of these (it is empty, or assess
         # would have refused): TRUNCATE would need CASCADE or would fail, so delete row by
         # row, children first, and let the foreign keys guard against a concurrent insert.

@@ -129,7 +129,10 @@ def take_mark(
         )
     identities = _full_replica_identity(engine, tables)
     drop_slot(engine, slot)  # one left by a mark that crashed before it was recorded
-    point, notes = _restore_point(engine, name)
+    # before the slot: a TRUNCATE committed after the slot's snapshot finds its trigger in place
+    journals, notes = capture_truncates(engine, slot, tables)
+    point, point_notes = _restore_point(engine, name)
+    notes += point_notes
     with replication_connection(engine) as replication:
         try:
             row = replication.execute(
@@ -150,8 +153,81 @@ def take_mark(
             moment = _read_state(engine, cur, tables, at=at, position=consistent_point, restore_point=point)
             cur.execute("ROLLBACK")
     moment.undo_log = {"kind": "logical_decoding", "slot": slot, "replica_identity": identities}
+    if journals:
+        moment.undo_log["truncate_journals"] = {"schema": slot, "tables": journals}
     moment.notes += notes
     return moment
+
+
+#: the message a TRUNCATE trigger writes to the change stream before the rows it saves
+MESSAGE_PREFIX = "sensei_undo"
+_MESSAGE = f"message: transactional: 1 prefix: {MESSAGE_PREFIX}, "
+
+#: a TRUNCATE of a table in the undo log first copies its rows into the table's journal, whose
+#: inserts the slot decodes like any others, after a transactional message naming the journal.
+#: Our own rollbacks' TRUNCATEs set ``sensei.truncate_capture = off`` (no copy of a whole table);
+#: a TRUNCATE whose rows were not saved (that setting, or any error) carries no message, and the
+#: undo log then refuses the table. The user's TRUNCATE never fails because of the capture.
+_SAVE_TRUNCATED = """
+CREATE FUNCTION {schema}.save_truncated_rows() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $save$
+BEGIN
+    IF current_setting('sensei.truncate_capture', true) = 'off' THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        PERFORM pg_logical_emit_message(true, '{prefix}', TG_ARGV[0] || ' ' || TG_ARGV[1]);
+        EXECUTE format('INSERT INTO %I.%I SELECT * FROM %I.%I', TG_ARGV[0], TG_ARGV[1], TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'the undo log could not save the rows of %.% before TRUNCATE (%): it will refuse to undo this table',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM;
+    END;
+    RETURN NULL;
+END
+$save$
+"""
+
+
+def capture_truncates(
+    engine: PostgresEngine, schema: str, tables: Sequence[str]
+) -> tuple[dict[str, str], list[str]]:
+    """A journal per table (``schema.tN``, its columns ``LIKE`` the table's) and a ``BEFORE TRUNCATE``
+    trigger that saves the rows into it, so the change stream carries a TRUNCATE's rows.
+
+    :param schema: the slot's name ([a-z0-9_]), so each undo log has its own and closing drops it.
+    :returns: table -> journal name; empty, with a note, when the role may not create them (a
+        TRUNCATE of a table in scope is then refused by the undo, as it carries no rows).
+    """
+    import psycopg
+    import psycopg.sql
+
+    if not re.fullmatch(r"[a-z0-9_]+", schema):  # it is written into the trigger's arguments
+        raise MarkRefused(f"unexpected undo log name {schema!r}")
+    quoted = engine.quote_identifier(schema)
+    journals = {table: f"t{number}" for number, table in enumerate(tables, 1)}
+    try:
+        with engine.connect() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(f"SET LOCAL lock_timeout = '{engine.lock_timeout}'")
+            cur.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")  # left by a mark that crashed
+            cur.execute(f"CREATE SCHEMA {quoted}")
+            cur.execute(_SAVE_TRUNCATED.format(schema=quoted, prefix=MESSAGE_PREFIX))
+            for table, journal in journals.items():
+                target = engine.quote_table(table)
+                cur.execute(f"CREATE TABLE {quoted}.{journal} (LIKE {target})")
+                comment = psycopg.sql.Literal(
+                    f"rows of {table} saved by a TRUNCATE, for the undo log {schema}"
+                )
+                cur.execute(f"COMMENT ON TABLE {quoted}.{journal} IS {comment.as_string(conn)}")
+                cur.execute(
+                    f"CREATE TRIGGER {quoted} BEFORE TRUNCATE ON {target} FOR EACH STATEMENT "
+                    f"EXECUTE FUNCTION {quoted}.save_truncated_rows('{schema}', '{journal}')"
+                )
+    except psycopg.Error as exc:
+        return {}, [
+            f"a TRUNCATE of a migrated table cannot be undone by this undo log: its journal could not be "
+            f"created ({str(exc).splitlines()[0]})"
+        ]
+    return journals, []
 
 
 def _snapshot_name(name: str) -> str:
@@ -269,6 +345,13 @@ def close(engine: PostgresEngine, undo: dict[str, Any]) -> list[str]:
     done = []
     if drop_slot(engine, undo["slot"]):
         done.append(f"dropped replication slot {undo['slot']}")
+    journals = undo.get("truncate_journals")
+    if journals:
+        # the triggers depend on the schema's function: CASCADE drops them with the journals
+        sql = f"DROP SCHEMA IF EXISTS {engine.quote_identifier(journals['schema'])} CASCADE"
+        with engine.connect() as conn, conn.transaction():
+            conn.execute(sql)
+        done.append(sql)
     done += restore_replica_identity(engine, undo.get("replica_identity") or {})
     return done
 
@@ -437,7 +520,9 @@ class NetEffect:
 
     before: dict[Key, dict[str, str | None] | None] = field(default_factory=dict)
     last: dict[Key, str] = field(default_factory=dict)
-    captured: dict[str, int] = field(default_factory=lambda: {"insert": 0, "update": 0, "delete": 0})
+    captured: dict[str, int] = field(
+        default_factory=lambda: {"insert": 0, "update": 0, "delete": 0, "truncate": 0}
+    )
 
     def inverse(self) -> tuple[dict[Key, dict[str, str | None]], dict[Key, dict[str, str | None]], list[Key]]:
         """Rows to insert again (absent now), rows to set back (present now), keys to delete."""
@@ -457,28 +542,47 @@ class NetEffect:
 
 
 def net_effect(
-    changes: Iterable[Change | Truncate | str], tables: dict[tuple[str, str], tuple[str, tuple[str, ...]]]
+    changes: Iterable[Change | Truncate | str],
+    tables: dict[tuple[str, str], tuple[str, tuple[str, ...]]],
+    journals: dict[tuple[str, str], str] | None = None,
 ) -> dict[str, NetEffect]:
     """Reduce changes (oldest first) to their net effect per table in ``tables``.
 
     A change given as a line of test_decoding output is read only as far as needed: not at all for
     a table outside ``tables``, the key only for an insert and for a delete of a key already seen.
 
+    A TRUNCATE's rows come first, as inserts into the table's journal after a message naming it
+    (see :func:`capture_truncates`): each saved row counts as a delete of the table's row.
+
     :param tables: (schema, name) -> (qualified table, exact key columns).
-    :raises UndoLogRefused: for a TRUNCATE of a table in scope (its rows are not in the change stream).
+    :param journals: (schema, name) of a journal -> the qualified table whose TRUNCATEs it saves.
+    :raises UndoLogRefused: for a TRUNCATE of a table in scope whose rows were not saved.
     """
+    journals = journals or {}
     effects: dict[str, NetEffect] = {qualified: NetEffect() for qualified, _ in tables.values()}
+    keys = {qualified: key for qualified, key in tables.values()}
+    saved: dict[str, int] = dict.fromkeys(effects, 0)  # TRUNCATEs announced by a message, not yet seen
     for item in changes:
         change: Change | Truncate | None
         if isinstance(item, str):
+            if item.startswith(_MESSAGE):
+                schema, _, journal = item.partition(" content:")[2].partition(" ")
+                announced = journals.get((schema, journal))
+                if announced is not None and announced in saved:
+                    saved[announced] += 1
+                continue
             head = _HEAD.match(item)
             if head is None:
                 change = parse_change(item)  # a TRUNCATE, or no row at all
                 if change is None:
                     continue
             else:
-                found = tables.get((_unquote(head.group(1)), _unquote(head.group(2))))
+                name = (_unquote(head.group(1)), _unquote(head.group(2)))
+                found = tables.get(name)
                 if found is None:
+                    truncated = journals.get(name)
+                    if truncated is not None and truncated in effects and head.group(3) == "INSERT":
+                        _saved_row(item, head.end(), effects[truncated], keys[truncated])
                     continue
                 kind = head.group(3)
                 if kind != "UPDATE":
@@ -498,12 +602,14 @@ def net_effect(
         else:
             change = item
         if isinstance(change, Truncate):
-            hit = [tables[t][0] for t in change.tables if t in tables]
-            if hit:
-                raise UndoLogRefused(
-                    f"{hit[0]} was truncated since the start mark: a TRUNCATE carries no rows in the undo log; "
-                    "roll back with backup_restore or point_in_time"
-                )
+            for qualified in (tables[t][0] for t in change.tables if t in tables):
+                if not saved[qualified]:
+                    raise UndoLogRefused(
+                        f"{qualified} was truncated since the start mark without its rows saved (by a sensei "
+                        "rollback, or with the undo log's TRUNCATE trigger gone or failing): the undo log cannot "
+                        "bring them back; roll back with backup_restore or point_in_time"
+                    )
+                saved[qualified] -= 1
             continue
         found = tables.get((change.schema, change.table))
         if found is None:
@@ -540,9 +646,22 @@ def net_effect(
     return effects
 
 
+def _saved_row(line: str, start: int, effect: NetEffect, key_columns: tuple[str, ...]) -> None:
+    """A row a TRUNCATE saved into its table's journal: a delete of that row (read whole only for a
+    key not seen before, whose row it is at the mark)."""
+    effect.captured["truncate"] += 1
+    key = _leading_key(line, start, key_columns)
+    if key not in effect.before:
+        change = parse_change(line)
+        assert isinstance(change, Change) and change.new is not None
+        effect.before[key] = change.new
+    effect.last[key] = "DELETE"
+
+
 # -- reading and applying ------------------------------------------------------------------------------
-#: the slot's lines of the tables in scope (their prefix as test_decoding writes it: the server's own
-#: quote_ident), and every TRUNCATE line (which may name several tables); the others never leave the server.
+#: the slot's lines of the tables in scope and of their journals (their prefix as test_decoding writes
+#: it: the server's own quote_ident), every TRUNCATE line (which may name several tables) and the
+#: journals' messages; the others never leave the server.
 _PEEK = """
 WITH prefixes AS (
     SELECT 'table ' || quote_ident(s) || '.' || quote_ident(t) || ': ' AS prefix
@@ -550,16 +669,28 @@ WITH prefixes AS (
 )
 SELECT c.data FROM pg_logical_slot_peek_changes(%s, %s::pg_lsn, NULL, %s, %s, %s, %s) c
 WHERE c.data LIKE 'table %%: TRUNCATE: %%'
+   OR starts_with(c.data, %s)
    OR EXISTS (SELECT FROM prefixes WHERE starts_with(c.data, prefixes.prefix))
 """
 
 
 def _read(cur: Any, slot: str, upto: str | None, scope: Sequence[tuple[str, str]]) -> list[str]:
-    """The slot's changes to the tables in ``scope`` ((schema, name) pairs), and its TRUNCATEs, as
-    test_decoding lines, oldest first (peek: the slot keeps them)."""
+    """The slot's changes to the tables in ``scope`` ((schema, name) pairs), its TRUNCATEs and the
+    journals' messages, as test_decoding lines, oldest first (peek: the slot keeps them)."""
     schemas, names = zip(*scope, strict=True) if scope else ((), ())
-    cur.execute(_PEEK, (list(schemas), list(names), slot, upto, *_DECODING_OPTIONS))
+    cur.execute(_PEEK, (list(schemas), list(names), slot, upto, *_DECODING_OPTIONS, _MESSAGE))
     return [line for (line,) in cur]
+
+
+def _changes(
+    engine: PostgresEngine, cur: Any, undo: dict[str, Any], tables: Sequence[UndoTable], upto: str | None
+) -> dict[str, NetEffect]:
+    """The net effect of the slot's changes (up to ``upto``, or all) on each of ``tables``."""
+    scope = _scope(engine, tables)
+    saved = undo.get("truncate_journals") or {"schema": "", "tables": {}}
+    in_scope = {t.table for t in tables}
+    journals = {(saved["schema"], j): t for t, j in saved["tables"].items() if t in in_scope}
+    return net_effect(_read(cur, undo["slot"], upto, [*scope, *journals]), scope, journals)
 
 
 def flush_wal(engine: PostgresEngine) -> None:
@@ -591,8 +722,7 @@ def summary(
 ) -> UndoSummary:
     flush_wal(engine)
     with engine.connect() as conn, conn.cursor() as cur:
-        scope = _scope(engine, tables)
-        effects = net_effect(_read(cur, undo["slot"], None, list(scope)), scope)
+        effects = _changes(engine, cur, undo, tables, None)
         conn.rollback()
     result = UndoSummary(retained_bytes=(slot_state(engine, undo["slot"]) or ("", None))[1])
     for table in tables:
@@ -645,8 +775,7 @@ def apply(
                 flush_wal(engine)  # under the locks: every change to the tables in scope is committed before
                 cur.execute("SELECT pg_current_wal_lsn()::text")
                 upto = cur.fetchone()[0]
-                scope = _scope(engine, tables)
-                effects = net_effect(_read(cur, slot, upto, list(scope)), scope)
+                effects = _changes(engine, cur, undo, tables, upto)
                 plans = [_table_plan(engine, cur, t, i, effects[t.table]) for i, t in enumerate(tables)]
                 for plan in plans:  # parents first
                     statements += plan.load(cur)

@@ -121,10 +121,15 @@ def test_window_check_drops_the_slot_when_the_window_closes(prepared: dict[str, 
     [undo] = [w for w in open_report if w["strategy"] == "undo_log"]
     assert "retains" in undo["line"] and "MiB of WAL" in undo["line"]
     assert databases.scalar("target", "SELECT count(*) FROM pg_replication_slots") == 1
+    truncate_triggers = "SELECT count(*) FROM pg_trigger WHERE tgname = 'sensei_undo_mig_shop_2026'"
+    assert databases.scalar("target", truncate_triggers) == len(prepared["manifest"].tables)
 
     closed = check_all([prepared["manifest"]], now=mark.taken_at + timedelta(hours=169), run_id="check-2")
     assert any(entry.get("closed") for entry in closed), closed
     assert databases.scalar("target", "SELECT count(*) FROM pg_replication_slots") == 0
+    # the TRUNCATE journals and their triggers go with the slot
+    assert databases.scalar("target", "SELECT to_regnamespace('sensei_undo_mig_shop_2026')") is None
+    assert databases.scalar("target", truncate_triggers) == 0
     assert (
         databases.scalar("target", "SELECT relreplident FROM pg_class WHERE oid = 'crm.customers'::regclass")
         == "d"

@@ -89,11 +89,29 @@ def test_replica_identity_changed(marked: dict[str, Any]) -> None:
     assert "crm.customers has replica identity DEFAULT since the start mark (the undo log needs FULL)" in text
 
 
-def test_truncate_since_the_mark(marked: dict[str, Any]) -> None:
-    with marked["databases"].connect("target") as conn:
+def test_truncate_whose_rows_were_not_saved(marked: dict[str, Any]) -> None:
+    """Our own rollbacks' TRUNCATEs save nothing into an open undo log (a whole table's copy)."""
+    with marked["databases"].connect("target") as conn, conn.transaction():
+        conn.execute("SET LOCAL sensei.truncate_capture = off")
         conn.execute("TRUNCATE sales.order_items")
     text = _refused(marked["manifest"])
-    assert "sales.order_items was truncated since the start mark: a TRUNCATE carries no rows" in text
+    assert "sales.order_items was truncated since the start mark without its rows saved" in text
+    assert "roll back with backup_restore or point_in_time" in text
+
+
+def test_a_failing_journal_never_fails_the_users_truncate_and_the_undo_refuses(
+    marked: dict[str, Any],
+) -> None:
+    databases = marked["databases"]
+    journals = marked["mark"].undo_log["truncate_journals"]
+    journal = f"{journals['schema']}.{journals['tables']['crm.customers']}"
+    with databases.connect("target") as conn:
+        conn.execute(f"ALTER TABLE {journal} DROP COLUMN email_address")  # the saving INSERT now fails
+        conn.execute("TRUNCATE crm.customers CASCADE")  # succeeds all the same, with a warning
+    assert databases.scalar("target", "SELECT count(*) FROM crm.customers") == 0
+    assert "crm.customers was truncated since the start mark without its rows saved" in _refused(
+        marked["manifest"]
+    )
 
 
 def test_a_key_referenced_from_outside_the_scope_refuses_without_changing_anything(
