@@ -14,8 +14,10 @@ docs/adr/0604-sql-server-restore-copy-stopat.md.
 
 from __future__ import annotations
 
+import hashlib
 import ntpath
 import posixpath
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -87,6 +89,11 @@ FROM msdb.dbo.backupset b JOIN msdb.dbo.backupmediafamily m ON m.media_set_id = 
 WHERE b.database_name = DB_NAME() AND b.type IN ('D', 'L')
 ORDER BY b.backup_finish_date, b.backup_set_id, m.family_sequence_number
 """
+#: a marked transaction as msdb recorded it (its time in server local time, as backupset's)
+_LOG_MARK = """
+SELECT TOP 1 mark_time FROM msdb.dbo.logmarkhistory
+WHERE database_name = DB_NAME() AND mark_name = %s ORDER BY mark_time
+"""
 _BACKUP_FILES = """
 SELECT logical_name, physical_name, file_type FROM msdb.dbo.backupfile
 WHERE backup_set_id = %s AND state_desc <> 'DROPPED' ORDER BY file_number
@@ -106,6 +113,43 @@ def string_literal(text: str) -> str:
     return "N'" + text.replace("'", "''") + "'"
 
 
+#: the table a start mark's marked transaction writes: a mark enters the log only with a write.
+_START_MARKS = """
+IF SCHEMA_ID(N'sensei') IS NULL EXEC(N'CREATE SCHEMA sensei');
+IF OBJECT_ID(N'sensei.start_marks', N'U') IS NULL
+    CREATE TABLE sensei.start_marks (
+        mark_name nvarchar(32) NOT NULL PRIMARY KEY,
+        description nvarchar(255) NOT NULL,
+        marked_at datetime2 NOT NULL DEFAULT SYSUTCDATETIME()
+    )
+"""
+
+
+def marked_transaction_name(name: str) -> str:
+    """A transaction name for the mark ``name``: at most 32 characters (SQL Server's limit), [a-z0-9_],
+    unique per mark (a restore stops at the first mark of a name)."""
+    return "sensei_" + hashlib.sha256(name.encode()).hexdigest()[:25]
+
+
+def marked_transaction_sql(mark: str, description: str) -> list[Statement]:
+    """``BEGIN TRANSACTION <mark> WITH MARK``, one row into ``sensei.start_marks``, ``COMMIT``
+    (in autocommit mode: the statements are the transaction)."""
+    if not re.fullmatch(r"[a-z0-9_]{1,32}", mark):
+        raise ValueError(f"unexpected marked transaction name {mark!r}")
+    return [
+        Statement(_START_MARKS, purpose="the table a marked transaction writes"),
+        Statement("SET XACT_ABORT ON"),
+        # the description is stored (its first 128 characters) in msdb.dbo.logmarkhistory
+        Statement(f"BEGIN TRANSACTION {mark} WITH MARK {string_literal(description[:128])}"),
+        Statement(
+            "INSERT INTO sensei.start_marks (mark_name, description) VALUES (%s, %s)",
+            (mark, description[:255]),
+            purpose="the write that puts the mark in the log",
+        ),
+        Statement(f"COMMIT TRANSACTION {mark}"),
+    ]
+
+
 class MsSqlEngine(DbApiEngine):
     dialect = "tsql"
     engine_title = "SQL Server"
@@ -123,15 +167,32 @@ class MsSqlEngine(DbApiEngine):
 
     # -- catalog ---------------------------------------------------------------------------
     def mark_moment(self, name: str) -> Any:
-        """The server's UTC time (a log backup's STOPAT reaches it); the mark's name is its label only.
+        """A marked transaction: a log restore stops exactly there (``STOPATMARK``), not at a time.
 
-        A marked transaction (``BEGIN TRANSACTION ... WITH MARK``) enters the log only with a write,
-        and the mark must not write to the target: the time is the position.
+        A mark enters the log (and ``msdb.dbo.logmarkhistory``) only with a write, so the marked
+        transaction inserts one row into ``sensei.start_marks`` (created on first use), never into a
+        migrated table. Where the role may not create or write it, the mark is the server's UTC time
+        (``STOPAT``), and a note says why.
         """
         from sensei_airflow.engines.base import MarkMoment
 
-        (at,) = self.query("SELECT SYSUTCDATETIME()")[0]
-        return MarkMoment(at=_utc(at), position=None, notes=[f"{name}: SQL Server marks by time (STOPAT)"])
+        mark = marked_transaction_name(name)
+        try:
+            self.run_statements(marked_transaction_sql(mark, name), transaction=False)
+            (at,) = self.query("SELECT marked_at FROM sensei.start_marks WHERE mark_name = %s", (mark,))[0]
+        except Exception as exc:
+            (at,) = self.query("SELECT SYSUTCDATETIME()")[0]
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return MarkMoment(
+                at=_utc(at),
+                position=None,
+                notes=[f"no marked transaction ({why}): SQL Server marks {name} by time (STOPAT)"],
+            )
+        return MarkMoment(
+            at=_utc(at),
+            restore_point=mark,
+            notes=[f"marked transaction {mark} ({name}) in sensei.start_marks: a log restore stops at it"],
+        )
 
     def identity(self) -> str:
         server, database = self.query("SELECT @@SERVERNAME, DB_NAME()")[0]
@@ -340,6 +401,19 @@ def restore_chain(backups: Sequence[Backup], stop_at: datetime) -> tuple[Backup,
     )
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What a restore to a point needs, read from the server and msdb."""
+
+    database: str
+    offset: int  # server local time minus UTC, in minutes
+    stop_at: datetime  # server local time
+    full: Backup
+    logs: list[Backup]
+    mark: str | None  # the marked transaction to stop at (STOPATMARK), when msdb recorded it
+    warnings: list[str]
+
+
 class MsSqlRestoreCopy(PointInTimeRecovery):
     """Restore a copy of the database to the point, then copy the tables in scope back.
 
@@ -354,7 +428,7 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
     never sent without one being applied.
     """
 
-    mechanism = "SQL Server log restore (STOPAT)"
+    mechanism = "SQL Server log restore (STOPAT, or STOPATMARK at a start mark)"
 
     def __init__(
         self,
@@ -385,7 +459,10 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
         logs: Sequence[Backup],
         files: Sequence[tuple[str, str]],
         stop_at_local: datetime,
+        mark: str | None = None,
     ) -> list[Statement]:
+        """Restore the copy up to ``stop_at_local`` (server time), or exactly to the marked
+        transaction ``mark`` when given (``STOPATMARK``: the mark's transaction included)."""
         quote = self.engine.quote_identifier
         disks = lambda b: ", ".join("DISK = %s" for _ in b.devices)  # noqa: E731
         moves = ", ".join("MOVE %s TO %s" for _ in files)
@@ -401,11 +478,14 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
                 purpose=f"restore the full backup of {full.finished.isoformat()} as {copy_db}",
             )
         ]
+        stop_clause, stop_param, up_to = "STOPAT", stop, f"{stop} (server time)"
+        if mark is not None:
+            stop_clause, stop_param, up_to = "STOPATMARK", mark, f"the marked transaction {mark}"
         statements += [
             Statement(
-                f"RESTORE LOG {quote(copy_db)} FROM {disks(log)} WITH NORECOVERY, STOPAT = %s",
-                (*log.devices, stop),
-                purpose=f"replay the log backup of {log.finished.isoformat()} up to {stop} (server time)",
+                f"RESTORE LOG {quote(copy_db)} FROM {disks(log)} WITH NORECOVERY, {stop_clause} = %s",
+                (*log.devices, stop_param),
+                purpose=f"replay the log backup of {log.finished.isoformat()} up to {up_to}",
             )
             for log in logs
         ]
@@ -449,8 +529,9 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
         )
 
     # -- checks ----------------------------------------------------------------------------
-    def facts(self, target: RecoveryTarget) -> tuple[str, int, datetime, Backup, list[Backup]]:
-        """Database, server offset, local stop time and the backup chain; refuses what cannot work."""
+    def facts(self, target: RecoveryTarget) -> _Facts:
+        """Database, server offset, local stop time, the backup chain and the marked transaction to stop
+        at; refuses what cannot work."""
         if target.time > self.clock():
             raise PointInTimeRefused(f"restore_to {target.time.isoformat()} is in the future")
         database, model = self.engine.query(_RECOVERY_MODEL)[0]
@@ -461,8 +542,19 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
             )
         offset = int(self.engine.query(_SERVER_OFFSET)[0][0])
         stop_at = self.server_time(target.time, offset)
+        mark, warnings = None, []
+        if target.restore_point:
+            # a mark msdb never recorded would not stop the restore: it would run to the chain's end
+            found = self.engine.query(_LOG_MARK, (target.restore_point,))
+            if found:
+                mark, stop_at = target.restore_point, found[0][0]
+            else:
+                warnings.append(
+                    f"the marked transaction {target.restore_point} is not in msdb.dbo.logmarkhistory: "
+                    f"the restore stops at {stop_at.isoformat()} (server time) instead"
+                )
         full, logs = restore_chain(backups_from_history(self.engine.query(_BACKUP_HISTORY)), stop_at)
-        return str(database), offset, stop_at, full, logs
+        return _Facts(str(database), offset, stop_at, full, logs, mark, warnings)
 
     def _files(self, full: Backup) -> list[tuple[str, str]]:
         return [
@@ -474,11 +566,13 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
     def assess(
         self, tables: Sequence[str], target: RecoveryTarget, *, whole_database: bool
     ) -> PointInTimePlan:
-        database, offset, stop_at, full, logs = self.facts(target)
-        copy_db = f"{database}{self.copy_suffix}"
+        facts = self.facts(target)
+        copy_db = f"{facts.database}{self.copy_suffix}"
         columns = {t: self._columns(t) for t in tables}
         statements = [
-            *self.restore_sql(copy_db, full, logs, self._files(full), stop_at),
+            *self.restore_sql(
+                copy_db, facts.full, facts.logs, self._files(facts.full), facts.stop_at, facts.mark
+            ),
             *self.copy_back_sql(copy_db, tables, columns),
             self.drop_sql(copy_db),
         ]
@@ -487,15 +581,17 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
             path="table",
             steps=[s.sql for s in statements],
             warnings=[
+                *facts.warnings,
                 "triggers on the tables in scope fire for the DELETE and INSERT of the copy back",
                 *self.outside_references(tables),
             ],
             detail={
                 "copy_database": copy_db,
-                "server_utc_offset_minutes": offset,
-                "stop_at_server_time": stop_at.isoformat(),
-                "full_backup": list(full.devices),
-                "log_backups": [list(b.devices) for b in logs],
+                "server_utc_offset_minutes": facts.offset,
+                "stop_at_server_time": facts.stop_at.isoformat(),
+                "stop_at_mark": facts.mark,
+                "full_backup": list(facts.full.devices),
+                "log_backups": [list(b.devices) for b in facts.logs],
             },
         )
 
@@ -518,10 +614,12 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
 
     def restore(self, plan: PointInTimePlan, target: RecoveryTarget) -> PointInTimeOutcome:
         tables = list(plan.tables)
-        database, _, stop_at, full, logs = self.facts(target)
-        copy_db = f"{database}{self.copy_suffix}"
+        facts = self.facts(target)
+        copy_db = f"{facts.database}{self.copy_suffix}"
         columns = {t: self._columns(t) for t in tables}
-        restore = self.restore_sql(copy_db, full, logs, self._files(full), stop_at)
+        restore = self.restore_sql(
+            copy_db, facts.full, facts.logs, self._files(facts.full), facts.stop_at, facts.mark
+        )
         copy_back = self.copy_back_sql(copy_db, tables, columns)
         drop = self.drop_sql(copy_db)
         try:
@@ -538,7 +636,7 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
     def windows(self, tables: Sequence[str], point: datetime) -> list[RecoveryWindow]:
         """Open as long as the backups are kept; msdb does not say when they will be deleted."""
         try:
-            _, offset, _, full, _ = self.facts(RecoveryTarget(time=point))
+            facts = self.facts(RecoveryTarget(time=point))
         except PointInTimeRefused:
             return [
                 RecoveryWindow(
@@ -549,7 +647,7 @@ class MsSqlRestoreCopy(PointInTimeRecovery):
             RecoveryWindow(
                 mechanism=self.mechanism,
                 table=None,
-                earliest=(full.finished - timedelta(minutes=offset)).replace(tzinfo=UTC),
+                earliest=(facts.full.finished - timedelta(minutes=facts.offset)).replace(tzinfo=UTC),
                 latest=self.clock(),
                 closes_at=None,
                 limit="backup retention (not recorded in msdb)",

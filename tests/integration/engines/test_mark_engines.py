@@ -23,6 +23,46 @@ def test_oracle_marks_by_scn_and_utc_time():
     ]
 
 
+MARK_NAME = "sensei_mig_shop_2026_20260202T075900000000Z"
+
+
+def test_sql_server_marks_by_a_marked_transaction_that_writes_only_its_own_table():
+    engine, hook = mssql(**{"FROM sensei.start_marks": [(datetime(2026, 2, 2, 7, 59),)]})
+    moment = engine.take_mark(MARK_NAME, ["crm.customers", "sales.orders"], undo_log=False, slot="")
+    mark = moment.restore_point
+    assert mark is not None and len(mark) <= 32 and mark.startswith("sensei_")  # SQL Server's limit: 32
+    assert moment.at == datetime(2026, 2, 2, 7, 59, tzinfo=UTC)
+    sql = hook.sql()
+    begin = sql.index(f"BEGIN TRANSACTION {mark} WITH MARK N'{MARK_NAME}'")
+    assert sql[begin - 1 : begin + 3] == [
+        "SET XACT_ABORT ON",
+        f"BEGIN TRANSACTION {mark} WITH MARK N'{MARK_NAME}'",
+        "INSERT INTO sensei.start_marks (mark_name, description) VALUES (%s, %s)",
+        f"COMMIT TRANSACTION {mark}",
+    ]
+    assert "CREATE TABLE sensei.start_marks" in sql[begin - 2]
+    # the statements are the transaction: autocommit, nothing written to a migrated table
+    assert ("autocommit", True) in hook.calls
+    assert not hook.sql(r"INSERT INTO \[|UPDATE |DELETE ")
+    # another mark gets another name: a restore stops at the first mark of a name
+    other = engine.take_mark(MARK_NAME.replace("0759", "0800"), ["crm.customers"], undo_log=False, slot="")
+    assert other.restore_point != mark
+
+
+def test_sql_server_marks_by_time_where_the_role_may_not_write_the_mark():
+    engine, hook = mssql(SYSUTCDATETIME=[(datetime(2026, 2, 2, 7, 59),)])
+    hook.fail["CREATE TABLE sensei.start_marks"] = RuntimeError(
+        "CREATE SCHEMA permission denied in database 'shop'"
+    )
+    moment = engine.take_mark(MARK_NAME, ["crm.customers"], undo_log=False, slot="")
+    assert moment.restore_point is None
+    assert moment.at == datetime(2026, 2, 2, 7, 59, tzinfo=UTC)
+    assert moment.notes == [
+        "no marked transaction (CREATE SCHEMA permission denied in database 'shop'): SQL Server marks "
+        f"{MARK_NAME} by time (STOPAT)"
+    ]
+
+
 def test_an_undo_log_on_sql_server_is_refused_at_mark_time():
     engine, _ = mssql()
     with pytest.raises(MarkRefused) as refused:

@@ -204,6 +204,38 @@ def test_restore_runs_restores_in_autocommit_and_drops_the_copy():
     assert drop > max(i for i, s in enumerate(sql) if s.startswith(("RESTORE", "INSERT", "COMMIT")))
 
 
+MARK = "sensei_0123456789abcdef012345678"
+
+
+def test_a_start_mark_recorded_by_msdb_is_restored_to_exactly_with_stopatmark():
+    """The marked transaction's own time (msdb, server time) picks the log chain; each log stops at the mark."""
+    rc, hook = restore_copy()
+    hook.answers = {"msdb.dbo.logmarkhistory": [(_at(8, 30),)], **hook.answers}
+    target = RecoveryTarget(time=POINT, restore_point=MARK)
+    plan = rc.assess(["crm.customers"], target, whole_database=False)
+    assert plan.detail["stop_at_mark"] == MARK
+    assert plan.steps[1:3] == [
+        "RESTORE LOG [shop__sensei_pitr] FROM DISK = %s WITH NORECOVERY, STOPATMARK = %s",
+        "RESTORE LOG [shop__sensei_pitr] FROM DISK = %s, DISK = %s WITH NORECOVERY, STOPATMARK = %s",
+    ]
+    rc.restore(plan, target)
+    logs = [p for s, p in hook.executed if s.startswith("RESTORE LOG")]
+    assert [p[-1] for p in logs] == [MARK, MARK]
+    assert hook.executed[[s for s, _ in hook.executed].index(hook.sql("logmarkhistory")[0])][1] == (MARK,)
+
+
+def test_a_mark_msdb_never_recorded_is_not_a_stop_the_restore_would_run_past():
+    """STOPATMARK at a mark absent from the log would replay every log to its end: stop by time instead."""
+    rc, _ = restore_copy()
+    plan = rc.assess(["crm.customers"], RecoveryTarget(time=POINT, restore_point=MARK), whole_database=False)
+    assert plan.detail["stop_at_mark"] is None
+    assert plan.steps[1] == "RESTORE LOG [shop__sensei_pitr] FROM DISK = %s WITH NORECOVERY, STOPAT = %s"
+    assert plan.warnings[0] == (
+        f"the marked transaction {MARK} is not in msdb.dbo.logmarkhistory: the restore stops at "
+        "2026-02-02T08:59:00 (server time) instead"
+    )
+
+
 def test_copy_is_dropped_when_the_restore_fails():
     rc, hook = restore_copy()
     plan = rc.assess(["crm.customers"], RecoveryTarget(time=POINT), whole_database=False)
