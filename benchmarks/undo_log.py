@@ -169,7 +169,7 @@ def run() -> list[str]:
         with psycopg.connect(cluster.dsn("bench"), autocommit=True) as conn:
             changes = _change(conn)
 
-        undo_s, (_, changed, _) = _timed(
+        undo_s, (_, changed, undo_detail) = _timed(
             lambda: engine.apply_undo(mark.undo_log or {}, [UndoTable(TABLE, ("id",))], mark.sequences)
         )
         assert _checksum(engine) == expected, "undo_log did not restore the mark"
@@ -197,6 +197,9 @@ def run() -> list[str]:
             f"{ROWS:,}-row table ({size}) that held its rows before; {changes:,} changes after the mark "
             f"({ROWS // 100:,} inserts, {ROWS // 500:,} updates, {ROWS // 1000:,} deletes):",
             f"  undo_log        {undo_s:7.2f} s  (rows changed back: {sum(changed.values()):,})",
+            "                  of which "
+            + ", ".join(f"{phase} {took:.2f} s" for phase, took in undo_detail["seconds"].items())
+            + " (the inverse statements alone are the floor of any undo of these changes)",
             f"  backup_restore  {restore_s:7.2f} s",
             f"  point_in_time   {pitr_s:7.2f} s  (table level: scratch cluster + copy back)",
             "  faster of the two / undo_log: "

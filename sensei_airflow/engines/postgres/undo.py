@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -683,14 +684,26 @@ def _read(cur: Any, slot: str, upto: str | None, scope: Sequence[tuple[str, str]
 
 
 def _changes(
-    engine: PostgresEngine, cur: Any, undo: dict[str, Any], tables: Sequence[UndoTable], upto: str | None
+    engine: PostgresEngine,
+    cur: Any,
+    undo: dict[str, Any],
+    tables: Sequence[UndoTable],
+    upto: str | None,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, NetEffect]:
-    """The net effect of the slot's changes (up to ``upto``, or all) on each of ``tables``."""
+    """The net effect of the slot's changes (up to ``upto``, or all) on each of ``tables``; the time
+    spent reading and reducing them goes into ``seconds``."""
     scope = _scope(engine, tables)
     saved = undo.get("truncate_journals") or {"schema": "", "tables": {}}
     in_scope = {t.table for t in tables}
     journals = {(saved["schema"], j): t for t, j in saved["tables"].items() if t in in_scope}
-    return net_effect(_read(cur, undo["slot"], upto, [*scope, *journals]), scope, journals)
+    started = time.perf_counter()
+    lines = _read(cur, undo["slot"], upto, [*scope, *journals])
+    read = time.perf_counter()
+    effects = net_effect(lines, scope, journals)
+    if seconds is not None:
+        seconds.update(read=read - started, reduce=time.perf_counter() - read)
+    return effects
 
 
 def flush_wal(engine: PostgresEngine) -> None:
@@ -755,6 +768,9 @@ def apply(
     quoted = [engine.quote_table(t.table) for t in tables]
     statements: list[str] = []
     changed: dict[str, int] = {t.table: 0 for t in tables}
+    #: where the undo's time went: reading the slot, reducing the changes, loading the rows at the
+    #: mark into temporary tables, and the inverse statements themselves
+    seconds: dict[str, float] = {}
     with engine.connect() as conn:
         try:
             with conn.transaction(), conn.cursor() as cur:
@@ -775,16 +791,20 @@ def apply(
                 flush_wal(engine)  # under the locks: every change to the tables in scope is committed before
                 cur.execute("SELECT pg_current_wal_lsn()::text")
                 upto = cur.fetchone()[0]
-                effects = _changes(engine, cur, undo, tables, upto)
+                effects = _changes(engine, cur, undo, tables, upto, seconds)
+                started = time.perf_counter()
                 plans = [_table_plan(engine, cur, t, i, effects[t.table]) for i, t in enumerate(tables)]
                 for plan in plans:  # parents first
                     statements += plan.load(cur)
+                loaded = time.perf_counter()
+                seconds["load"] = loaded - started
                 for plan in plans:
                     changed[plan.table] += plan.run(cur, plan.insert_sql, statements)
                 for plan in plans:
                     changed[plan.table] += plan.run(cur, plan.update_sql, statements)
                 for plan in reversed(plans):  # children first
                     changed[plan.table] += plan.run(cur, plan.delete_sql, statements)
+                seconds["statements"] = time.perf_counter() - loaded
                 in_scope = {t.table for t in tables}
                 for seq in sequences:
                     if seq["table"] in in_scope:
@@ -803,7 +823,7 @@ def apply(
             ) from None
     # the slot is not advanced: the oldest change of a key holds its row at the mark, and a later
     # rollback (another scope, or after more writes) must still find it
-    detail: dict[str, Any] = {"slot": slot, "read_up_to": upto}
+    detail: dict[str, Any] = {"slot": slot, "read_up_to": upto, "seconds": seconds}
     return statements, changed, detail
 
 
