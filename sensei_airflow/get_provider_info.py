@@ -101,6 +101,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "4",
                         "default": "4",
                     },
+                    "reverse_bulk_rows": {
+                        "description": "From about this many rows to move, a reverse migration loads "
+                        "empty PostgreSQL source tables in bulk: keys and indexes set aside and checked "
+                        "once, each key range copied from the target straight into its table inside the "
+                        "apply (no staging).",
+                        "version_added": "0.2.0",
+                        "type": "integer",
+                        "example": "50000",
+                        "default": "50000",
+                    },
                     "reverse_plan_max_rows": {
                         "description": "A reverse migration's plan counts the source rows it will insert, "
                         "update and delete for tables up to this many rows (one checksum scan of each side).",

@@ -145,6 +145,54 @@ def test_killed_mid_apply_then_run_again_leaves_no_staging(changed, databases, c
     assert f"staging: none on the source {PostgresEngine('shop_source').conn_id}" in migration_status(capsys)
 
 
+#: the source's constraints and indexes: a direct copy sets them aside inside its transaction.
+SOURCE_CATALOG = """
+SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint
+WHERE connamespace = 'public'::regnamespace
+UNION ALL SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'
+ORDER BY 1, 2
+"""
+
+
+def test_killed_mid_direct_copy_then_run_again(changed, databases, monkeypatch):
+    """Empty source tables are filled inside the apply, straight from the target. Killed after every
+    range was copied, with the keys set aside, the source is still empty with every constraint, nothing
+    was staged; the rerun copies it all again, once."""
+    monkeypatch.setenv("AIRFLOW__SENSEI__REVERSE_BULK_ROWS", "0")
+    with databases.connect("source") as conn:
+        conn.execute("TRUNCATE public.order_items, public.orders, public.customers")
+        catalog = conn.execute(SOURCE_CATALOG).fetchall()
+    target = rows(databases, "target", TARGET_TABLES)
+    conf = {"migration_id": MIG, "strategy": "reverse_migration"}
+    writer = PostgresEngine("shop_source").reverse_writer(chunk_rows=200)
+    with writer._session() as conn, conn.transaction():
+        writer.ensure_staging(conn)
+    # the apply records its result (an INSERT: ROW EXCLUSIVE) after the copies, just before its commit;
+    # the earlier reads of that table (ACCESS SHARE) go on beside this SHARE lock
+    with hold(
+        databases.cluster.dsn(databases.source), "LOCK TABLE sensei_staging.reverse_applied IN SHARE MODE"
+    ) as held:
+        process = start_rollback(conf)
+        try:
+            held.blocked(process.alive, "the apply's record of its result, after the direct copies")
+            process.kill()
+        finally:
+            process.stop()
+    wait_until_gone(*dsns(databases))
+
+    assert all(not r for r in rows(databases, "source", SOURCE_TABLES).values())
+    with databases.connect("source") as conn:
+        assert conn.execute(SOURCE_CATALOG).fetchall() == catalog
+    assert staging(databases) == []
+    assert rows(databases, "target", TARGET_TABLES) == target
+    release_crashed_lock()
+    outcome = run_dag("sensei_rollback", conf)
+
+    assert_done_and_clean(databases, outcome)
+    applied = outcome.xcoms["execute_reverse_migration"]["detail"]["applied"]
+    assert all(a["direct_chunks"] > 0 and a["staged_chunks"] == 0 for a in applied.values()), applied
+
+
 def test_killed_in_the_fallback_then_run_again(databases, migrations_dir, airflow_db, monkeypatch):
     """Truncate cannot lock the target (a writer holds it) and fails; the fallback reverse migration is killed."""
     monkeypatch.setenv("AIRFLOW__SENSEI__REVERSE_CHUNK_ROWS", "200")

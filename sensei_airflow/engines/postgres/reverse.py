@@ -291,6 +291,8 @@ class TableApplied:
     deleted: int = 0
     unchanged_chunks: int = 0
     staged_chunks: int = 0
+    #: chunks copied from the target straight into the (empty) table, inside the apply
+    direct_chunks: int = 0
     sequences: dict[str, int] = field(default_factory=dict)
 
 
@@ -551,6 +553,20 @@ class PostgresReverseWriter:
                 total += reader.count_rows(KeyRange())
         return total
 
+    def loads_directly(self, tables: Sequence[ReverseTable], readers: dict[str, Any]) -> bool:
+        """Whether the apply will copy every pending chunk straight from the target (ADR 0200):
+        every source table empty, a bulk-sized move, and a PostgreSQL target to relay from.
+
+        A prediction for the staging tasks, read without locks; the apply decides again under its
+        locks, and stages itself whatever a wrong prediction left unstaged.
+        """
+        if not all(isinstance(readers[t.source], PostgresRowSource) for t in tables):
+            return False
+        with self._session() as conn:
+            empty = not any(catalog.has_rows(conn, self.engine.quote_table(t.source)) for t in tables)
+            conn.rollback()
+        return empty and self.expected_rows(readers.values()) >= self.bulk_rows
+
     def source_reader(self, table: ReverseTable) -> PostgresRowSource:
         """The source side of the table, read as its plain columns."""
         return PostgresRowSource(
@@ -591,6 +607,7 @@ class PostgresReverseWriter:
         with self._session() as conn, conn.transaction():
             self.ensure_staging(conn)
         applier = _Applier(self, rollback_id, list(tables), self.expected_rows(readers.values()))
+        applier.readers = dict(readers)
         applier.start()
         outcomes: dict[str, dict[str, int]] = {}
         try:
@@ -625,10 +642,15 @@ class PostgresReverseWriter:
         *,
         skip_unchanged: bool,
     ) -> dict[str, int]:
-        chunks = self.plan_chunks(rollback_id, table, reader)
         relayed = isinstance(reader, PostgresRowSource)
         applier.ready.wait()  # which source tables are empty: the apply holds them locked from then on
         applier.check()
+        chunks: list[tuple[int, KeyRange, str, int | None]]
+        if applier.direct and relayed and not self.chunks(rollback_id, table):
+            # copied inside the apply, which a retry redoes whole: one range, nothing to checkpoint
+            chunks = [(0, KeyRange(), "pending", None)]
+        else:
+            chunks = self.plan_chunks(rollback_id, table, reader)
         shape = self.column_types(table.source)
         with ExitStack() as stack:
             run = _TableRun(
@@ -651,6 +673,10 @@ class PostgresReverseWriter:
         """Stage one chunk (or mark it unchanged) and hand it to the applier."""
         table, reader, applier, outcome, conn = run.table, run.reader, run.applier, run.outcome, run.conn
         applier.check()
+        if state == "pending" and applier.direct and run.source_conn is not None:
+            outcome["direct"] += 1
+            applier.put(table, number, key_range, "direct")
+            return
         if state != "pending":
             outcome["resumed"] += 1
             applier.put(table, number, key_range, state)
@@ -856,7 +882,9 @@ class _TableRun:
     source_side: PostgresRowSource
     #: source column -> its type (``format_type``): the staging table's columns.
     shape: dict[str, str]
-    outcome: dict[str, int] = field(default_factory=lambda: {"staged": 0, "same": 0, "resumed": 0})
+    outcome: dict[str, int] = field(
+        default_factory=lambda: {"staged": 0, "same": 0, "resumed": 0, "direct": 0}
+    )
 
 
 _DONE = object()
@@ -883,6 +911,10 @@ class _Applier(threading.Thread):
         #: set once the apply holds the source tables and knows which were empty (:attr:`empty`).
         self.ready = threading.Event()
         self.empty: dict[str, bool] = {}
+        #: set with :attr:`ready`: pending chunks are copied from the target inside the apply
+        #: (every source table empty and locked, keys set aside), never staged
+        self.direct = False
+        self.readers: dict[str, Any] = {}
         self.error: BaseException | None = None
         self.results: dict[str, TableApplied] = {t.source: TableApplied() for t in tables}
 
@@ -911,60 +943,92 @@ class _Applier(threading.Thread):
             self.ready.set()  # a stager still waiting sees the error
 
     def _apply(self) -> None:
+        with ExitStack() as stack:
+            conn = stack.enter_context(self.writer._session())
+            stack.enter_context(conn.transaction())
+            self._apply_in(conn, stack)
+
+    def _apply_in(self, conn: Any, stack: ExitStack) -> None:
+        """The apply transaction's work on ``conn``; ``stack`` closes the target session it opens."""
         writer, engine = self.writer, self.writer.engine
         staged: list[tuple[ReverseTable, int, KeyRange]] = []
-        with writer._session() as conn, conn.transaction():
-            quoted = ", ".join(engine.quote_table(t.source) for t in self.tables)
-            conn.execute(f"LOCK TABLE {quoted} IN EXCLUSIVE MODE")
-            empty = {t.source: not catalog.has_rows(conn, engine.quote_table(t.source)) for t in self.tables}
-            load_empty = [t for t in self.tables if empty[t.source]]
-            in_bulk = bool(load_empty) and self.expected_rows >= writer.bulk_rows
-            aside = None
-            if in_bulk and len(load_empty) == len(self.tables):
-                # every table empty: the stager reads none of them (no compare), so set the keys
-                # aside now and load each chunk as it is staged, moving and applying overlapped
-                aside, in_bulk = self._set_aside(conn, load_empty), False
-            self.empty = empty
-            self.ready.set()
-            deferred: list[tuple[ReverseTable, int, KeyRange, str]] = []
-            while True:
-                item = self.queue.get()
-                if item is _DONE:
-                    break
-                if item is _ABORT:
-                    raise _Aborted
-                if in_bulk:  # the stager compares non-empty tables: lock the empty ones once it is done
-                    deferred.append(item)
-                else:
-                    staged += self._upsert(conn, *item, empty=empty[item[0].source])
-            if in_bulk:
-                aside = self._set_aside(conn, load_empty)
-            for item in deferred:
+        target_conn = None
+        quoted = ", ".join(engine.quote_table(t.source) for t in self.tables)
+        conn.execute(f"LOCK TABLE {quoted} IN EXCLUSIVE MODE")
+        empty = {t.source: not catalog.has_rows(conn, engine.quote_table(t.source)) for t in self.tables}
+        load_empty = [t for t in self.tables if empty[t.source]]
+        in_bulk = bool(load_empty) and self.expected_rows >= writer.bulk_rows
+        aside = None
+        if in_bulk and len(load_empty) == len(self.tables):
+            # every table empty: the stager reads none of them (no compare), so set the keys
+            # aside now and load each chunk as it is staged, moving and applying overlapped
+            aside, in_bulk = self._set_aside(conn, load_empty), False
+            # and copy each pending chunk from the target straight into its table: every row
+            # written once, not into staging and again into the table (ADR 0200)
+            self.direct = True
+        self.empty = empty
+        self.ready.set()
+        deferred: list[tuple[ReverseTable, int, KeyRange, str]] = []
+        while True:
+            item = self.queue.get()
+            if item is _DONE:
+                break
+            if item is _ABORT:
+                raise _Aborted
+            if item[3] == "direct":
+                if target_conn is None:
+                    target_conn = stack.enter_context(session(self.readers[item[0].source].engine))
+                self._copy_directly(conn, target_conn, *item[:3])
+                continue
+            if in_bulk:  # the stager compares non-empty tables: lock the empty ones once it is done
+                deferred.append(item)
+            else:
                 staged += self._upsert(conn, *item, empty=empty[item[0].source])
-            for table in reversed(self.tables):  # children first
-                if empty[table.source]:
-                    continue
-                for chunk_table, chunk, key_range in staged:
-                    if chunk_table.source == table.source:
-                        stage = writer.stage_path(self.rollback_id, table, chunk)
-                        self.results[table.source].deleted += writer.delete_missing(
-                            conn, stage, table, key_range
-                        )
-            if aside is not None:
-                try:
-                    bulk.put_back(conn, engine, aside)
-                except bulk.ForeignKeyBroken as exc:
-                    from sensei_airflow.plan import RefusedError
+        if in_bulk:
+            aside = self._set_aside(conn, load_empty)
+        for item in deferred:
+            staged += self._upsert(conn, *item, empty=empty[item[0].source])
+        for table in reversed(self.tables):  # children first
+            if empty[table.source]:
+                continue
+            for chunk_table, chunk, key_range in staged:
+                if chunk_table.source == table.source:
+                    stage = writer.stage_path(self.rollback_id, table, chunk)
+                    self.results[table.source].deleted += writer.delete_missing(conn, stage, table, key_range)
+        if aside is not None:
+            try:
+                bulk.put_back(conn, engine, aside)
+            except bulk.ForeignKeyBroken as exc:
+                from sensei_airflow.plan import RefusedError
 
-                    raise RefusedError(f"reverse migration: {exc}") from None
-            for table in self.tables:
-                self.results[table.source].sequences = writer._advance_sequences(conn, table)
-            conn.execute(
-                "INSERT INTO sensei_staging.reverse_applied (rollback_id, result) VALUES (%s, %s) "
-                "ON CONFLICT (rollback_id) DO NOTHING",
-                (self.rollback_id, json.dumps({name: vars(r) for name, r in self.results.items()})),
+                raise RefusedError(f"reverse migration: {exc}") from None
+        for table in self.tables:
+            self.results[table.source].sequences = writer._advance_sequences(conn, table)
+        conn.execute(
+            "INSERT INTO sensei_staging.reverse_applied (rollback_id, result) VALUES (%s, %s) "
+            "ON CONFLICT (rollback_id) DO NOTHING",
+            (self.rollback_id, json.dumps({name: vars(r) for name, r in self.results.items()})),
+        )
+        writer._drop_staging(conn, self.rollback_id)
+
+    def _copy_directly(
+        self, conn: Any, target_conn: Any, table: ReverseTable, chunk: int, key_range: KeyRange
+    ) -> None:
+        """One chunk from the target into its empty source table, inside the apply transaction."""
+        select, params = self.readers[table.source].copy_select(key_range)
+        columns = ", ".join(self.writer.q(c) for c in table.columns)
+        with target_conn.cursor() as src, conn.cursor() as dst:
+            moved = relay_copy(
+                src,
+                dst,
+                f"COPY ({select}) TO STDOUT (FORMAT binary)",
+                f"COPY {self.writer.engine.quote_table(table.source)} ({columns}) FROM STDIN (FORMAT binary)",
+                params,
             )
-            writer._drop_staging(conn, self.rollback_id)
+        target_conn.rollback()
+        result = self.results[table.source]
+        result.inserted += moved
+        result.direct_chunks += 1
 
     def _upsert(
         self, conn: Any, table: ReverseTable, chunk: int, key_range: KeyRange, state: str, *, empty: bool

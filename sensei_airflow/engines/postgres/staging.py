@@ -35,6 +35,9 @@ from sensei_airflow.verify import KeyRange
 class _StageOnly:
     """Stands in for the writer's applier: a staging task only stages, the apply task applies."""
 
+    #: a staging task stages every chunk it is given (the direct copy is the apply task's own)
+    direct = False
+
     def check(self) -> None:
         """Nothing to check: no apply transaction runs beside a staging task."""
 

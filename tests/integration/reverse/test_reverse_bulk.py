@@ -42,14 +42,14 @@ def _strategy(manifest: Any) -> Any:
     return ReverseMigrationStrategy(manifest, StateStore(manifest.state.conn_id))
 
 
-def _execute(manifest: Any) -> Any:
+def _plan(manifest: Any) -> Any:
     from datetime import UTC, datetime
 
     from sensei_airflow.manifest import Strategy
     from sensei_airflow.plan import PlannedTable, RollbackPlan
 
     strategy = _strategy(manifest)
-    plan = RollbackPlan(
+    return RollbackPlan(
         migration_id=manifest.id,
         rollback_id="manual__bulk_test",
         strategy=Strategy.REVERSE_MIGRATION,
@@ -61,7 +61,15 @@ def _execute(manifest: Any) -> Any:
         ],
         started_at=datetime.now(UTC).isoformat(),
     )
-    return strategy.execute(plan)
+
+
+def _execute(manifest: Any) -> Any:
+    return _strategy(manifest).execute(_plan(manifest))
+
+
+STAGING_TABLES = (
+    "SELECT count(*) FROM pg_tables WHERE schemaname = 'sensei_staging' AND starts_with(tablename, 'rev_')"
+)
 
 
 def _catalog(databases: Databases) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -76,9 +84,7 @@ def _without_oids(constraints: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 @pytest.fixture
 def hostile(databases: Databases, migrations_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The hostile shop migrated forward and changed since; its source emptied, bulk threshold zero."""
-    from sensei_airflow.engines.postgres.reverse import PostgresReverseWriter
-
-    monkeypatch.setattr(PostgresReverseWriter, "bulk_rows", 0)
+    monkeypatch.setenv("AIRFLOW__SENSEI__REVERSE_BULK_ROWS", "0")
     manifest = hostile_shop.write_manifest(migrations_dir)
     hostile_shop.prepare_source(databases)
     with databases.connect("target") as conn:
@@ -97,9 +103,19 @@ def test_bulk_apply_fills_empty_tables_and_rebuilds_their_constraints(
         conn.execute('''INSERT INTO "Alt Shop"."Zitate ""Buch""" VALUES ('new')''')
         conn.execute(EMPTY_SOURCE)
     constraints, indexes = _catalog(databases)
+    # the staging tasks have nothing to do: the apply copies straight into the empty tables
+    strategy, plan = _strategy(hostile), _plan(hostile)
+    assert strategy.staging_groups(plan, tasks=4) == [{"group": 0, "groups": 1}]
+    assert strategy.stage(plan, 0, 1)["staged_in"].startswith("the apply task: the source tables are empty")
 
-    _execute(hostile)
+    execution = _execute(hostile)
 
+    # every key range was copied from the target into its table inside the apply, none staged
+    assert all(c["direct"] > 0 and c["staged"] == 0 for c in execution.detail["chunks"].values())
+    assert all(
+        a["direct_chunks"] > 0 and a["staged_chunks"] == 0 for a in execution.detail["applied"].values()
+    )
+    assert databases.scalar("source", STAGING_TABLES) == 0
     with databases.connect("source") as source, databases.connect("target") as target:
         for table, query in hostile_shop.SOURCE_ROWS.items():
             expected = hostile_shop.rows(target, hostile_shop.EXPECTED_SOURCE[table])
@@ -144,6 +160,16 @@ def test_a_broken_foreign_key_fails_the_apply_in_one_line_and_changes_nothing(
         for table, query in hostile_shop.SOURCE_ROWS.items():
             assert hostile_shop.rows(conn, query) == [], table
     assert _catalog(databases) == (constraints, indexes)
+
+    # the retry redoes the whole copy, once the source can hold the rows: nothing twice, nothing lost
+    with databases.connect("source") as conn:
+        conn.execute('''INSERT INTO "Alt Shop"."Zitate ""Buch""" VALUES ('new')''')
+    _execute(hostile)
+    with databases.connect("source") as source, databases.connect("target") as target:
+        for table, query in hostile_shop.SOURCE_ROWS.items():
+            assert hostile_shop.rows(source, query) == hostile_shop.rows(
+                target, hostile_shop.EXPECTED_SOURCE[table]
+            )
 
 
 def test_only_the_empty_tables_are_loaded_in_bulk_the_others_upserted(
