@@ -258,6 +258,17 @@ class TableChecksum:
     checksum: str
 
 
+#: the prefix of a checksum computed with PostgreSQL's record hash (ADR 0101); a checksum without it
+#: is of the engine's other kind (on PostgreSQL the hash of each row's text)
+RECORD_CHECKSUM = "record:"
+
+
+def checksum_kind(checksum: object) -> str:
+    """``record`` or ``text``: how a recorded checksum was computed, so that a table is checksummed
+    the same way to be compared with it."""
+    return "record" if str(checksum or "").startswith(RECORD_CHECKSUM) else "text"
+
+
 @dataclass
 class MarkMoment:
     """What the engine recorded when it took a migration's start mark (see ``sensei_airflow/mark.py``).
@@ -585,9 +596,11 @@ class Engine(ABC):
         return None
 
     # -- backups (backups/, strategies/backup_restore.py; defaults: not supported) -------------
-    def table_checksums(self, tables: Iterable[str]) -> dict[str, Any]:
+    def table_checksums(self, tables: Iterable[str], like: dict[str, Any] | None = None) -> dict[str, Any]:
         """Row count and an order-independent checksum per (qualified) table, computed in the database.
 
+        :param like: table -> a checksum recorded earlier: the table is checksummed the same way
+            (:func:`checksum_kind`), so the two compare; the engine's best way otherwise.
         :returns: table -> ``TableChecksum`` (``rows``, ``checksum``).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot checksum tables for backups yet")

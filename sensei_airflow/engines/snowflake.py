@@ -216,9 +216,9 @@ class SnowflakeEngine(RowHistoryUndo):
                 return str(row.get("change_tracking", "")).upper() == "ON"
         return None
 
-    def table_checksums(self, tables: Iterable[str]) -> dict[str, Any]:
+    def table_checksums(self, tables: Iterable[str], like: dict[str, Any] | None = None) -> dict[str, Any]:
         """Rows and ``HASH_AGG(*)`` per table: order-independent, computed in Snowflake (the mark records
-        them, and verify compares an undone table with them)."""
+        them, and verify compares an undone table with them). One kind only: ``like`` changes nothing."""
         names = [self.qualify(t) for t in tables]
         if not names:
             return {}

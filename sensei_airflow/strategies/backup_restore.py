@@ -204,7 +204,9 @@ class BackupRestoreStrategy(RollbackStrategy):
         entry = self._backup_of(plan)
         in_scope = set(plan.table_names)
         untouched = {t: n for t, n in plan.counts_before.items() if t not in in_scope}
-        now = self.target.table_checksums(plan.table_names)
+        now = self.target.table_checksums(
+            plan.table_names, like={t: entry.table_stats[t]["checksum"] for t in plan.table_names}
+        )
         after_outside = self.target.row_counts(untouched)
         checks: list[TableCheck] = []
         for table in plan.table_names:

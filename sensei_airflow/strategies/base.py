@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from sensei_airflow.conf import RollbackRequest
 from sensei_airflow.engines import Engine, ForeignKey, get_engine
+from sensei_airflow.engines.base import checksum_kind
 from sensei_airflow.manifest import Manifest, Strategy, TableMapping
 from sensei_airflow.mark import StartMark
 from sensei_airflow.plan import RollbackPlan
@@ -148,9 +149,14 @@ class RollbackStrategy(ABC):
                 f"the start mark recorded no checksum of {', '.join(unsummed)}: compared with it by row "
                 "count only"
             )
+        if now is not None and any(
+            checksum_kind(getattr(now.get(t), "checksum", None)) != checksum_kind(s)
+            for t, s in expected.items()
+        ):
+            now = None  # read the other way (a backup's kind): read again the mark's way
         if expected and now is None:
             try:
-                now = self.target.table_checksums(list(expected))
+                now = self.target.table_checksums(list(expected), like=expected)
             except NotImplementedError:
                 now = {}
         actual = {t: getattr((now or {}).get(t), "checksum", None) for t in expected}

@@ -30,6 +30,7 @@ from sensei_airflow.engines.base import (
     SequenceReset,
     Statement,
     check_outside_empty,
+    checksum_kind,
 )
 from sensei_airflow.engines.postgres import backup, basebackup, catalog
 from sensei_airflow.engines.postgres import undo as undo_module
@@ -350,12 +351,13 @@ class PostgresEngine(Engine):
         )
 
     # -- backups (the work is in backup.py and basebackup.py) ------------------------------------
-    def table_checksums(self, tables: Iterable[str]) -> dict[str, Any]:
+    def table_checksums(self, tables: Iterable[str], like: dict[str, Any] | None = None) -> dict[str, Any]:
         quoted = {self.qualify(t): self.quote_table(t) for t in tables}
+        kinds = {self.qualify(t): checksum_kind(c) for t, c in (like or {}).items()}
         with self.connect() as conn, conn.cursor() as cur:
             conn.autocommit = True
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            result = backup.table_checksums(cur, quoted)
+            result = backup.table_checksums(cur, quoted, kinds)
             cur.execute("ROLLBACK")
         return result
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psycopg
 from psycopg import sql
 
-from sensei_airflow.engines.base import TableChecksum
+from sensei_airflow.engines.base import RECORD_CHECKSUM, TableChecksum, checksum_kind
 from sensei_airflow.engines.postgres import bulk, catalog
 from sensei_airflow.engines.postgres.client import (
     ClientLogin,
@@ -87,24 +87,65 @@ def _table_state(cur: Any, quoted_table: str, table_name: Callable[..., str]) ->
     return TableState(rows=0, checksum="", columns=columns, sequences=sequences, foreign_keys=foreign_keys)
 
 
-def checksum_sql(quoted_table: str) -> str:
-    """Row count and an order-independent checksum: the sum of a 64-bit hash of each row's text.
+def checksum_sql(quoted_table: str, kind: str = "record") -> str:
+    """Row count and an order-independent checksum: the sum of a 64-bit hash of each row.
 
     Summing makes it independent of physical order (a restored table has a new one); the
-    numeric sum cannot overflow. Equal on two tables of the same server version when their
-    rows are equal as text.
+    numeric sum cannot overflow. Two kinds (ADR 0101), equal on two tables of the same server
+    version when their rows are equal:
+
+    - ``record`` (``record:<sum>``): ``hash_record_extended`` hashes each value with its type's
+      own hash function, without rendering it as text (half the CPU of ``text``; PostgreSQL 14+,
+      every column type hashable);
+    - ``text`` (a bare number, what every checksum recorded before the record kind is): the hash
+      of each row's text form, for any type.
     """
+    if kind == "record":
+        return (
+            f"SELECT count(*), '{RECORD_CHECKSUM}' || coalesce(sum(hash_record_extended(t, 0)), 0)::text "  # noqa: S608
+            f"FROM {quoted_table} AS t"
+        )
     return (
         f"SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text "  # noqa: S608
         f"FROM {quoted_table} AS t"
     )
 
 
-def table_checksums(cur: Any, quoted: dict[str, str]) -> dict[str, TableChecksum]:
-    """Checksums of tables (``name -> quoted name``) on an open cursor, in its snapshot."""
+def record_hash_works(cur: Any, quoted_table: str) -> bool:
+    """Whether ``hash_record_extended`` takes the table's rows: the server has it (14+) and every
+    column type has an extended hash function. Tried on a row of nulls, inside a savepoint of the
+    caller's transaction (the hash functions are looked up for every column, null or not)."""
+    import psycopg
+
+    cur.execute("SAVEPOINT sensei_checksum_kind")
+    try:
+        cur.execute(f"SELECT hash_record_extended(json_populate_record(NULL::{quoted_table}, '{{}}'), 0)")
+    except psycopg.Error:
+        cur.execute("ROLLBACK TO SAVEPOINT sensei_checksum_kind")
+        return False
+    cur.execute("RELEASE SAVEPOINT sensei_checksum_kind")
+    return True
+
+
+def table_checksums(
+    cur: Any, quoted: dict[str, str], kinds: dict[str, str] | None = None
+) -> dict[str, TableChecksum]:
+    """Checksums of tables (``name -> quoted name``) on a cursor in an open transaction, in its snapshot.
+
+    :param kinds: name -> ``record`` or ``text``, to compare with checksums recorded that way;
+        otherwise ``record`` where :func:`record_hash_works`, else ``text``.
+    """
     result = {}
     for name, quoted_name in quoted.items():
-        cur.execute(checksum_sql(quoted_name))
+        works = record_hash_works(cur, quoted_name)
+        kind = (kinds or {}).get(name) or ("record" if works else "text")
+        if kind == "record" and not works:  # recorded so, but a column's type has changed since
+            cur.execute(f"SELECT count(*) FROM {quoted_name}")  # noqa: S608 - quoted
+            result[name] = TableChecksum(
+                int(cur.fetchone()[0]), f"{RECORD_CHECKSUM}none (a column type has no hash)"
+            )
+            continue
+        cur.execute(checksum_sql(quoted_name, kind))
         rows, checksum = cur.fetchone()
         result[name] = TableChecksum(rows=int(rows), checksum=str(checksum))
     return result
@@ -345,7 +386,7 @@ def restore_test(
             run([pg_restore, "--section=post-data", "--no-owner", "--no-privileges", "--exit-on-error",
                   "-L", toc.name, "-d", target, str(schema_archive)], env, "pg_restore (constraints)")  # fmt: skip
         with connect() as conn, conn.cursor() as cur:
-            return table_checksums(cur, quoted)
+            return table_checksums(cur, quoted, {t: checksum_kind(states[t].get("checksum")) for t in tables})
 
 
 _TOC_FK = re.compile(r"^\d+; \d+ \d+ FK CONSTRAINT (.*)$")
