@@ -6,7 +6,9 @@ imports airflow.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _HOME = Path(tempfile.mkdtemp(prefix="sensei-test-airflow-"))
+_CREATOR = os.getpid()
+
+
+@atexit.register
+def _remove_home() -> None:
+    """The Airflow home goes with the process that made it (a forked child inherits this hook)."""
+    if os.getpid() == _CREATOR:
+        shutil.rmtree(_HOME, ignore_errors=True)
+
+
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_HOME),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def demo_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.De
     finally:
         for cluster in demo.clusters().values():
             cluster.destroy()
+        shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 def _one(demo: launcher.Demo, role: str, sql: str) -> object:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -261,6 +262,7 @@ def api_server(airflow_db: None) -> Iterator[ApiServer]:
     finally:
         _stop(process)
         log.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def sync_dags(folder: Path) -> list[str]:
