@@ -19,6 +19,7 @@ from tests.chaos.harness import (
     MIG,
     dsns,
     hold,
+    kill_when_blocked,
     release_crashed_lock,
     rows,
     staging,
@@ -169,15 +170,12 @@ def test_killed_mid_direct_copy_then_run_again(changed, databases, monkeypatch):
         writer.ensure_staging(conn)
     # the apply records its result (an INSERT: ROW EXCLUSIVE) after the copies, just before its commit;
     # the earlier reads of that table (ACCESS SHARE) go on beside this SHARE lock
-    with hold(
-        databases.cluster.dsn(databases.source), "LOCK TABLE sensei_staging.reverse_applied IN SHARE MODE"
-    ) as held:
-        process = start_rollback(conf)
-        try:
-            held.blocked(process.alive, "the apply's record of its result, after the direct copies")
-            process.kill()
-        finally:
-            process.stop()
+    kill_when_blocked(
+        databases.cluster.dsn(databases.source),
+        ["LOCK TABLE sensei_staging.reverse_applied IN SHARE MODE"],
+        conf,
+        "the apply's record of its result, after the direct copies",
+    )
     wait_until_gone(*dsns(databases))
 
     assert all(not r for r in rows(databases, "source", SOURCE_TABLES).values())

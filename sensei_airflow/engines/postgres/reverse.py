@@ -721,6 +721,8 @@ class PostgresReverseWriter:
     def _copy_range(
         self, conn: Any, stage: str, table: ReverseTable, reader: Any, key_range: KeyRange, source_conn: Any
     ) -> int:
+        """The rows of ``key_range`` from ``reader`` into ``stage`` (a staging table, or the source table
+        itself) on ``conn``: relayed as binary COPY from a PostgreSQL target read on ``source_conn``."""
         columns = ", ".join(self.q(c) for c in table.columns)
         if isinstance(reader, PostgresRowSource):
             select, params = reader.copy_select(key_range)
@@ -1015,17 +1017,10 @@ class _Applier(threading.Thread):
         self, conn: Any, target_conn: Any, table: ReverseTable, chunk: int, key_range: KeyRange
     ) -> None:
         """One chunk from the target into its empty source table, inside the apply transaction."""
-        select, params = self.readers[table.source].copy_select(key_range)
-        columns = ", ".join(self.writer.q(c) for c in table.columns)
-        with target_conn.cursor() as src, conn.cursor() as dst:
-            moved = relay_copy(
-                src,
-                dst,
-                f"COPY ({select}) TO STDOUT (FORMAT binary)",
-                f"COPY {self.writer.engine.quote_table(table.source)} ({columns}) FROM STDIN (FORMAT binary)",
-                params,
-            )
-        target_conn.rollback()
+        source = self.writer.engine.quote_table(table.source)
+        moved = self.writer._copy_range(
+            conn, source, table, self.readers[table.source], key_range, target_conn
+        )
         result = self.results[table.source]
         result.inserted += moved
         result.direct_chunks += 1
