@@ -221,6 +221,9 @@ class BatchReader(Protocol):
 class ReverseWriter(Protocol):
     """The source side of a reverse migration (``Engine.reverse_writer``): checks, staging, one apply."""
 
+    #: from about this many rows to move, empty source tables are loaded in bulk (ADR 0200).
+    bulk_rows: int
+
     def column_types(self, table: str) -> dict[str, str]: ...
 
     def unique_keys(self, table: str) -> list[set[str]]: ...
@@ -232,6 +235,8 @@ class ReverseWriter(Protocol):
     def source_reader(self, table: ReverseTable) -> Any: ...
 
     def applied_result(self, rollback_id: str) -> dict[str, Any] | None: ...
+
+    def loads_directly(self, tables: Sequence[ReverseTable], readers: dict[str, Any]) -> bool: ...
 
     def migrate(
         self,

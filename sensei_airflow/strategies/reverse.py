@@ -64,8 +64,7 @@ class ReverseMigrationStrategy(RollbackStrategy):
     @cached_property
     def writer(self) -> Any:
         writer = self.source.reverse_writer(chunk_rows=_setting("reverse_chunk_rows", 100_000))
-        if hasattr(writer, "bulk_rows"):
-            writer.bulk_rows = _setting("reverse_bulk_rows", writer.bulk_rows)
+        writer.bulk_rows = _setting("reverse_bulk_rows", writer.bulk_rows)
         return writer
 
     # -- resolving tables --------------------------------------------------------------------
@@ -245,16 +244,11 @@ class ReverseMigrationStrategy(RollbackStrategy):
             return [{"group": 0, "groups": 1}]
         specs = self._specs(plan)
         readers = {spec.source: self.target.reverse_reader(spec) for spec in specs}
-        if self._loads_directly(specs, readers):
+        if self.writer.loads_directly(specs, readers):  # nothing to stage (ADR 0200)
             return [{"group": 0, "groups": 1}]
         chunks = stager.plan(plan.rollback_id, specs, readers)
         groups = max(1, min(wanted, chunks))
         return [{"group": i, "groups": groups} for i in range(groups)]
-
-    def _loads_directly(self, specs: list[Any], readers: dict[str, Any]) -> bool:
-        """Nothing to stage: the apply will copy straight into empty source tables (ADR 0200)."""
-        loads_directly = getattr(self.writer, "loads_directly", None)
-        return bool(loads_directly and loads_directly(specs, readers))
 
     def stage(self, plan: RollbackPlan, group: int, groups: int) -> dict[str, Any]:
         """Stage one group's chunks into the source's staging tables (the apply comes after).
@@ -268,7 +262,7 @@ class ReverseMigrationStrategy(RollbackStrategy):
             return {"resumed": "the apply had already committed"}
         specs = self._specs(plan)
         readers = {spec.source: self.target.reverse_reader(spec) for spec in specs}
-        if self._loads_directly(specs, readers):
+        if self.writer.loads_directly(specs, readers):
             return {
                 "staged_in": "the apply task: the source tables are empty, so it copies each key range "
                 "from the target straight into them"
